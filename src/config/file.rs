@@ -1,0 +1,149 @@
+//! The endpoint file exactly as a user writes it.
+//!
+//! These types mirror Azure ML's declarative endpoint file plus the one key Switchyard adds
+//! (`instances`). They are only ever read by [`super::validate`]; nothing else in the program sees
+//! them. Every struct denies unknown keys so that a typo is an error, never a silent default.
+//! Azure keys that mean nothing to a gateway are accepted and ignored (`IgnoredAny`).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_saphyr::Spanned;
+
+/// The whole endpoint file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EndpointFile {
+    pub(crate) name: Spanned<String>,
+    #[serde(default)]
+    pub(crate) traffic: BTreeMap<String, Spanned<i64>>,
+    #[serde(default)]
+    pub(crate) mirror_traffic: BTreeMap<String, Spanned<i64>>,
+    #[serde(default)]
+    pub(crate) deployments: Vec<DeploymentFile>,
+    #[serde(default)]
+    pub(crate) auth_mode: Option<Spanned<String>>,
+
+    // Azure keys a gateway has no use for.
+    #[serde(rename = "$schema", default)]
+    _schema: Option<IgnoredAny>,
+    #[serde(default, rename = "description")]
+    _description: Option<IgnoredAny>,
+    #[serde(default, rename = "tags")]
+    _tags: Option<IgnoredAny>,
+    #[serde(default, rename = "kind")]
+    _kind: Option<IgnoredAny>,
+    #[serde(default, rename = "compute")]
+    _compute: Option<IgnoredAny>,
+    #[serde(default, rename = "identity")]
+    _identity: Option<IgnoredAny>,
+    #[serde(default, rename = "public_network_access")]
+    _public_network_access: Option<IgnoredAny>,
+    #[serde(default, rename = "location")]
+    _location: Option<IgnoredAny>,
+}
+
+/// One deployment: a version of the model behind its own instances.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeploymentFile {
+    pub(crate) name: Spanned<String>,
+    #[serde(default)]
+    pub(crate) model: Option<ModelFile>,
+    #[serde(default)]
+    pub(crate) instances: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub(crate) instance_count: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(crate) scale_settings: Option<ScaleSettingsFile>,
+
+    // Azure keys a gateway has no use for (yet: request settings and probes are read in a later
+    // version; until then they are accepted so an Azure file loads unchanged).
+    #[serde(default, rename = "$schema")]
+    _schema: Option<IgnoredAny>,
+    #[serde(default, rename = "type")]
+    _type: Option<IgnoredAny>,
+    #[serde(default, rename = "endpoint_name")]
+    _endpoint_name: Option<IgnoredAny>,
+    #[serde(default, rename = "description")]
+    _description: Option<IgnoredAny>,
+    #[serde(default, rename = "tags")]
+    _tags: Option<IgnoredAny>,
+    #[serde(default, rename = "code_configuration")]
+    _code_configuration: Option<IgnoredAny>,
+    #[serde(default, rename = "environment")]
+    _environment: Option<IgnoredAny>,
+    #[serde(default, rename = "environment_variables")]
+    _environment_variables: Option<IgnoredAny>,
+    #[serde(default, rename = "instance_type")]
+    _instance_type: Option<IgnoredAny>,
+    #[serde(default, rename = "app_insights_enabled")]
+    _app_insights_enabled: Option<IgnoredAny>,
+    #[serde(default, rename = "request_settings")]
+    _request_settings: Option<IgnoredAny>,
+    #[serde(default, rename = "liveness_probe")]
+    _liveness_probe: Option<IgnoredAny>,
+    #[serde(default, rename = "readiness_probe")]
+    _readiness_probe: Option<IgnoredAny>,
+    #[serde(default, rename = "egress_public_network_access")]
+    _egress_public_network_access: Option<IgnoredAny>,
+    #[serde(default, rename = "data_collector")]
+    _data_collector: Option<IgnoredAny>,
+    #[serde(default, rename = "properties")]
+    _properties: Option<IgnoredAny>,
+    #[serde(default, rename = "model_mount_path")]
+    _model_mount_path: Option<IgnoredAny>,
+}
+
+/// `model:` is either a reference string (`azureml:model-1:1`) or a mapping.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum ModelFile {
+    Reference(String),
+    Spec(ModelSpecFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ModelSpecFile {
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    #[serde(default)]
+    pub(crate) version: Option<Scalar>,
+    #[serde(default)]
+    pub(crate) path: Option<String>,
+    #[serde(default, rename = "type")]
+    _type: Option<IgnoredAny>,
+    #[serde(default, rename = "description")]
+    _description: Option<IgnoredAny>,
+    #[serde(default, rename = "$schema")]
+    _schema: Option<IgnoredAny>,
+}
+
+/// A version may be written `1` or `"1"` or `1.2`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Scalar {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Int(v) => write!(f, "{v}"),
+            Scalar::Float(v) => write!(f, "{v}"),
+            Scalar::Text(v) => f.write_str(v),
+        }
+    }
+}
+
+/// Azure's older `scale_settings` block; only `instance_count` matters here, the rest
+/// (`type`, `min_instances`, `max_instances`, ...) belongs to Azure's autoscaler.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ScaleSettingsFile {
+    #[serde(default)]
+    pub(crate) instance_count: Option<Spanned<i64>>,
+}

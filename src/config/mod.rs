@@ -1,0 +1,458 @@
+//! The endpoint file: read it, check every rule, and produce the [`EndpointConfig`] the rest of
+//! the program trusts.
+//!
+//! Two types on purpose: [`file`] holds what serde reads, with source positions; this module's
+//! types hold only what passed validation. Only the second reaches the routing table.
+
+mod error;
+mod file;
+mod suggest;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use http::uri::{Authority, Scheme, Uri};
+use serde_saphyr::{Location, Spanned};
+
+pub use error::{ConfigError, Issue};
+use file::{DeploymentFile, EndpointFile, ModelFile};
+
+/// Azure's limit on deployments per endpoint.
+pub const MAX_DEPLOYMENTS: usize = 20;
+/// Azure's limit on instances per deployment.
+pub const MAX_INSTANCES: usize = 50;
+
+/// A validated endpoint: its name and its deployments with their share of live traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// The endpoint's name.
+    pub name: String,
+    /// What the file says about authentication. Recorded, not yet enforced.
+    pub auth_mode: AuthMode,
+    /// Deployments in file order.
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+/// Azure's `auth_mode` values, plus `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// `key`, Azure's default.
+    Key,
+    /// `aml_token`.
+    AmlToken,
+    /// `aad_token`.
+    AadToken,
+    /// `none`: no authentication.
+    None,
+}
+
+/// One validated deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentConfig {
+    /// Unique within the endpoint; what the pin header and `traffic` name.
+    pub name: String,
+    /// The model it serves, as written (`model-1:1`, a path, or `-` when not given).
+    pub model: String,
+    /// Percent of live traffic, 0..=100. Deployments left out of `traffic` get 0.
+    pub traffic: u8,
+    /// Where the deployment's instances listen.
+    pub instances: Vec<InstanceAddr>,
+}
+
+/// The origin of one model server instance, e.g. `http://127.0.0.1:9001`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceAddr {
+    /// `http` (only scheme accepted so far).
+    pub scheme: Scheme,
+    /// `host:port` as written.
+    pub authority: Authority,
+}
+
+impl std::fmt::Display for InstanceAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+impl EndpointConfig {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|error| error.in_file(path))
+    }
+
+    /// Parses and validates endpoint YAML.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw = deserialize(text).map_err(|issue| ConfigError::invalid(text, vec![issue]))?;
+        validate(raw).map_err(|issues| ConfigError::invalid(text, issues))
+    }
+
+    /// Total percent of live traffic: 0 or 100 in a valid config.
+    pub fn total_traffic(&self) -> u32 {
+        self.deployments.iter().map(|d| u32::from(d.traffic)).sum()
+    }
+
+    /// A one-line description: `my-endpoint: blue 90% (2 instances), green 10% (1 instance)`.
+    pub fn summary(&self) -> String {
+        let deployments: Vec<String> = self
+            .deployments
+            .iter()
+            .map(|d| {
+                let plural = if d.instances.len() == 1 { "" } else { "s" };
+                format!(
+                    "{} {}% ({} instance{plural})",
+                    d.name,
+                    d.traffic,
+                    d.instances.len()
+                )
+            })
+            .collect();
+        if deployments.is_empty() {
+            format!("{}: no deployments", self.name)
+        } else {
+            format!("{}: {}", self.name, deployments.join(", "))
+        }
+    }
+}
+
+/// YAML -> [`EndpointFile`], with the field path and position of the first problem.
+fn deserialize(text: &str) -> Result<EndpointFile, Issue> {
+    let mut path_error = None;
+    let parsed = serde_saphyr::with_deserializer_from_str(text, |deserializer| {
+        serde_path_to_error::deserialize::<_, EndpointFile>(deserializer).map_err(|error| {
+            path_error = Some(error.path().to_string());
+            error.into_inner()
+        })
+    });
+    parsed.map_err(|error| {
+        let field = path_error.map(|path| clean_path(&path)).unwrap_or_default();
+        Issue::from_parse_error(field, &error)
+    })
+}
+
+/// `Spanned` values appear in serde paths as an extra `.value`; users never wrote it.
+fn clean_path(path: &str) -> String {
+    let cleaned = path.replace(".value[", "[").replace(".value.", ".");
+    let cleaned = cleaned.strip_suffix(".value").unwrap_or(&cleaned);
+    if cleaned == "." {
+        String::new()
+    } else {
+        cleaned.to_string()
+    }
+}
+
+/// Checks every rule, collecting all problems so a user can fix them in one pass.
+fn validate(raw: EndpointFile) -> Result<EndpointConfig, Vec<Issue>> {
+    let mut issues = Vec::new();
+
+    check_name(&raw.name, "name", &mut issues);
+    let auth_mode = check_auth_mode(raw.auth_mode.as_ref(), &mut issues);
+
+    if !raw.mirror_traffic.is_empty() {
+        let location = raw.mirror_traffic.values().next().map(|v| v.referenced);
+        issues.push(Issue::new(
+            "mirror_traffic",
+            location,
+            "traffic mirroring is not supported yet; remove `mirror_traffic`",
+        ));
+    }
+
+    if raw.deployments.len() > MAX_DEPLOYMENTS {
+        issues.push(Issue::new(
+            "deployments",
+            raw.deployments
+                .get(MAX_DEPLOYMENTS)
+                .map(|d| d.name.referenced),
+            format!(
+                "{} deployments listed; an endpoint has at most {MAX_DEPLOYMENTS}",
+                raw.deployments.len()
+            ),
+        ));
+    }
+
+    let mut seen_names: HashSet<String> = HashSet::new();
+    let mut deployments = Vec::with_capacity(raw.deployments.len());
+    for (index, deployment) in raw.deployments.iter().enumerate() {
+        let field = format!("deployments[{index}]");
+        if !seen_names.insert(deployment.name.value.to_lowercase()) {
+            issues.push(Issue::new(
+                format!("{field}.name"),
+                Some(deployment.name.referenced),
+                format!(
+                    "deployment `{}` is listed twice; deployment names must be unique",
+                    deployment.name.value
+                ),
+            ));
+        }
+        deployments.push(validate_deployment(&field, deployment, &mut issues));
+    }
+
+    check_traffic(&raw.traffic, &mut deployments, &mut issues);
+
+    if issues.is_empty() {
+        Ok(EndpointConfig {
+            name: raw.name.value,
+            auth_mode,
+            deployments,
+        })
+    } else {
+        Err(issues)
+    }
+}
+
+fn validate_deployment(
+    field: &str,
+    raw: &DeploymentFile,
+    issues: &mut Vec<Issue>,
+) -> DeploymentConfig {
+    check_name(&raw.name, &format!("{field}.name"), issues);
+
+    let listed: &[Spanned<String>] = raw.instances.as_ref().map_or(&[], |i| &i.value[..]);
+    let list_location = raw
+        .instances
+        .as_ref()
+        .map_or(raw.name.referenced, |i| i.referenced);
+    if listed.is_empty() {
+        issues.push(Issue::new(
+            format!("{field}.instances"),
+            Some(list_location),
+            format!(
+                "deployment `{}` has no instances; list at least one model server URL, \
+                 e.g. `instances: [http://127.0.0.1:9001]`",
+                raw.name.value
+            ),
+        ));
+    }
+    if listed.len() > MAX_INSTANCES {
+        issues.push(Issue::new(
+            format!("{field}.instances"),
+            Some(list_location),
+            format!(
+                "{} instances listed; a deployment has at most {MAX_INSTANCES}",
+                listed.len()
+            ),
+        ));
+    }
+
+    let mut instances: Vec<InstanceAddr> = Vec::with_capacity(listed.len());
+    for (index, url) in listed.iter().enumerate() {
+        let instance_field = format!("{field}.instances[{index}]");
+        match parse_instance(&url.value) {
+            Ok(addr) if instances.contains(&addr) => issues.push(Issue::new(
+                instance_field,
+                Some(url.referenced),
+                format!("`{}` is listed twice in this deployment", url.value),
+            )),
+            Ok(addr) => instances.push(addr),
+            Err(problem) => issues.push(Issue::new(instance_field, Some(url.referenced), problem)),
+        }
+    }
+
+    let scale_count = raw
+        .scale_settings
+        .as_ref()
+        .and_then(|s| s.instance_count.as_ref());
+    for (count_field, count) in [
+        ("instance_count", raw.instance_count.as_ref()),
+        ("scale_settings.instance_count", scale_count),
+    ] {
+        let Some(count) = count else { continue };
+        if count.value != listed.len() as i64 {
+            issues.push(Issue::new(
+                format!("{field}.{count_field}"),
+                Some(count.referenced),
+                format!(
+                    "says {} but {} instance URL{} listed in `instances`; \
+                     list one URL per instance, or remove `{count_field}`",
+                    count.value,
+                    listed.len(),
+                    if listed.len() == 1 { " is" } else { "s are" }
+                ),
+            ));
+        }
+    }
+
+    DeploymentConfig {
+        name: raw.name.value.clone(),
+        model: describe_model(raw.model.as_ref()),
+        traffic: 0,
+        instances,
+    }
+}
+
+fn describe_model(model: Option<&ModelFile>) -> String {
+    match model {
+        None => "-".to_string(),
+        Some(ModelFile::Reference(reference)) => reference.clone(),
+        Some(ModelFile::Spec(spec)) => match (&spec.name, &spec.version, &spec.path) {
+            (Some(name), Some(version), _) => format!("{name}:{version}"),
+            (Some(name), None, _) => name.clone(),
+            (None, _, Some(path)) => path.clone(),
+            (None, _, None) => "-".to_string(),
+        },
+    }
+}
+
+/// Applies `traffic` to the deployments and checks its rules.
+fn check_traffic(
+    traffic: &BTreeMap<String, Spanned<i64>>,
+    deployments: &mut [DeploymentConfig],
+    issues: &mut Vec<Issue>,
+) {
+    let mut total: i64 = 0;
+    for (name, percent) in traffic {
+        let field = format!("traffic.{name}");
+        let in_range = (0..=100).contains(&percent.value);
+        if !in_range {
+            issues.push(Issue::new(
+                &field,
+                Some(percent.referenced),
+                format!(
+                    "{} is not a percentage; use a whole number from 0 to 100",
+                    percent.value
+                ),
+            ));
+        } else {
+            total += percent.value;
+        }
+        match deployments.iter_mut().find(|d| &d.name == name) {
+            Some(deployment) => {
+                if let Ok(value) = u8::try_from(percent.value) {
+                    deployment.traffic = value.min(100);
+                }
+            }
+            None => {
+                let known = deployments.iter().map(|d| d.name.as_str());
+                let hint = match suggest::closest(name, known) {
+                    Some(close) => format!("; did you mean `{close}`?"),
+                    None if deployments.is_empty() => "; the file lists no deployments".to_string(),
+                    None => format!(
+                        "; deployments are: {}",
+                        deployments
+                            .iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                issues.push(Issue::new(
+                    &field,
+                    Some(percent.referenced),
+                    format!("`{name}` is not a deployment of this endpoint{hint}"),
+                ));
+            }
+        }
+    }
+    if total != 0 && total != 100 {
+        let location = traffic.values().next().map(|v| v.referenced);
+        issues.push(Issue::new(
+            "traffic",
+            location,
+            format!(
+                "percentages add up to {total}; they must add up to exactly 100 \
+                 (or 0 to send live traffic nowhere)"
+            ),
+        ));
+    }
+}
+
+/// Azure's naming rule for endpoints and deployments.
+fn check_name(name: &Spanned<String>, field: &str, issues: &mut Vec<Issue>) {
+    if let Err(problem) = name_problem(&name.value) {
+        issues.push(Issue::new(
+            field,
+            Some(name.referenced),
+            format!("`{}` {problem}", name.value),
+        ));
+    }
+}
+
+fn name_problem(name: &str) -> Result<(), &'static str> {
+    let length = name.chars().count();
+    if !(3..=32).contains(&length) {
+        return Err("must be 3 to 32 characters long");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err("must start with a letter");
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err("may contain only letters, digits and dashes");
+    }
+    if name.contains("--") {
+        return Err("may not contain two dashes in a row");
+    }
+    if name.ends_with('-') {
+        return Err("may not end with a dash");
+    }
+    Ok(())
+}
+
+fn check_auth_mode(mode: Option<&Spanned<String>>, issues: &mut Vec<Issue>) -> AuthMode {
+    let Some(mode) = mode else {
+        return AuthMode::Key;
+    };
+    match mode.value.to_ascii_lowercase().as_str() {
+        "key" => AuthMode::Key,
+        "aml_token" => AuthMode::AmlToken,
+        "aad_token" => AuthMode::AadToken,
+        "none" => AuthMode::None,
+        _ => {
+            issues.push(Issue::new(
+                "auth_mode",
+                Some(mode.referenced),
+                format!(
+                    "`{}` is not an auth mode; use one of key, aml_token, aad_token, none",
+                    mode.value
+                ),
+            ));
+            AuthMode::Key
+        }
+    }
+}
+
+/// An instance is the origin of a model server: `http://host:port`.
+fn parse_instance(url: &str) -> Result<InstanceAddr, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| format!("`{url}` is not a URL; write it like http://127.0.0.1:9001"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        return Err(format!(
+            "`{url}` is not an absolute URL; write it like http://127.0.0.1:9001"
+        ));
+    };
+    if *scheme != Scheme::HTTP {
+        return Err(format!(
+            "`{url}` uses `{scheme}`; only http:// instances are supported"
+        ));
+    }
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "`{url}` carries credentials; remove the `user@` part"
+        ));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    let path = uri.path();
+    if (!path.is_empty() && path != "/") || uri.query().is_some() {
+        return Err(format!(
+            "`{url}` has a path; give only the origin (http://host:port): \
+             the request path, e.g. /score, is forwarded as the client sent it"
+        ));
+    }
+    Ok(InstanceAddr {
+        scheme: scheme.clone(),
+        authority: authority.clone(),
+    })
+}
+
+/// Location of a `Spanned` value in the file, for error messages.
+pub(crate) fn line_column(location: &Location) -> Option<(u64, u64)> {
+    (location.line() > 0).then(|| (location.line(), location.column()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,335 @@
+//! One bad file per rule; each error must name the field and say what is wrong.
+
+use super::*;
+
+const VALID: &str = "\
+name: my-endpoint
+traffic: {blue: 90, green: 10}
+deployments:
+  - name: blue
+    model: {name: model-1, version: 1}
+    instance_count: 2
+    instances: [http://127.0.0.1:9001, http://127.0.0.1:9002]
+  - name: green
+    model: {name: model-2, version: 1}
+    instances: [http://127.0.0.1:9003]
+";
+
+/// Parses `text`, expecting exactly one issue, and returns it.
+fn single_issue(text: &str) -> Issue {
+    let error = EndpointConfig::parse(text).expect_err("the file should be rejected");
+    let issues = error.issues();
+    assert_eq!(issues.len(), 1, "expected one issue, got: {error}");
+    issues[0].clone()
+}
+
+fn assert_issue(text: &str, field: &str, line: u64, problem_part: &str) {
+    let issue = single_issue(text);
+    assert_eq!(issue.field, field, "wrong field in {issue:?}");
+    assert_eq!(
+        issue.position.map(|p| p.0),
+        Some(line),
+        "wrong line in {issue:?}"
+    );
+    assert!(
+        issue.problem.contains(problem_part),
+        "`{}` should contain `{problem_part}`",
+        issue.problem
+    );
+}
+
+#[test]
+fn the_documented_example_is_valid() {
+    let config = EndpointConfig::parse(VALID).expect("valid");
+    assert_eq!(config.name, "my-endpoint");
+    assert_eq!(config.deployments.len(), 2);
+    assert_eq!(config.deployments[0].traffic, 90);
+    assert_eq!(config.deployments[1].traffic, 10);
+    assert_eq!(config.deployments[0].model, "model-1:1");
+    assert_eq!(
+        config.deployments[0].instances[1].to_string(),
+        "http://127.0.0.1:9002"
+    );
+    assert_eq!(
+        config.summary(),
+        "my-endpoint: blue 90% (2 instances), green 10% (1 instance)"
+    );
+}
+
+#[test]
+fn azure_keys_are_accepted_and_ignored() {
+    let text = "\
+$schema: https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json
+name: my-endpoint
+auth_mode: key
+description: an endpoint
+tags: {team: ml}
+traffic: {blue: 100}
+deployments:
+  - name: blue
+    type: managed
+    endpoint_name: my-endpoint
+    model: azureml:model-1:1
+    code_configuration: {code: ../model-1/onlinescoring/, scoring_script: score.py}
+    environment: {conda_file: env.yml, image: mcr.microsoft.com/azureml/minimal}
+    instance_type: Standard_DS3_v2
+    scale_settings: {type: default, instance_count: 1}
+    request_settings: {request_timeout_ms: 3000}
+    readiness_probe: {period: 5}
+    liveness_probe: {period: 5}
+    app_insights_enabled: true
+    instances: [http://localhost:9001]
+";
+    let config = EndpointConfig::parse(text).expect("valid");
+    assert_eq!(config.auth_mode, AuthMode::Key);
+    assert_eq!(config.deployments[0].model, "azureml:model-1:1");
+}
+
+#[test]
+fn a_deployment_left_out_of_traffic_gets_zero() {
+    let text = VALID.replace("traffic: {blue: 90, green: 10}", "traffic: {blue: 100}");
+    let config = EndpointConfig::parse(&text).expect("valid");
+    assert_eq!(config.deployments[1].traffic, 0);
+}
+
+#[test]
+fn all_zero_traffic_is_valid() {
+    let text = VALID.replace(
+        "traffic: {blue: 90, green: 10}",
+        "traffic: {blue: 0, green: 0}",
+    );
+    let config = EndpointConfig::parse(&text).expect("valid");
+    assert_eq!(config.total_traffic(), 0);
+}
+
+#[test]
+fn a_misspelled_top_level_key_is_rejected_with_a_suggestion() {
+    let text = VALID.replace("traffic:", "trafic:");
+    assert_issue(&text, "trafic", 2, "did you mean `traffic`?");
+}
+
+#[test]
+fn a_misspelled_deployment_key_is_rejected_with_a_suggestion() {
+    let text = VALID.replace("instance_count: 2", "instance_cont: 2");
+    assert_issue(
+        &text,
+        "deployments[0].instance_cont",
+        6,
+        "did you mean `instance_count`?",
+    );
+}
+
+#[test]
+fn traffic_must_add_up_to_100() {
+    let text = VALID.replace("green: 10", "green: 20");
+    assert_issue(&text, "traffic", 2, "add up to 110");
+}
+
+#[test]
+fn traffic_must_be_a_percentage() {
+    let text = VALID.replace("{blue: 90, green: 10}", "{blue: 110, green: -10}");
+    let error = EndpointConfig::parse(&text).expect_err("invalid");
+    let fields: Vec<&str> = error.issues().iter().map(|i| i.field.as_str()).collect();
+    assert_eq!(fields, ["traffic.blue", "traffic.green"], "{error}");
+    assert!(
+        error.issues()[0]
+            .problem
+            .contains("110 is not a percentage")
+    );
+}
+
+#[test]
+fn traffic_must_be_a_whole_number() {
+    let text = VALID.replace("green: 10", "green: 10.5");
+    assert_issue(&text, "traffic.green", 2, "whole number");
+}
+
+#[test]
+fn traffic_must_name_a_deployment() {
+    let text = VALID.replace("green: 10", "gren: 10");
+    assert_issue(&text, "traffic.gren", 2, "did you mean `green`?");
+}
+
+#[test]
+fn names_follow_azures_rule() {
+    for (bad, why) in [
+        ("bl", "3 to 32"),
+        ("1blue", "start with a letter"),
+        ("blue_v2", "letters, digits and dashes"),
+        ("blue--v2", "two dashes"),
+        ("blue-", "end with a dash"),
+        ("a-name-that-is-far-too-long-for-azure", "3 to 32"),
+    ] {
+        let text = VALID
+            .replace("- name: blue", &format!("- name: {bad}"))
+            .replace("{blue: 90", &format!("{{{bad}: 90"));
+        let error = EndpointConfig::parse(&text).expect_err(bad);
+        let issue = &error.issues()[0];
+        assert_eq!(issue.field, "deployments[0].name", "{error}");
+        assert!(issue.problem.contains(why), "{bad}: {}", issue.problem);
+    }
+    let text = VALID.replace("name: my-endpoint", "name: my_endpoint");
+    assert_issue(&text, "name", 1, "letters, digits and dashes");
+}
+
+#[test]
+fn deployment_names_are_unique() {
+    let text = VALID.replace("- name: green", "- name: blue");
+    let error = EndpointConfig::parse(&text).expect_err("invalid");
+    let issue = &error.issues()[0];
+    assert_eq!(issue.field, "deployments[1].name");
+    assert!(issue.problem.contains("listed twice"));
+}
+
+#[test]
+fn a_deployment_needs_an_instance() {
+    let text = VALID
+        .replace("    instances: [http://127.0.0.1:9003]\n", "")
+        .replace("{blue: 90, green: 10}", "{blue: 100}");
+    assert_issue(&text, "deployments[1].instances", 8, "no instances");
+}
+
+#[test]
+fn instance_urls_are_absolute_http() {
+    for (bad, why) in [
+        ("127.0.0.1:9003", "not an absolute URL"),
+        ("/score", "not an absolute URL"),
+        ("ftp://127.0.0.1:9003", "only http://"),
+        ("http://127.0.0.1:9003/score", "give only the origin"),
+        ("http://user@127.0.0.1:9003", "credentials"),
+        ("http://bad host", "not a URL"),
+    ] {
+        let text = VALID.replace("http://127.0.0.1:9003", bad);
+        let error = EndpointConfig::parse(&text).expect_err(bad);
+        let issue = &error.issues()[0];
+        assert_eq!(issue.field, "deployments[1].instances[0]", "{bad}: {error}");
+        assert!(issue.problem.contains(why), "{bad}: {}", issue.problem);
+        assert_eq!(issue.position.map(|p| p.0), Some(10));
+    }
+}
+
+#[test]
+fn an_instance_is_listed_once() {
+    let text = VALID.replace("http://127.0.0.1:9002", "http://127.0.0.1:9001");
+    assert_issue(&text, "deployments[0].instances[1]", 7, "listed twice");
+}
+
+#[test]
+fn instance_count_must_match_the_instances() {
+    let text = VALID.replace("instance_count: 2", "instance_count: 3");
+    assert_issue(
+        &text,
+        "deployments[0].instance_count",
+        6,
+        "says 3 but 2 instance URLs",
+    );
+    let text = VALID.replace(
+        "instance_count: 2",
+        "scale_settings: {type: default, instance_count: 1}",
+    );
+    assert_issue(
+        &text,
+        "deployments[0].scale_settings.instance_count",
+        6,
+        "says 1 but 2",
+    );
+}
+
+#[test]
+fn at_most_20_deployments() {
+    let mut text = String::from("name: big\ntraffic: {d1: 100}\ndeployments:\n");
+    for i in 1..=21 {
+        text.push_str(&format!(
+            "  - name: d{i:02}\n    instances: [http://127.0.0.1:{}]\n",
+            9000 + i
+        ));
+    }
+    let text = text.replace("{d1: 100}", "{d01: 100}");
+    assert_issue(&text, "deployments", 44, "at most 20");
+}
+
+#[test]
+fn at_most_50_instances() {
+    let urls: Vec<String> = (0..51)
+        .map(|i| format!("http://127.0.0.1:{}", 10000 + i))
+        .collect();
+    let text = format!(
+        "name: big\ntraffic: {{blue: 100}}\ndeployments:\n  - name: blue\n    instances: [{}]\n",
+        urls.join(", ")
+    );
+    assert_issue(&text, "deployments[0].instances", 5, "at most 50");
+}
+
+#[test]
+fn mirroring_is_refused_until_supported() {
+    let text = VALID.replace(
+        "traffic: {blue: 90, green: 10}",
+        "traffic: {blue: 100}\nmirror_traffic: {green: 10}",
+    );
+    assert_issue(&text, "mirror_traffic", 3, "not supported");
+}
+
+#[test]
+fn an_unknown_auth_mode_is_rejected() {
+    let text = format!("auth_mode: password\n{VALID}");
+    assert_issue(&text, "auth_mode", 1, "use one of key");
+}
+
+#[test]
+fn a_duplicate_key_is_rejected() {
+    let text = VALID.replace("name: my-endpoint", "name: my-endpoint\nname: other");
+    let issue = single_issue(&text);
+    assert!(issue.problem.contains("duplicate"), "{issue:?}");
+    assert_eq!(issue.position.map(|p| p.0), Some(2));
+}
+
+#[test]
+fn broken_yaml_reports_a_position() {
+    let text = VALID.replace("{blue: 90, green: 10}", "{blue: 90, green: 10");
+    let issue = single_issue(&text);
+    assert!(issue.position.is_some(), "{issue:?}");
+}
+
+#[test]
+fn a_missing_name_is_reported() {
+    let text = VALID.replace("name: my-endpoint\n", "");
+    let issue = single_issue(&text);
+    assert!(
+        issue.problem.contains("missing required key `name`"),
+        "{issue:?}"
+    );
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = VALID
+        .replace("traffic:", "traffic: {blue: 50}\nold:")
+        .replace("http://127.0.0.1:9003", "nonsense");
+    // The unknown key stops deserialisation, so only it is reported first ...
+    assert_eq!(single_issue(&text).field, "old");
+    // ... while rule violations are all collected.
+    let text = VALID
+        .replace("green: 10", "green: 20")
+        .replace("http://127.0.0.1:9003", "nonsense");
+    let error = EndpointConfig::parse(&text).expect_err("invalid");
+    assert_eq!(error.issues().len(), 2, "{error}");
+}
+
+#[test]
+fn rendering_shows_the_file_line_and_a_caret() {
+    let text = VALID.replace("traffic:", "trafic:");
+    let error = EndpointConfig::parse(&text)
+        .expect_err("invalid")
+        .in_file(Path::new("endpoint.yaml"));
+    let rendered = error.render();
+    assert!(
+        rendered.starts_with(
+            "endpoint.yaml:2:1: trafic: unknown key `trafic`; did you mean `traffic`?"
+        ),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("2 | trafic: {blue: 90, green: 10}\n  | ^"),
+        "{rendered}"
+    );
+}

@@ -1,0 +1,3 @@
+//! Switchyard: one scoring endpoint in front of several deployments of a model.
+
+pub mod config;
