@@ -1,3 +1,166 @@
-//! Switchyard: one scoring endpoint in front of several deployments of a model.
+//! Switchyard: one scoring endpoint in front of several deployments of a model, with the traffic
+//! split, header pins and hot reload of Azure ML's managed online endpoints.
+//!
+//! The flow of one request: accept -> load one [`routing::RoutingTable`] snapshot -> pin header
+//! or weighted draw -> an instance of that deployment -> forward -> stream the response back with
+//! `azureml-model-deployment` set. A reload builds a whole new table and swaps it in; requests
+//! in flight keep the snapshot they started with.
 
 pub mod config;
+pub mod demo;
+pub mod error;
+pub mod model_server;
+pub mod proxy;
+pub mod reload;
+pub mod routing;
+pub mod server;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::ConfigError;
+use crate::proxy::Proxy;
+use crate::reload::Reloader;
+
+/// Default address of the scoring listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default address of the admin listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default time open requests get to finish on shutdown.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to run a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// The endpoint file, watched for changes.
+    pub config: PathBuf,
+    /// Where clients connect; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// How long open requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// Reload on SIGHUP (the binary does; embedded gateways may not want to).
+    pub reload_on_sighup: bool,
+}
+
+impl GatewayOptions {
+    /// Options for `config` on `listen` with the defaults.
+    pub fn new(config: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        GatewayOptions {
+            config: config.into(),
+            listen,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            reload_on_sighup: false,
+        }
+    }
+}
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The endpoint file is invalid or unreadable.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The endpoint file's directory cannot be watched.
+    #[error("cannot watch the endpoint file for changes: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    addr: SocketAddr,
+    reloader: Arc<Reloader>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+    watcher: JoinHandle<()>,
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// Loads the endpoint file, binds the listener and starts serving and watching.
+    pub async fn start(options: GatewayOptions) -> Result<Gateway, StartError> {
+        let reloader = Arc::new(Reloader::load(&options.config)?);
+        let listener =
+            TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: options.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+        let watcher = reload::spawn_watcher(Arc::clone(&reloader), options.reload_on_sighup)?;
+
+        let proxy = Arc::new(Proxy::new(Arc::clone(reloader.table())));
+        let handler = move |request| {
+            let proxy = Arc::clone(&proxy);
+            async move { proxy.handle(request).await }
+        };
+        let (shutdown, stop) = oneshot::channel();
+        let server = tokio::spawn(server::serve(
+            listener,
+            handler,
+            async {
+                let _ = stop.await;
+            },
+            options.drain_timeout,
+        ));
+        tracing::info!(%addr, config = %options.config.display(), endpoint = %reloader.table().load().config().summary(), "gateway listening");
+        Ok(Gateway {
+            addr,
+            reloader,
+            shutdown: Some(shutdown),
+            server,
+            watcher,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The reloader, for explicit reloads and status.
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
+    /// The generation of the routing table serving now.
+    pub fn generation(&self) -> u64 {
+        self.reloader.table().load().generation()
+    }
+
+    /// Stops accepting, waits for open requests up to the drain timeout, and returns.
+    pub async fn shutdown(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let _ = (&mut self.server).await;
+        self.watcher.abort();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.watcher.abort();
+    }
+}

@@ -97,11 +97,40 @@ pub(crate) struct DeploymentFile {
 }
 
 /// `model:` is either a reference string (`azureml:model-1:1`) or a mapping.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(crate) enum ModelFile {
     Reference(String),
     Spec(ModelSpecFile),
+}
+
+// Written by hand rather than `#[serde(untagged)]`, whose only error is "data did not match any
+// variant", and so that errors inside the mapping keep their field path.
+impl<'de> Deserialize<'de> for ModelFile {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ModelVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ModelVisitor {
+            type Value = ModelFile;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a model reference like `azureml:model-1:1` or a mapping like `{name: model-1, version: 1}`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<ModelFile, E> {
+                Ok(ModelFile::Reference(value.to_string()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ModelFile, A::Error> {
+                ModelSpecFile::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ModelFile::Spec)
+            }
+        }
+
+        deserializer.deserialize_any(ModelVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]

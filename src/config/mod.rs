@@ -4,6 +4,7 @@
 //! Two types on purpose: [`file`] holds what serde reads, with source positions; this module's
 //! types hold only what passed validation. Only the second reaches the routing table.
 
+mod diff;
 mod error;
 mod file;
 mod suggest;
@@ -14,6 +15,7 @@ use std::path::Path;
 use http::uri::{Authority, Scheme, Uri};
 use serde_saphyr::{Location, Spanned};
 
+pub use diff::{Change, diff};
 pub use error::{ConfigError, Issue};
 use file::{DeploymentFile, EndpointFile, ModelFile};
 
@@ -77,11 +79,12 @@ impl std::fmt::Display for InstanceAddr {
 impl EndpointConfig {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|error| error.in_file(path))
+        Self::parse_file(&read_file(path)?, path)
+    }
+
+    /// Validates `text`, read from `path`; errors name the file.
+    pub fn parse_file(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse(text).map_err(|error| error.in_file(path))
     }
 
     /// Parses and validates endpoint YAML.
@@ -116,6 +119,14 @@ impl EndpointConfig {
             format!("{}: {}", self.name, deployments.join(", "))
         }
     }
+}
+
+/// The text of an endpoint file.
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// YAML -> [`EndpointFile`], with the field path and position of the first problem.

@@ -333,3 +333,23 @@ fn rendering_shows_the_file_line_and_a_caret() {
         "{rendered}"
     );
 }
+
+#[test]
+fn a_model_that_is_neither_text_nor_a_mapping_is_explained() {
+    let text = VALID.replace("model: {name: model-2, version: 1}", "model: [model-2]");
+    assert_issue(&text, "deployments[1].model", 9, "a model reference like");
+}
+
+#[test]
+fn a_misspelled_model_key_is_rejected() {
+    let text = VALID.replace(
+        "model: {name: model-2, version: 1}",
+        "model: {name: model-2, verison: 1}",
+    );
+    assert_issue(
+        &text,
+        "deployments[1].model.verison",
+        9,
+        "did you mean `version`?",
+    );
+}

@@ -1,0 +1,144 @@
+//! `switchyard demo`: a working endpoint on this machine in one command, with no Docker.
+//!
+//! It starts three demo model servers on free loopback ports (blue: two instances of model-1,
+//! green: one of model-2), writes the six rollout steps of `config/rollout/` with those ports
+//! into a directory, makes step 1 the live endpoint file, and runs the gateway watching it.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::model_server::{Model, ModelServer, ModelServerOptions};
+
+/// The six rollout steps, as shipped in `config/rollout/`.
+pub const ROLLOUT_STEPS: [(&str, &str); 6] = [
+    (
+        "1-create-blue.yaml",
+        include_str!("../config/rollout/1-create-blue.yaml"),
+    ),
+    (
+        "2-scale-blue.yaml",
+        include_str!("../config/rollout/2-scale-blue.yaml"),
+    ),
+    (
+        "3-create-green.yaml",
+        include_str!("../config/rollout/3-create-green.yaml"),
+    ),
+    (
+        "4-flight-green.yaml",
+        include_str!("../config/rollout/4-flight-green.yaml"),
+    ),
+    (
+        "5-full-green.yaml",
+        include_str!("../config/rollout/5-full-green.yaml"),
+    ),
+    (
+        "6-delete-blue.yaml",
+        include_str!("../config/rollout/6-delete-blue.yaml"),
+    ),
+];
+
+/// Azure's sample scoring request.
+pub const SAMPLE_REQUEST: &str = include_str!("../config/sample-request.json");
+
+/// The instance URLs the shipped step files use, in the order blue-1, blue-2, green-1.
+pub const TEMPLATE_INSTANCES: [&str; 3] = [
+    "http://127.0.0.1:9001",
+    "http://127.0.0.1:9002",
+    "http://127.0.0.1:9003",
+];
+
+/// The demo's model servers.
+#[derive(Debug)]
+pub struct DemoServers {
+    /// blue-1, blue-2 (model-1) and green-1 (model-2).
+    pub servers: [ModelServer; 3],
+}
+
+impl DemoServers {
+    /// Starts the three demo model servers on free loopback ports.
+    pub async fn start() -> io::Result<Self> {
+        let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let servers = [
+            ModelServer::bind(any_port, ModelServerOptions::new(Model::Diabetes, "blue-1")).await?,
+            ModelServer::bind(any_port, ModelServerOptions::new(Model::Diabetes, "blue-2")).await?,
+            ModelServer::bind(
+                any_port,
+                ModelServerOptions::new(Model::Constant, "green-1"),
+            )
+            .await?,
+        ];
+        Ok(DemoServers { servers })
+    }
+
+    /// The step file's text with the template ports replaced by the servers' real ones.
+    pub fn render(&self, template: &str) -> String {
+        TEMPLATE_INSTANCES
+            .iter()
+            .zip(&self.servers)
+            .fold(template.to_string(), |text, (placeholder, server)| {
+                text.replace(placeholder, &server.url())
+            })
+    }
+
+    /// Writes the six steps to `dir/rollout/`, step 1 to `dir/endpoint.yaml` and the sample
+    /// request to `dir/sample-request.json`. Returns the endpoint file's path.
+    pub fn write_files(&self, dir: &Path) -> io::Result<PathBuf> {
+        let rollout = dir.join("rollout");
+        std::fs::create_dir_all(&rollout)?;
+        for (name, template) in ROLLOUT_STEPS {
+            std::fs::write(rollout.join(name), self.render(template))?;
+        }
+        std::fs::write(dir.join("sample-request.json"), SAMPLE_REQUEST)?;
+        let endpoint = dir.join("endpoint.yaml");
+        std::fs::write(&endpoint, self.render(ROLLOUT_STEPS[0].1))?;
+        Ok(endpoint)
+    }
+}
+
+/// What to try, printed once the demo is up.
+pub fn instructions(gateway: SocketAddr, dir: &Path, servers: &DemoServers) -> String {
+    let dir = dir.display();
+    let [blue_1, blue_2, green_1] = &servers.servers;
+    let mut out = String::new();
+    let _ = writeln!(out, "Switchyard demo is running.");
+    let _ = writeln!(out, "  scoring endpoint  http://{gateway}/score");
+    let _ = writeln!(
+        out,
+        "  blue  (model-1)   {} and {}",
+        blue_1.url(),
+        blue_2.url()
+    );
+    let _ = writeln!(out, "  green (model-2)   {}", green_1.url());
+    let _ = writeln!(
+        out,
+        "  endpoint file     {dir}/endpoint.yaml  (watched: edit it and the split changes)"
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Score (the response header azureml-model-deployment says who answered):"
+    );
+    let _ = writeln!(
+        out,
+        "  curl -si http://{gateway}/score -H 'Content-Type: application/json' -d @{dir}/sample-request.json"
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Walk the safe rollout, one step at a time:");
+    for (name, _) in ROLLOUT_STEPS.iter().skip(1) {
+        let _ = writeln!(out, "  cp {dir}/rollout/{name} {dir}/endpoint.yaml");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "From step 3 on, test green before it gets live traffic:"
+    );
+    let _ = writeln!(
+        out,
+        "  curl -si http://{gateway}/score -H 'azureml-model-deployment: green' -H 'Content-Type: application/json' -d @{dir}/sample-request.json"
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Press Ctrl-C to stop.");
+    out
+}

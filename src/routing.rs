@@ -1,0 +1,258 @@
+//! The routing table: an immutable snapshot of one applied config, and the pure decision of which
+//! deployment serves a request.
+//!
+//! Everything a request needs is computed when the table is built: the weighted split becomes a
+//! 100-slot array, so a weighted pick is one index, and a pin is a scan of at most 20 names.
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::config::EndpointConfig;
+use crate::upstream::Deployment;
+
+/// The request header that pins a request to one deployment, as in Azure.
+pub const PIN_HEADER: &str = "azureml-model-deployment";
+
+/// One applied config, ready to route requests. Never changes once built; a reload builds a new
+/// one and swaps it in.
+#[derive(Debug)]
+pub struct RoutingTable {
+    config: Arc<EndpointConfig>,
+    generation: u64,
+    /// Deployments in config order.
+    deployments: Box<[Arc<Deployment>]>,
+    /// `slots[draw]` is the index of the deployment that a weighted draw of `draw` (0..100) picks;
+    /// `None` when all weights are 0.
+    slots: Option<Box<[u8; 100]>>,
+}
+
+/// How a deployment was chosen; a metric label, so a small closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteReason {
+    /// Drawn by the traffic weights.
+    Weighted,
+    /// Named by the pin header.
+    Pinned,
+}
+
+/// The outcome of routing one request.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The deployment that serves it.
+    pub deployment: Arc<Deployment>,
+    /// Why that one.
+    pub reason: RouteReason,
+}
+
+/// Why a request could not be routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// No pin, and every deployment has weight 0.
+    NoPositiveWeight,
+    /// The pin header names no deployment of this endpoint.
+    UnknownDeployment {
+        /// The name as sent (lossy if not UTF-8).
+        requested: String,
+        /// The deployments that do exist, comma separated.
+        known: String,
+    },
+}
+
+// === impl RoutingTable ===
+
+impl RoutingTable {
+    /// Builds the table for `config`. Deployments that `previous` already had, with the same
+    /// instances, are carried over as they are.
+    pub fn build(
+        config: Arc<EndpointConfig>,
+        generation: u64,
+        previous: Option<&RoutingTable>,
+    ) -> RoutingTable {
+        let deployments: Box<[Arc<Deployment>]> = config
+            .deployments
+            .iter()
+            .map(|deployment| {
+                let before = previous.and_then(|table| table.deployment(&deployment.name));
+                Deployment::build(deployment, before)
+            })
+            .collect();
+
+        let slots = (config.total_traffic() == 100).then(|| {
+            let mut slots = Box::new([0u8; 100]);
+            let mut next = 0;
+            for (index, deployment) in config.deployments.iter().enumerate() {
+                for _ in 0..deployment.traffic {
+                    // At most 20 deployments, so the index fits in a u8.
+                    slots[next] = index as u8;
+                    next += 1;
+                }
+            }
+            slots
+        });
+
+        RoutingTable {
+            config,
+            generation,
+            deployments,
+            slots,
+        }
+    }
+
+    /// Picks the deployment for a request.
+    ///
+    /// `pin` is the value of the pin header, if the request had one. `draw` is a uniform random
+    /// number in `0..100`; taking it as an argument keeps this function pure, so tests can drive
+    /// it with a seeded RNG or exact values.
+    pub fn route(&self, pin: Option<&HeaderValue>, draw: u8) -> Result<Route, RouteError> {
+        if let Some(pin) = pin {
+            return self
+                .deployments
+                .iter()
+                .find(|d| d.header_value().as_bytes() == pin.as_bytes())
+                .map(|deployment| Route {
+                    deployment: Arc::clone(deployment),
+                    reason: RouteReason::Pinned,
+                })
+                .ok_or_else(|| RouteError::UnknownDeployment {
+                    requested: String::from_utf8_lossy(pin.as_bytes()).into_owned(),
+                    known: self.names().join(", "),
+                });
+        }
+        let slots = self.slots.as_ref().ok_or(RouteError::NoPositiveWeight)?;
+        let index = slots[usize::from(draw) % 100];
+        Ok(Route {
+            deployment: Arc::clone(&self.deployments[usize::from(index)]),
+            reason: RouteReason::Weighted,
+        })
+    }
+
+    /// The deployment with this name, if any.
+    pub fn deployment(&self, name: &str) -> Option<&Arc<Deployment>> {
+        self.deployments.iter().find(|d| d.name() == name)
+    }
+
+    /// All deployments in config order.
+    pub fn deployments(&self) -> &[Arc<Deployment>] {
+        &self.deployments
+    }
+
+    /// The config this table was built from.
+    pub fn config(&self) -> &Arc<EndpointConfig> {
+        &self.config
+    }
+
+    /// Counts applied configs: 1 for the first, +1 for each reload that changed something.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.deployments.iter().map(|d| d.name()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn table(traffic: &str) -> RoutingTable {
+        let text = format!(
+            "name: e-1\ntraffic: {traffic}\ndeployments:\n\
+             - {{name: blue, instances: [http://127.0.0.1:1]}}\n\
+             - {{name: green, instances: [http://127.0.0.1:2]}}\n\
+             - {{name: red, instances: [http://127.0.0.1:3]}}\n"
+        );
+        let config = EndpointConfig::parse(&text).expect("valid");
+        RoutingTable::build(Arc::new(config), 1, None)
+    }
+
+    fn name_of(result: Result<Route, RouteError>) -> String {
+        result.expect("routed").deployment.name().to_string()
+    }
+
+    #[test]
+    fn every_draw_lands_on_its_share() {
+        let table = table("{blue: 90, green: 10}");
+        let green = (0..100)
+            .filter(|draw| name_of(table.route(None, *draw)) == "green")
+            .count();
+        assert_eq!(green, 10);
+    }
+
+    #[test]
+    fn weight_100_takes_every_draw_and_weight_0_none() {
+        let table = table("{blue: 0, green: 100}");
+        assert!((0..100).all(|draw| name_of(table.route(None, draw)) == "green"));
+    }
+
+    #[test]
+    fn a_pin_wins_over_the_weights_even_at_zero() {
+        let table = table("{blue: 100}");
+        let pin = HeaderValue::from_static("green");
+        let route = table.route(Some(&pin), 0).expect("routed");
+        assert_eq!(route.deployment.name(), "green");
+        assert_eq!(route.reason, RouteReason::Pinned);
+    }
+
+    #[test]
+    fn a_pin_works_when_all_weights_are_zero() {
+        let table = table("{}");
+        let pin = HeaderValue::from_static("red");
+        assert_eq!(name_of(table.route(Some(&pin), 0)), "red");
+    }
+
+    #[test]
+    fn an_unknown_pin_names_the_known_deployments() {
+        let table = table("{blue: 100}");
+        let pin = HeaderValue::from_static("purple");
+        assert_eq!(
+            table.route(Some(&pin), 0).expect_err("unknown"),
+            RouteError::UnknownDeployment {
+                requested: "purple".into(),
+                known: "blue, green, red".into()
+            }
+        );
+    }
+
+    #[test]
+    fn all_zero_weights_route_nothing_unpinned() {
+        let table = table("{blue: 0, green: 0}");
+        assert_eq!(
+            table.route(None, 42).expect_err("nothing to route to"),
+            RouteError::NoPositiveWeight
+        );
+    }
+
+    #[test]
+    fn a_seeded_draw_matches_the_split_exactly_enough() {
+        // 100,000 seeded draws at 33/33/34: each share within 1 percentage point. With a fixed
+        // seed the outcome is deterministic, so this cannot flake.
+        let table = table("{blue: 33, green: 33, red: 34}");
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut counts = [0u32; 3];
+        for _ in 0..100_000 {
+            let route = table.route(None, rng.random_range(0..100)).expect("routed");
+            let index = ["blue", "green", "red"]
+                .iter()
+                .position(|n| *n == route.deployment.name())
+                .expect("known");
+            counts[index] += 1;
+        }
+        for (count, expected) in counts.iter().zip([33_000, 33_000, 34_000]) {
+            assert!(count.abs_diff(expected) < 1_000, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn a_rebuild_keeps_unchanged_deployments() {
+        let first = table("{blue: 100}");
+        let second = RoutingTable::build(Arc::clone(first.config()), 2, Some(&first));
+        for (a, b) in first.deployments().iter().zip(second.deployments()) {
+            assert!(Arc::ptr_eq(a, b));
+        }
+    }
+}
