@@ -1,0 +1,184 @@
+//! Shared test fixtures: real model servers and gateways on `127.0.0.1:0`, an endpoint file in a
+//! temporary directory, and a small HTTP client.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use switchyard::demo::SAMPLE_REQUEST;
+use switchyard::model_server::{Model, ModelServer, ModelServerOptions};
+use switchyard::{Gateway, GatewayOptions};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+/// Upper bound on any wait in these tests; far above what a healthy run needs.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub const PIN: &str = "azureml-model-deployment";
+
+pub fn loopback() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+}
+
+/// A model server of `model` named `instance` on a free loopback port.
+pub async fn model_server(model: Model, instance: &str) -> ModelServer {
+    ModelServer::bind(loopback(), ModelServerOptions::new(model, instance))
+        .await
+        .expect("bind a model server")
+}
+
+/// A model server that waits `latency` before answering.
+pub async fn slow_model_server(model: Model, instance: &str, latency: Duration) -> ModelServer {
+    let mut options = ModelServerOptions::new(model, instance);
+    options.latency = latency;
+    ModelServer::bind(loopback(), options)
+        .await
+        .expect("bind a model server")
+}
+
+/// A loopback URL on which nothing listens: the port was bound, then released.
+pub async fn refused_url() -> String {
+    let listener = TcpListener::bind(loopback()).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// An endpoint file in its own temporary directory.
+pub struct EndpointFile {
+    pub dir: TempDir,
+    pub path: PathBuf,
+}
+
+impl EndpointFile {
+    pub fn new(text: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("endpoint.yaml");
+        std::fs::write(&path, text).expect("write endpoint file");
+        EndpointFile { dir, path }
+    }
+
+    /// Rewrites the file in place (same inode), as `cp` or `echo >` would.
+    pub fn write_in_place(&self, text: &str) {
+        std::fs::write(&self.path, text).expect("write endpoint file");
+    }
+
+    /// Writes a temp file and renames it over the endpoint file, as editors save.
+    pub fn replace_by_rename(&self, text: &str) {
+        let temp = self.dir.path().join(".endpoint.yaml.swp");
+        std::fs::write(&temp, text).expect("write temp file");
+        std::fs::rename(&temp, &self.path).expect("rename over endpoint file");
+    }
+}
+
+/// A gateway for the file at `path` on a free loopback port.
+pub async fn gateway(path: &Path) -> Gateway {
+    Gateway::start(GatewayOptions::new(path, loopback()))
+        .await
+        .expect("start the gateway")
+}
+
+/// Waits until the gateway serves `generation`, failing after [`PATIENCE`].
+pub async fn wait_for_generation(gateway: &Gateway, generation: u64) -> Duration {
+    let started = Instant::now();
+    while gateway.generation() < generation {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "generation {generation} was not applied; still at {}",
+            gateway.generation()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(gateway.generation(), generation, "more reloads than expected");
+    started.elapsed()
+}
+
+/// An endpoint file with one deployment per `(name, traffic, instance urls)`.
+pub fn endpoint_yaml(deployments: &[(&str, u8, &[&str])]) -> String {
+    let traffic: Vec<String> = deployments
+        .iter()
+        .map(|(name, traffic, _)| format!("{name}: {traffic}"))
+        .collect();
+    let mut text = format!("name: test-endpoint\nauth_mode: none\ntraffic: {{{}}}\ndeployments:\n", traffic.join(", "));
+    for (name, _, instances) in deployments {
+        text.push_str(&format!("  - name: {name}\n    instances: [{}]\n", instances.join(", ")));
+    }
+    text
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A pooled keep-alive client, like most callers of a scoring endpoint.
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// What a scoring call returned.
+#[derive(Debug)]
+pub struct Scored {
+    pub status: StatusCode,
+    /// The `azureml-model-deployment` response header.
+    pub deployment: Option<String>,
+    /// The `x-demo-instance` response header.
+    pub instance: Option<String>,
+    pub body: Bytes,
+}
+
+impl Scored {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+/// `POST /score` with Azure's sample request, pinned to `pin` if given.
+pub fn score_request(gateway: SocketAddr, pin: Option<&str>) -> Request<Full<Bytes>> {
+    let mut builder = Request::post(format!("http://{gateway}/score"))
+        .header("content-type", "application/json");
+    if let Some(pin) = pin {
+        builder = builder.header(PIN, pin);
+    }
+    builder
+        .body(Full::new(Bytes::from_static(SAMPLE_REQUEST.as_bytes())))
+        .expect("request")
+}
+
+pub async fn read(response: Response<Incoming>) -> Scored {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let status = response.status();
+    let deployment = header(PIN);
+    let instance = header(switchyard::model_server::INSTANCE_HEADER);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("read body")
+        .to_bytes();
+    Scored {
+        status,
+        deployment,
+        instance,
+        body,
+    }
+}
+
+pub async fn score(client: &TestClient, gateway: SocketAddr, pin: Option<&str>) -> Scored {
+    let response = tokio::time::timeout(PATIENCE, client.request(score_request(gateway, pin)))
+        .await
+        .expect("no answer in time")
+        .expect("request failed");
+    read(response).await
+}
