@@ -28,9 +28,7 @@ async fn echo_server() -> (String, tokio::task::JoinHandle<()>) {
         for (name, value) in request.headers() {
             response = response.header(format!("x-echo-{name}"), value);
         }
-        response
-            .body(request.into_body())
-            .expect("echo response")
+        response.body(request.into_body()).expect("echo response")
     };
     let task = tokio::spawn(switchyard::server::serve(
         listener,
@@ -47,27 +45,56 @@ async fn method_path_query_headers_and_body_reach_the_instance() {
     let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
     let gateway = gateway(&file.path).await;
 
-    let request = Request::put(format!("http://{}/v1/models/m:predict?verbose=1&x=%20", gateway.addr()))
-        .header("content-type", "application/json")
-        .header("x-custom", "kept")
-        .header("connection", "keep-alive, x-client-private")
-        .header("x-client-private", "hop")
-        .header("keep-alive", "timeout=5")
-        .body(Full::new(Bytes::from_static(b"{\"data\": [[1]]}")))
-        .expect("request");
+    let request = Request::put(format!(
+        "http://{}/v1/models/m:predict?verbose=1&x=%20",
+        gateway.addr()
+    ))
+    .header("content-type", "application/json")
+    .header("x-custom", "kept")
+    .header("connection", "keep-alive, x-client-private")
+    .header("x-client-private", "hop")
+    .header("keep-alive", "timeout=5")
+    .body(Full::new(Bytes::from_static(b"{\"data\": [[1]]}")))
+    .expect("request");
     let response = client().request(request).await.expect("answer");
     let headers = response.headers().clone();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
 
-    let echoed = |name: &str| headers.get(name).map(|v| v.to_str().expect("ascii").to_string());
+    let echoed = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().expect("ascii").to_string())
+    };
     assert_eq!(echoed("x-echo-method").as_deref(), Some("PUT"));
-    assert_eq!(echoed("x-echo-uri").as_deref(), Some("/v1/models/m:predict?verbose=1&x=%20"));
+    assert_eq!(
+        echoed("x-echo-uri").as_deref(),
+        Some("/v1/models/m:predict?verbose=1&x=%20")
+    );
     assert_eq!(echoed("x-echo-x-custom").as_deref(), Some("kept"));
-    assert_eq!(echoed("x-echo-content-type").as_deref(), Some("application/json"));
-    assert_eq!(echoed("x-echo-x-client-private"), None, "named by Connection: hop-by-hop");
+    assert_eq!(
+        echoed("x-echo-content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        echoed("x-echo-x-client-private"),
+        None,
+        "named by Connection: hop-by-hop"
+    );
     assert_eq!(echoed("x-echo-keep-alive"), None, "hop-by-hop");
-    assert_eq!(echoed("x-echo-host").as_deref(), Some(echo.trim_start_matches("http://")));
-    assert_eq!(echoed("x-upstream-private"), None, "hop-by-hop on the way back too");
+    assert_eq!(
+        echoed("x-echo-host").as_deref(),
+        Some(echo.trim_start_matches("http://"))
+    );
+    assert_eq!(
+        echoed("x-upstream-private"),
+        None,
+        "hop-by-hop on the way back too"
+    );
     assert_eq!(echoed(PIN).as_deref(), Some("blue"));
     assert_eq!(&body[..], b"{\"data\": [[1]]}");
 }
@@ -91,7 +118,10 @@ async fn bodies_stream_both_ways_without_being_buffered_whole() {
         .expect("request");
     let response = tokio::spawn(sender.send_request(request));
 
-    body_tx.send_data(Bytes::from_static(b"first chunk;")).await.expect("send");
+    body_tx
+        .send_data(Bytes::from_static(b"first chunk;"))
+        .await
+        .expect("send");
     let response = tokio::time::timeout(PATIENCE, response)
         .await
         .expect("response head while the request is still open")
@@ -104,13 +134,19 @@ async fn bodies_stream_both_ways_without_being_buffered_whole() {
         .expect("first chunk echoed while the request is still open")
         .expect("a frame")
         .expect("data");
-    assert_eq!(first.into_data().expect("data"), Bytes::from_static(b"first chunk;"));
+    assert_eq!(
+        first.into_data().expect("data"),
+        Bytes::from_static(b"first chunk;")
+    );
 
     // Then a large remainder, to check nothing is lost or reordered on the way.
     let large: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let sending = tokio::spawn(async move {
         for piece in large.chunks(64 * 1024) {
-            body_tx.send_data(Bytes::copy_from_slice(piece)).await.expect("send");
+            body_tx
+                .send_data(Bytes::copy_from_slice(piece))
+                .await
+                .expect("send");
         }
     });
     let rest = body.collect().await.expect("rest").to_bytes();

@@ -42,7 +42,10 @@ async fn an_unknown_pin_gets_404_naming_it() {
     let error = answer.json();
     assert_eq!(error["error"]["code"], "deployment_not_found");
     let message = error["error"]["message"].as_str().expect("message");
-    assert!(message.contains("`purple`") && message.contains("blue"), "{message}");
+    assert!(
+        message.contains("`purple`") && message.contains("blue"),
+        "{message}"
+    );
     assert_eq!(blue.scored(), 0);
 }
 
@@ -86,10 +89,18 @@ async fn requests_spread_round_robin_over_a_deployments_instances() {
 
     let mut instances = Vec::new();
     for _ in 0..30 {
-        instances.push(score(&client, gateway.addr(), None).await.instance.expect("instance header"));
+        instances.push(
+            score(&client, gateway.addr(), None)
+                .await
+                .instance
+                .expect("instance header"),
+        );
     }
     assert_eq!(&instances[..3], ["blue-1", "blue-2", "blue-3"]);
-    assert_eq!((blue_1.scored(), blue_2.scored(), blue_3.scored()), (10, 10, 10));
+    assert_eq!(
+        (blue_1.scored(), blue_2.scored(), blue_3.scored()),
+        (10, 10, 10)
+    );
 }
 
 #[tokio::test]

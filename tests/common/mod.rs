@@ -97,7 +97,11 @@ pub async fn wait_for_generation(gateway: &Gateway, generation: u64) -> Duration
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(gateway.generation(), generation, "more reloads than expected");
+    assert_eq!(
+        gateway.generation(),
+        generation,
+        "more reloads than expected"
+    );
     started.elapsed()
 }
 
@@ -107,9 +111,15 @@ pub fn endpoint_yaml(deployments: &[(&str, u8, &[&str])]) -> String {
         .iter()
         .map(|(name, traffic, _)| format!("{name}: {traffic}"))
         .collect();
-    let mut text = format!("name: test-endpoint\nauth_mode: none\ntraffic: {{{}}}\ndeployments:\n", traffic.join(", "));
+    let mut text = format!(
+        "name: test-endpoint\nauth_mode: none\ntraffic: {{{}}}\ndeployments:\n",
+        traffic.join(", ")
+    );
     for (name, _, instances) in deployments {
-        text.push_str(&format!("  - name: {name}\n    instances: [{}]\n", instances.join(", ")));
+        text.push_str(&format!(
+            "  - name: {name}\n    instances: [{}]\n",
+            instances.join(", ")
+        ));
     }
     text
 }
@@ -140,8 +150,8 @@ impl Scored {
 
 /// `POST /score` with Azure's sample request, pinned to `pin` if given.
 pub fn score_request(gateway: SocketAddr, pin: Option<&str>) -> Request<Full<Bytes>> {
-    let mut builder = Request::post(format!("http://{gateway}/score"))
-        .header("content-type", "application/json");
+    let mut builder =
+        Request::post(format!("http://{gateway}/score")).header("content-type", "application/json");
     if let Some(pin) = pin {
         builder = builder.header(PIN, pin);
     }

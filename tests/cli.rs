@@ -1,0 +1,187 @@
+//! The `switchyard` binary: `validate` exit codes and messages, and `serve` under signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use switchyard::model_server::Model;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
+
+#[test]
+fn validate_accepts_every_shipped_rollout_step() {
+    for (name, _) in switchyard::demo::ROLLOUT_STEPS {
+        let path = format!("{}/config/rollout/{name}", env!("CARGO_MANIFEST_DIR"));
+        let output = Command::new(BINARY)
+            .args(["validate", &path])
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("valid. my-endpoint:"), "{stdout}");
+    }
+}
+
+#[test]
+fn validate_names_the_file_line_field_and_fix() {
+    let file = EndpointFile::new(
+        "name: my-endpoint\ntraffic: {blue: 100}\ndeployments:\n  - name: blue\n    instances: [http://127.0.0.1:1]\n  - name: green\n    instances: [127.0.0.1:2]\n",
+    );
+    let output = Command::new(BINARY)
+        .args(["validate", file.path.to_str().expect("utf-8 path")])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "{}:7:17: deployments[1].instances[0]: `127.0.0.1:2` is not an absolute URL",
+        file.path.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(
+        stderr.contains("7 |     instances: [127.0.0.1:2]"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_reports_a_missing_file() {
+    let output = Command::new(BINARY)
+        .args(["validate", "/nonexistent/endpoint.yaml"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot read /nonexistent/endpoint.yaml")
+    );
+}
+
+/// `switchyard serve` as a child process, with its log lines.
+struct Served {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    addr: std::net::SocketAddr,
+}
+
+impl Served {
+    fn start(config: &std::path::Path) -> Self {
+        let mut child = Command::new(BINARY)
+            .args([
+                "serve",
+                "--config",
+                config.to_str().expect("utf-8"),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--drain-timeout", "5s"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn switchyard serve");
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut served = Served {
+            child,
+            lines,
+            addr: loopback(),
+        };
+        let line = served.wait_for_line("gateway listening");
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("addr in log");
+        served.addr = addr.parse().expect("socket address");
+        served
+    }
+
+    fn wait_for_line(&self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("no log line containing `{needle}`"),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_the_process_keeps_serving() {
+    let blue = model_server(Model::Diabetes, "blue-1").await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&blue.url()])]));
+    let served = Served::start(&file.path);
+
+    served.signal("HUP");
+    served.wait_for_line("SIGHUP received");
+    let answer = score(&client(), served.addr, None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {
+    let blue = slow_model_server(Model::Diabetes, "blue-1", Duration::from_millis(600)).await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&blue.url()])]));
+    let mut served = Served::start(&file.path);
+    let addr = served.addr;
+
+    let slow = tokio::spawn(async move { score(&client(), addr, None).await });
+    // The model takes 600 ms; 200 ms in, the request is at the model and SIGTERM arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!slow.is_finished());
+    served.signal("TERM");
+    served.wait_for_line("shutting down");
+
+    // New connections are refused once the listener is closed.
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "the listener stayed open after SIGTERM");
+
+    let answer = slow.await.expect("task");
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "the request in flight completed"
+    );
+    assert_eq!(blue.scored(), 1);
+    let status = tokio::task::spawn_blocking(move || served.child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
