@@ -14,9 +14,12 @@ use switchyard::model_server::Model;
 const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
 
 #[test]
-fn validate_accepts_every_shipped_rollout_step() {
-    for (name, _) in switchyard::demo::ROLLOUT_STEPS {
-        let path = format!("{}/config/rollout/{name}", env!("CARGO_MANIFEST_DIR"));
+fn validate_accepts_every_shipped_endpoint_file() {
+    let rollout = switchyard::demo::ROLLOUT_STEPS
+        .iter()
+        .map(|(name, _)| format!("rollout/{name}"));
+    for name in rollout.chain(["compose/endpoint.yaml".to_string()]) {
+        let path = format!("{}/config/{name}", env!("CARGO_MANIFEST_DIR"));
         let output = Command::new(BINARY)
             .args(["validate", &path])
             .output()

@@ -1,0 +1,66 @@
+//! What does the routing decision cost per request, pick a deployment and then an instance,
+//! and does it stay flat from 2 to 20 deployments?
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::HeaderValue;
+use rand::Rng;
+use switchyard::config::EndpointConfig;
+use switchyard::routing::RoutingTable;
+
+/// An endpoint with `n` deployments of two instances each; the first takes 100 - (n - 1)
+/// percent and every other one 1 percent.
+fn table(n: usize) -> RoutingTable {
+    let mut traffic = vec![format!("d00: {}", 101 - n)];
+    traffic.extend((1..n).map(|i| format!("d{i:02}: 1")));
+    let mut text = format!(
+        "name: bench\ntraffic: {{{}}}\ndeployments:\n",
+        traffic.join(", ")
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "  - name: d{i:02}\n    instances: [http://127.0.0.1:{}, http://127.0.0.1:{}]\n",
+            10_000 + 2 * i,
+            10_001 + 2 * i
+        ));
+    }
+    let config = EndpointConfig::parse(&text).expect("valid bench config");
+    RoutingTable::build(Arc::new(config), 1, None)
+}
+
+fn weighted(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_weighted_then_instance");
+    for n in [2, 5, 20] {
+        let table = table(n);
+        let mut rng = rand::rng();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &table, |b, table| {
+            b.iter(|| {
+                let draw = rng.random_range(0..100);
+                let route = table.route(None, draw).expect("routed");
+                black_box(route.deployment.pick_instance().addr());
+            })
+        });
+    }
+    group.finish();
+}
+
+fn pinned(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_pinned_then_instance");
+    for n in [2, 5, 20] {
+        let table = table(n);
+        // The last deployment: the worst case of the name scan.
+        let pin = HeaderValue::from_str(&format!("d{:02}", n - 1)).expect("header");
+        group.bench_with_input(BenchmarkId::from_parameter(n), &table, |b, table| {
+            b.iter(|| {
+                let route = table.route(Some(black_box(&pin)), 0).expect("routed");
+                black_box(route.deployment.pick_instance().addr());
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, weighted, pinned);
+criterion_main!(benches);
