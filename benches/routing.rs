@@ -27,7 +27,12 @@ fn table(n: usize) -> RoutingTable {
         ));
     }
     let config = EndpointConfig::parse(&text).expect("valid bench config");
-    RoutingTable::build(Arc::new(config), 1, None)
+    RoutingTable::build(
+        Arc::new(config),
+        1,
+        None,
+        &switchyard::metrics::Metrics::new(),
+    )
 }
 
 fn weighted(c: &mut Criterion) {

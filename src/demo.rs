@@ -98,7 +98,12 @@ impl DemoServers {
 }
 
 /// What to try, printed once the demo is up.
-pub fn instructions(gateway: SocketAddr, dir: &Path, servers: &DemoServers) -> String {
+pub fn instructions(
+    gateway: SocketAddr,
+    admin: Option<SocketAddr>,
+    dir: &Path,
+    servers: &DemoServers,
+) -> String {
     let dir = dir.display();
     let [blue_1, blue_2, green_1] = &servers.servers;
     let mut out = String::new();
@@ -138,6 +143,16 @@ pub fn instructions(gateway: SocketAddr, dir: &Path, servers: &DemoServers) -> S
         out,
         "  curl -si http://{gateway}/score -H 'azureml-model-deployment: green' -H 'Content-Type: application/json' -d @{dir}/sample-request.json"
     );
+    if let Some(admin) = admin {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Watch it (admin API on {admin}):");
+        let _ = writeln!(out, "  switchyard show --admin http://{admin}");
+        let _ = writeln!(
+            out,
+            "  switchyard diff {dir}/rollout/4-flight-green.yaml --admin http://{admin}"
+        );
+        let _ = writeln!(out, "  curl -s http://{admin}/metrics | grep ^switchyard_");
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "Press Ctrl-C to stop.");
     out

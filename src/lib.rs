@@ -6,10 +6,13 @@
 //! `azureml-model-deployment` set. A reload builds a whole new table and swaps it in; requests
 //! in flight keep the snapshot they started with.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod metrics;
 pub mod model_server;
+pub mod ops;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
@@ -19,13 +22,16 @@ pub mod upstream;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::admin::AdminState;
 use crate::config::ConfigError;
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
 
@@ -43,6 +49,8 @@ pub struct GatewayOptions {
     pub config: PathBuf,
     /// Where clients connect; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// Where the admin API listens, if anywhere.
+    pub admin_listen: Option<SocketAddr>,
     /// How long open requests may take to finish on shutdown.
     pub drain_timeout: Duration,
     /// Reload on SIGHUP (the binary does; embedded gateways may not want to).
@@ -55,6 +63,7 @@ impl GatewayOptions {
         GatewayOptions {
             config: config.into(),
             listen,
+            admin_listen: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             reload_on_sighup: false,
         }
@@ -84,9 +93,13 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     reloader: Arc<Reloader>,
+    metrics: Arc<Metrics>,
+    draining: Arc<AtomicBool>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
+    admin: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     watcher: JoinHandle<()>,
 }
 
@@ -95,21 +108,21 @@ pub struct Gateway {
 impl Gateway {
     /// Loads the endpoint file, binds the listener and starts serving and watching.
     pub async fn start(options: GatewayOptions) -> Result<Gateway, StartError> {
-        let reloader = Arc::new(Reloader::load(&options.config)?);
-        let listener =
-            TcpListener::bind(options.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: options.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: options.listen,
-            source,
-        })?;
+        let started = Instant::now();
+        let metrics = Arc::new(Metrics::new());
+        let reloader = Arc::new(Reloader::load(&options.config, Arc::clone(&metrics))?);
+        let (listener, addr) = bind(options.listen).await?;
+        let admin_listener = match options.admin_listen {
+            Some(admin_listen) => Some(bind(admin_listen).await?),
+            None => None,
+        };
         let watcher = reload::spawn_watcher(Arc::clone(&reloader), options.reload_on_sighup)?;
+        let draining = Arc::new(AtomicBool::new(false));
 
-        let proxy = Arc::new(Proxy::new(Arc::clone(reloader.table())));
+        let proxy = Arc::new(Proxy::new(
+            Arc::clone(reloader.table()),
+            Arc::clone(&metrics),
+        ));
         let handler = move |request| {
             let proxy = Arc::clone(&proxy);
             async move { proxy.handle(request).await }
@@ -123,14 +136,58 @@ impl Gateway {
             },
             options.drain_timeout,
         ));
-        tracing::info!(%addr, config = %options.config.display(), endpoint = %reloader.table().load().config().summary(), "gateway listening");
+
+        let admin = admin_listener.map(|(listener, admin_addr)| {
+            let router = admin::router(AdminState {
+                reloader: Arc::clone(&reloader),
+                metrics: Arc::clone(&metrics),
+                draining: Arc::clone(&draining),
+                started,
+            });
+            let (stop_admin, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let serving = axum::serve(listener, router).with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                });
+                if let Err(error) = serving.await {
+                    tracing::error!(%error, "admin API stopped");
+                }
+            });
+            tracing::info!(addr = %admin_addr, "admin API listening");
+            (admin_addr, (stop_admin, task))
+        });
+        let (admin_addr, admin) = match admin {
+            Some((admin_addr, admin)) => (Some(admin_addr), Some(admin)),
+            None => (None, None),
+        };
+
+        tracing::info!(
+            %addr,
+            config = %options.config.display(),
+            endpoint = %reloader.table().load().config().summary(),
+            "gateway listening"
+        );
         Ok(Gateway {
             addr,
+            admin_addr,
             reloader,
+            metrics,
+            draining,
             shutdown: Some(shutdown),
             server,
+            admin,
             watcher,
         })
+    }
+
+    /// The address of the admin API, if it was asked for.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The address clients connect to.
@@ -149,12 +206,20 @@ impl Gateway {
     }
 
     /// Stops accepting, waits for open requests up to the drain timeout, and returns.
+    ///
+    /// Readiness turns unready first, so a load balancer in front stops sending; the admin API
+    /// stays up until the drain is over.
     pub async fn shutdown(mut self) {
+        self.draining.store(true, Ordering::SeqCst);
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
         let _ = (&mut self.server).await;
         self.watcher.abort();
+        if let Some((stop, task)) = self.admin.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
     }
 }
 
@@ -162,5 +227,15 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.server.abort();
         self.watcher.abort();
+        if let Some((_, task)) = &self.admin {
+            task.abort();
+        }
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
 }

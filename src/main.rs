@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use switchyard::config::EndpointConfig;
 use switchyard::demo::DemoServers;
 use switchyard::model_server::{Model, ModelServer, ModelServerOptions};
+use switchyard::ops;
 use switchyard::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Gateway, GatewayOptions};
 use tracing_subscriber::EnvFilter;
 
@@ -19,9 +20,21 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version)]
 struct Cli {
+    /// Log format on stderr: `text` or `json` (one JSON object per line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where `show` and `diff` find the admin API by default.
+const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9090";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -33,12 +46,45 @@ enum Command {
         /// Address for scoring requests.
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
-        /// Address for the admin API.
+        /// Address for the admin API (health, readiness, status, reload, metrics).
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_ADMIN_LISTEN)]
         admin_listen: SocketAddr,
         /// How long requests in flight may take to finish on SIGTERM or Ctrl-C (e.g. 30s, 500ms).
-        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
+    },
+    /// Show the running endpoint: deployments, traffic, instances, request rate and errors.
+    Show {
+        /// The gateway's admin API.
+        #[arg(long, value_name = "URL", default_value = DEFAULT_ADMIN_URL)]
+        admin: String,
+    },
+    /// Send a scoring request, like `az ml online-endpoint invoke`.
+    Invoke {
+        /// The scoring URL.
+        #[arg(
+            long,
+            value_name = "URL",
+            default_value = "http://127.0.0.1:8080/score"
+        )]
+        url: String,
+        /// Send the request to this deployment whatever its traffic share.
+        #[arg(long, value_name = "NAME")]
+        deployment: Option<String>,
+        /// The JSON request body.
+        #[arg(long, value_name = "FILE")]
+        request_file: PathBuf,
+    },
+    /// Validate an endpoint file and show what applying it would change.
+    Diff {
+        /// The endpoint file you are about to apply.
+        new_file: PathBuf,
+        /// Compare against the config the gateway at this admin URL is serving.
+        #[arg(long, value_name = "URL", default_value = DEFAULT_ADMIN_URL, conflicts_with = "against")]
+        admin: String,
+        /// Compare against this file instead of a running gateway.
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
     },
     /// Check an endpoint file without running anything; exit 1 if it is invalid.
     Validate {
@@ -51,6 +97,9 @@ enum Command {
         /// Address for scoring requests.
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
+        /// Address for the admin API.
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_ADMIN_LISTEN)]
+        admin_listen: SocketAddr,
         /// Where to write the endpoint file and the rollout steps.
         #[arg(long, value_name = "DIR", default_value = "switchyard-demo")]
         dir: PathBuf,
@@ -67,7 +116,7 @@ enum Command {
         #[arg(long, default_value = "model")]
         instance: String,
         /// Extra latency for each /score request (e.g. 200ms).
-        #[arg(long, value_name = "DURATION", default_value = "0ms", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "0ms", value_parser = humantime::parse_duration)]
         latency: Duration,
         /// Share of /score requests answered with 500, from 0 to 1.
         #[arg(long, default_value_t = 0.0)]
@@ -85,9 +134,6 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    if let Command::Validate { path } = &cli.command {
-        return validate(path);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,30 +153,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(path: &std::path::Path) -> ExitCode {
-    match EndpointConfig::load(path) {
-        Ok(config) => {
-            println!("{}: valid. {}", path.display(), config.summary());
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprint!("{}", error.render());
-            eprintln!("{}: invalid", path.display());
-            ExitCode::FAILURE
-        }
-    }
+/// Loads an endpoint file, turning an error into its rendering with source lines.
+fn load_config(path: &std::path::Path) -> anyhow::Result<EndpointConfig> {
+    EndpointConfig::load(path).map_err(|error| anyhow::anyhow!("{}", error.render().trim_end()))
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Validate { .. } => unreachable!("handled before the runtime starts"),
+        Command::Validate { path } => {
+            let config = load_config(&path)?;
+            println!("{}: valid. {}", path.display(), config.summary());
+            Ok(())
+        }
         Command::Serve {
             config,
             listen,
-            admin_listen: _,
+            admin_listen,
             drain_timeout,
         } => {
             let mut options = GatewayOptions::new(config, listen);
+            options.admin_listen = Some(admin_listen);
             options.drain_timeout = drain_timeout;
             options.reload_on_sighup = true;
             let gateway = start_gateway(options).await?;
@@ -142,7 +184,60 @@ async fn run(command: Command) -> anyhow::Result<()> {
             gateway.shutdown().await;
             Ok(())
         }
-        Command::Demo { listen, dir } => {
+        Command::Show { admin } => {
+            let status = ops::fetch_status(&admin).await?;
+            print!("{}", ops::render_status(&status));
+            Ok(())
+        }
+        Command::Invoke {
+            url,
+            deployment,
+            request_file,
+        } => {
+            let answer = ops::invoke(&url, deployment.as_deref(), &request_file).await?;
+            let header = |name: &str| {
+                answer
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            eprintln!(
+                "{} from deployment {} (x-request-id {})",
+                answer.status,
+                header(switchyard::routing::PIN_HEADER),
+                header("x-request-id")
+            );
+            println!("{}", String::from_utf8_lossy(&answer.body));
+            anyhow::ensure!(
+                answer.status.is_success(),
+                "the endpoint answered {}",
+                answer.status
+            );
+            Ok(())
+        }
+        Command::Diff {
+            new_file,
+            admin,
+            against,
+        } => {
+            let new = load_config(&new_file)?;
+            let old = match against {
+                Some(path) => load_config(&path)?,
+                None => ops::serving_config(&ops::fetch_status(&admin).await?)?,
+            };
+            print!(
+                "{}",
+                ops::render_changes(&switchyard::config::diff(&old, &new))
+            );
+            Ok(())
+        }
+        Command::Demo {
+            listen,
+            admin_listen,
+            dir,
+        } => {
             let servers = DemoServers::start()
                 .await
                 .context("cannot start the demo model servers")?;
@@ -150,11 +245,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .write_files(&dir)
                 .with_context(|| format!("cannot write the demo files to {}", dir.display()))?;
             let mut options = GatewayOptions::new(endpoint, listen);
+            options.admin_listen = Some(admin_listen);
             options.reload_on_sighup = true;
             let gateway = start_gateway(options).await?;
             println!(
                 "{}",
-                switchyard::demo::instructions(gateway.addr(), &dir, &servers)
+                switchyard::demo::instructions(
+                    gateway.addr(),
+                    gateway.admin_addr(),
+                    &dir,
+                    &servers
+                )
             );
             shutdown_signal().await;
             gateway.shutdown().await;
@@ -192,7 +293,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn start_gateway(options: GatewayOptions) -> anyhow::Result<Gateway> {
     Gateway::start(options).await.map_err(|error| match error {
-        switchyard::StartError::Config(config) => anyhow::anyhow!("{}", config.render().trim_end()),
+        switchyard::StartError::Config(config) => {
+            anyhow::anyhow!("{}", config.render().trim_end())
+        }
         other => anyhow::Error::new(other),
     })
 }
@@ -213,39 +316,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
-    }
-}
-
-/// `30s`, `500ms`, `2m`, or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; write e.g. 30s or 500ms"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        other => return Err(format!("unknown unit `{other}`; use ms, s or m")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|error| format!("`{text}`: {error}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5h").is_err());
     }
 }

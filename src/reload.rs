@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::config::{Change, ConfigError, EndpointConfig, diff, read_file};
+use crate::metrics::Metrics;
 use crate::proxy::SharedTable;
 use crate::routing::RoutingTable;
 
@@ -32,6 +33,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Reloader {
     path: PathBuf,
     table: SharedTable,
+    metrics: Arc<Metrics>,
     state: Mutex<ReloadState>,
 }
 
@@ -88,13 +90,15 @@ pub struct ReloadStatus {
 impl Reloader {
     /// Loads `path` for the first time; fails if it is invalid, since there is no last good
     /// config to fall back on.
-    pub fn load(path: &Path) -> Result<Reloader, ConfigError> {
+    pub fn load(path: &Path, metrics: Arc<Metrics>) -> Result<Reloader, ConfigError> {
         let text = read_file(path)?;
         let config = EndpointConfig::parse_file(&text, path)?;
-        let table = RoutingTable::build(Arc::new(config), 1, None);
+        let table = RoutingTable::build(Arc::new(config), 1, None, &metrics);
+        metrics.table_applied(&table, None);
         Ok(Reloader {
             path: path.to_path_buf(),
             table: Arc::new(ArcSwap::from_pointee(table)),
+            metrics,
             state: Mutex::new(ReloadState {
                 applied_text: text,
                 applied_at: SystemTime::now(),
@@ -151,7 +155,7 @@ impl Reloader {
         }
         let text = match read {
             Ok(text) => text,
-            Err(error) => return reject(&mut state, generation, error, None),
+            Err(error) => return self.reject(&mut state, generation, error, None),
         };
         if text == state.applied_text {
             // Back to the applied text: a rejection since is no longer relevant.
@@ -160,13 +164,19 @@ impl Reloader {
         }
         let config = match EndpointConfig::parse_file(&text, &self.path) {
             Ok(config) => config,
-            Err(error) => return reject(&mut state, generation, error, Some(text)),
+            Err(error) => return self.reject(&mut state, generation, error, Some(text)),
         };
 
         let changes = diff(current.config(), &config);
         let generation = generation + 1;
-        let table = RoutingTable::build(Arc::new(config), generation, Some(&current));
-        self.table.store(Arc::new(table));
+        let table = Arc::new(RoutingTable::build(
+            Arc::new(config),
+            generation,
+            Some(&current),
+            &self.metrics,
+        ));
+        self.table.store(Arc::clone(&table));
+        self.metrics.table_applied(&table, Some(&current));
         state.applied_text = text;
         state.applied_at = SystemTime::now();
         state.rejected = None;
@@ -178,28 +188,30 @@ impl Reloader {
         }
     }
 
+    /// Logs and remembers a rejected file; the serving table is left alone.
+    fn reject(
+        &self,
+        state: &mut ReloadState,
+        generation: u64,
+        error: ConfigError,
+        text: Option<String>,
+    ) -> ReloadOutcome {
+        tracing::error!(
+            serving_generation = generation,
+            "endpoint config rejected, the last good config keeps serving: {error}"
+        );
+        self.metrics.reload_rejected();
+        let error = Arc::new(error);
+        state.rejected = Some((text, Arc::clone(&error)));
+        ReloadOutcome::Rejected { generation, error }
+    }
+
     fn lock(&self) -> MutexGuard<'_, ReloadState> {
         // The state stays consistent even if a holder panicked: every field is written last.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// Logs and remembers a rejected file; the serving table is left alone.
-fn reject(
-    state: &mut ReloadState,
-    generation: u64,
-    error: ConfigError,
-    text: Option<String>,
-) -> ReloadOutcome {
-    tracing::error!(
-        serving_generation = generation,
-        "endpoint config rejected, the last good config keeps serving: {error}"
-    );
-    let error = Arc::new(error);
-    state.rejected = Some((text, Arc::clone(&error)));
-    ReloadOutcome::Rejected { generation, error }
 }
 
 /// Watches the endpoint file and reloads on change, on SIGHUP if asked, and on a slow poll.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::config::EndpointConfig;
+use crate::metrics::Metrics;
 use crate::upstream::Deployment;
 
 /// The request header that pins a request to one deployment, as in Azure.
@@ -68,13 +69,14 @@ impl RoutingTable {
         config: Arc<EndpointConfig>,
         generation: u64,
         previous: Option<&RoutingTable>,
+        metrics: &Metrics,
     ) -> RoutingTable {
         let deployments: Box<[Arc<Deployment>]> = config
             .deployments
             .iter()
             .map(|deployment| {
                 let before = previous.and_then(|table| table.deployment(&deployment.name));
-                Deployment::build(deployment, before)
+                Deployment::build(deployment, before, metrics)
             })
             .collect();
 
@@ -167,7 +169,7 @@ mod tests {
              - {{name: red, instances: [http://127.0.0.1:3]}}\n"
         );
         let config = EndpointConfig::parse(&text).expect("valid");
-        RoutingTable::build(Arc::new(config), 1, None)
+        RoutingTable::build(Arc::new(config), 1, None, &Metrics::new())
     }
 
     fn name_of(result: Result<Route, RouteError>) -> String {
@@ -250,7 +252,8 @@ mod tests {
     #[test]
     fn a_rebuild_keeps_unchanged_deployments() {
         let first = table("{blue: 100}");
-        let second = RoutingTable::build(Arc::clone(first.config()), 2, Some(&first));
+        let second =
+            RoutingTable::build(Arc::clone(first.config()), 2, Some(&first), &Metrics::new());
         for (a, b) in first.deployments().iter().zip(second.deployments()) {
             assert!(Arc::ptr_eq(a, b));
         }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::HeaderValue;
 
 use crate::config::{DeploymentConfig, InstanceAddr};
+use crate::metrics::{DeploymentMetrics, Metrics};
 
 /// One deployment of the model: a name, the model it serves, and its instances.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ pub struct Deployment {
     model: Box<str>,
     instances: Box<[Arc<Instance>]>,
     next_instance: AtomicUsize,
+    metrics: DeploymentMetrics,
 }
 
 /// One model server process of a deployment.
@@ -30,10 +32,13 @@ pub struct Instance {
     in_flight: AtomicUsize,
 }
 
-/// Counts a request against an instance for as long as it is alive.
+/// A request sent to one instance of a deployment. Counted as in flight, on the instance and in
+/// the metrics, until dropped; holding it keeps the deployment alive even after a reload has
+/// removed it from the table.
 #[derive(Debug)]
-pub struct InFlight<'a> {
-    instance: &'a Instance,
+pub struct InFlight {
+    deployment: Arc<Deployment>,
+    instance: usize,
 }
 
 // === impl Deployment ===
@@ -41,7 +46,11 @@ pub struct InFlight<'a> {
 impl Deployment {
     /// Builds the deployment for `config`, reusing `previous` whole when nothing that matters to
     /// it changed, and reusing each unchanged instance otherwise.
-    pub fn build(config: &DeploymentConfig, previous: Option<&Arc<Deployment>>) -> Arc<Deployment> {
+    pub fn build(
+        config: &DeploymentConfig,
+        previous: Option<&Arc<Deployment>>,
+        metrics: &Metrics,
+    ) -> Arc<Deployment> {
         if let Some(previous) = previous {
             let same_instances = previous.instances.len() == config.instances.len()
                 && previous
@@ -70,6 +79,7 @@ impl Deployment {
             model: config.model.as_str().into(),
             instances,
             next_instance: AtomicUsize::new(0),
+            metrics: metrics.deployment(&config.name),
         })
     }
 
@@ -100,8 +110,29 @@ impl Deployment {
 
     /// The next instance in round-robin order. Validation guarantees at least one.
     pub fn pick_instance(&self) -> &Instance {
-        let turn = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        &self.instances[turn % self.instances.len()]
+        &self.instances[self.next_index()]
+    }
+
+    /// Picks the next instance and counts a request in flight on it until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        let instance = self.next_index();
+        self.instances[instance]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.start();
+        InFlight {
+            deployment: Arc::clone(self),
+            instance,
+        }
+    }
+
+    /// Per-request metric handles.
+    pub fn metrics(&self) -> &DeploymentMetrics {
+        &self.metrics
+    }
+
+    fn next_index(&self) -> usize {
+        self.next_instance.fetch_add(1, Ordering::Relaxed) % self.instances.len()
     }
 }
 
@@ -124,17 +155,26 @@ impl Instance {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
+}
 
-    /// Marks a request as in flight until the returned guard drops.
-    pub fn start_request(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { instance: self }
+// === impl InFlight ===
+
+impl InFlight {
+    /// The deployment the request went to.
+    pub fn deployment(&self) -> &Arc<Deployment> {
+        &self.deployment
+    }
+
+    /// The instance the request went to.
+    pub fn instance(&self) -> &Instance {
+        &self.deployment.instances[self.instance]
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.instance.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.instance().in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.deployment.metrics.finish();
     }
 }
 
@@ -142,6 +182,10 @@ impl Drop for InFlight<'_> {
 mod tests {
     use super::*;
     use crate::config::EndpointConfig;
+
+    fn build(config: &DeploymentConfig, previous: Option<&Arc<Deployment>>) -> Arc<Deployment> {
+        Deployment::build(config, previous, &Metrics::new())
+    }
 
     fn deployment(instances: &str, model: &str) -> DeploymentConfig {
         let text = format!(
@@ -155,7 +199,7 @@ mod tests {
 
     #[test]
     fn round_robin_visits_every_instance_in_turn() {
-        let blue = Deployment::build(&deployment("http://a:1, http://b:2, http://c:3", "m"), None);
+        let blue = build(&deployment("http://a:1, http://b:2, http://c:3", "m"), None);
         let picked: Vec<String> = (0..6)
             .map(|_| blue.pick_instance().addr().authority.to_string())
             .collect();
@@ -164,16 +208,16 @@ mod tests {
 
     #[test]
     fn an_unchanged_deployment_is_reused_whole() {
-        let old = Deployment::build(&deployment("http://a:1", "m"), None);
-        let new = Deployment::build(&deployment("http://a:1", "m"), Some(&old));
+        let old = build(&deployment("http://a:1", "m"), None);
+        let new = build(&deployment("http://a:1", "m"), Some(&old));
         assert!(Arc::ptr_eq(&old, &new));
     }
 
     #[test]
     fn scaling_keeps_the_existing_instances() {
-        let old = Deployment::build(&deployment("http://a:1", "m"), None);
-        let _busy = old.instances()[0].start_request();
-        let new = Deployment::build(&deployment("http://a:1, http://b:2", "m"), Some(&old));
+        let old = build(&deployment("http://a:1", "m"), None);
+        let _busy = old.start_request();
+        let new = build(&deployment("http://a:1, http://b:2", "m"), Some(&old));
         assert!(!Arc::ptr_eq(&old, &new));
         assert!(Arc::ptr_eq(&old.instances()[0], &new.instances()[0]));
         assert_eq!(new.in_flight(), 1, "in-flight count carries over");
@@ -181,16 +225,16 @@ mod tests {
 
     #[test]
     fn a_new_model_builds_a_new_deployment() {
-        let old = Deployment::build(&deployment("http://a:1", "m"), None);
-        let new = Deployment::build(&deployment("http://a:1", "model-2"), Some(&old));
+        let old = build(&deployment("http://a:1", "m"), None);
+        let new = build(&deployment("http://a:1", "model-2"), Some(&old));
         assert!(!Arc::ptr_eq(&old, &new));
         assert_eq!(new.model(), "model-2");
     }
 
     #[test]
     fn the_in_flight_guard_counts_down_on_drop() {
-        let blue = Deployment::build(&deployment("http://a:1", "m"), None);
-        let guard = blue.pick_instance().start_request();
+        let blue = build(&deployment("http://a:1", "m"), None);
+        let guard = blue.start_request();
         assert_eq!(blue.in_flight(), 1);
         drop(guard);
         assert_eq!(blue.in_flight(), 0);

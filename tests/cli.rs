@@ -73,6 +73,7 @@ struct Served {
     child: Child,
     lines: mpsc::Receiver<String>,
     addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
 }
 
 impl Served {
@@ -85,7 +86,7 @@ impl Served {
                 "--listen",
                 "127.0.0.1:0",
             ])
-            .args(["--drain-timeout", "5s"])
+            .args(["--drain-timeout", "5s", "--admin-listen", "127.0.0.1:0"])
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -101,14 +102,10 @@ impl Served {
             child,
             lines,
             addr: loopback(),
+            admin: loopback(),
         };
-        let line = served.wait_for_line("gateway listening");
-        let addr = line
-            .split("addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("addr in log");
-        served.addr = addr.parse().expect("socket address");
+        served.admin = address_in(&served.wait_for_line("admin API listening"));
+        served.addr = address_in(&served.wait_for_line("gateway listening"));
         served
     }
 
@@ -129,6 +126,16 @@ impl Served {
             .expect("kill");
         assert!(status.success());
     }
+}
+
+/// The `addr=` field of a log line.
+fn address_in(line: &str) -> std::net::SocketAddr {
+    line.split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("addr in log line")
+        .parse()
+        .expect("socket address")
 }
 
 impl Drop for Served {
@@ -164,6 +171,24 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {
     served.signal("TERM");
     served.wait_for_line("shutting down");
 
+    // Readiness fails while the request drains, so a load balancer stops sending.
+    let ready_url = format!("http://{}/-/ready", served.admin);
+    let mut unready = false;
+    for _ in 0..100 {
+        let answer =
+            switchyard::ops::send(http::Method::GET, &ready_url, &[], bytes::Bytes::new()).await;
+        if answer.is_ok_and(|a| a.status == StatusCode::SERVICE_UNAVAILABLE) {
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(unready, "/-/ready never turned 503 during the drain");
+    assert!(
+        !slow.is_finished(),
+        "readiness failed before the request in flight finished"
+    );
+
     // New connections are refused once the listener is closed.
     let mut refused = false;
     for _ in 0..100 {
@@ -187,4 +212,55 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {
         .expect("join")
         .expect("wait");
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn diff_shows_what_each_rollout_step_changes() {
+    let step = |index: usize| {
+        format!(
+            "{}/config/rollout/{}",
+            env!("CARGO_MANIFEST_DIR"),
+            switchyard::demo::ROLLOUT_STEPS[index].0
+        )
+    };
+    let expected = [
+        "instance http://127.0.0.1:9002 added to blue\n",
+        "deployment green added with 0% traffic and 1 instance\n",
+        "traffic blue 100% -> 90%\ntraffic green 0% -> 10%\n",
+        "traffic blue 90% -> 0%\ntraffic green 10% -> 100%\n",
+        "deployment blue removed\n",
+    ];
+    for (index, expected) in expected.iter().enumerate() {
+        let output = Command::new(BINARY)
+            .args(["diff", &step(index + 1), "--against", &step(index)])
+            .output()
+            .expect("run");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            *expected,
+            "step {}",
+            index + 2
+        );
+    }
+}
+
+#[test]
+fn diff_refuses_an_invalid_new_file() {
+    let file = EndpointFile::new("name: my-endpoint\ntrafic: {}\n");
+    let output = Command::new(BINARY)
+        .args([
+            "diff",
+            file.path.to_str().expect("utf-8"),
+            "--against",
+            file.path.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("did you mean `traffic`?"));
 }

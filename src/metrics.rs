@@ -1,0 +1,336 @@
+//! Prometheus metrics: one registry of the gateway's own, metric names in one place, labels only
+//! from config names and small closed sets.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::routing::{RouteReason, RoutingTable};
+
+/// Every metric name, so dashboards and tests have one place to look.
+pub mod names {
+    /// Requests answered, by deployment, status code and how the deployment was chosen.
+    pub const REQUESTS: &str = "switchyard_requests_total";
+    /// Time from receiving a request to sending the response head, by deployment.
+    pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
+    /// Requests in flight (until the response body ends), by deployment.
+    pub const IN_FLIGHT: &str = "switchyard_requests_in_flight";
+    /// Errors the gateway answered itself, by kind.
+    pub const GATEWAY_ERRORS: &str = "switchyard_gateway_errors_total";
+    /// Configured percent of live traffic, by deployment.
+    pub const TRAFFIC_PERCENT: &str = "switchyard_deployment_traffic_percent";
+    /// Instances configured, by deployment.
+    pub const INSTANCES: &str = "switchyard_deployment_instances";
+    /// Instances ready to take traffic, by deployment.
+    pub const INSTANCES_READY: &str = "switchyard_deployment_instances_ready";
+    /// Generation of the config serving now.
+    pub const CONFIG_GENERATION: &str = "switchyard_config_generation";
+    /// Reload attempts by result (`applied`, `rejected`).
+    pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
+    /// Unix time of the last applied config.
+    pub const CONFIG_APPLIED_TIME: &str = "switchyard_config_last_applied_timestamp_seconds";
+    /// 1 while the file on disk is rejected and an older config serves, else 0.
+    pub const CONFIG_REJECTED: &str = "switchyard_config_last_reload_rejected";
+}
+
+/// Label value for requests that never reached a deployment.
+pub const NO_DEPLOYMENT: &str = "";
+
+/// Buckets from 1 ms to 60 s: model latency spans fast tabular models to slow generative ones.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+/// How a request was routed, as a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteLabel {
+    /// Drawn by weight.
+    Weighted,
+    /// Named by the pin header.
+    Pinned,
+    /// Never reached a deployment.
+    Unrouted,
+}
+
+impl RouteLabel {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteLabel::Weighted => "weighted",
+            RouteLabel::Pinned => "pinned",
+            RouteLabel::Unrouted => "unrouted",
+        }
+    }
+}
+
+impl From<RouteReason> for RouteLabel {
+    fn from(reason: RouteReason) -> Self {
+        match reason {
+            RouteReason::Weighted => RouteLabel::Weighted,
+            RouteReason::Pinned => RouteLabel::Pinned,
+        }
+    }
+}
+
+/// The gateway's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    gateway_errors: IntCounterVec,
+    traffic_percent: IntGaugeVec,
+    instances: IntGaugeVec,
+    instances_ready: IntGaugeVec,
+    generation: IntGauge,
+    reloads_applied: IntCounter,
+    reloads_rejected: IntCounter,
+    applied_time: Gauge,
+    rejected: IntGauge,
+}
+
+/// The metrics of one deployment, resolved once so the request path skips the label lookup.
+#[derive(Debug, Clone)]
+pub struct DeploymentMetrics {
+    duration: prometheus::Histogram,
+    in_flight: IntGauge,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Creates and registers every metric, plus the process collector (memory, CPU, fds).
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                names::REQUESTS,
+                "Requests answered, by deployment, status code and route.",
+            ),
+            &["deployment", "code", "route"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                names::REQUEST_DURATION,
+                "Time from receiving a request to sending the response head.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["deployment"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                names::IN_FLIGHT,
+                "Requests in flight, until the response body ends.",
+            ),
+            &["deployment"],
+        )
+        .expect("valid metric");
+        let gateway_errors = IntCounterVec::new(
+            Opts::new(
+                names::GATEWAY_ERRORS,
+                "Errors the gateway answered itself, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let traffic_percent = IntGaugeVec::new(
+            Opts::new(
+                names::TRAFFIC_PERCENT,
+                "Configured percent of live traffic.",
+            ),
+            &["deployment"],
+        )
+        .expect("valid metric");
+        let instances = IntGaugeVec::new(
+            Opts::new(names::INSTANCES, "Instances configured."),
+            &["deployment"],
+        )
+        .expect("valid metric");
+        let instances_ready = IntGaugeVec::new(
+            Opts::new(names::INSTANCES_READY, "Instances ready to take traffic."),
+            &["deployment"],
+        )
+        .expect("valid metric");
+        let generation = IntGauge::new(
+            names::CONFIG_GENERATION,
+            "Generation of the config serving now.",
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(names::CONFIG_RELOADS, "Reload attempts by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let applied_time = Gauge::new(
+            names::CONFIG_APPLIED_TIME,
+            "Unix time of the last applied config.",
+        )
+        .expect("valid metric");
+        let rejected = IntGauge::new(
+            names::CONFIG_REJECTED,
+            "1 while the file on disk is rejected and an older config serves.",
+        )
+        .expect("valid metric");
+
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(gateway_errors.clone()),
+            Box::new(traffic_percent.clone()),
+            Box::new(instances.clone()),
+            Box::new(instances_ready.clone()),
+            Box::new(generation.clone()),
+            Box::new(reloads.clone()),
+            Box::new(applied_time.clone()),
+            Box::new(rejected.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+
+        Metrics {
+            registry,
+            requests,
+            duration,
+            in_flight,
+            gateway_errors,
+            traffic_percent,
+            instances,
+            instances_ready,
+            generation,
+            reloads_applied: reloads.with_label_values(&["applied"]),
+            reloads_rejected: reloads.with_label_values(&["rejected"]),
+            applied_time,
+            rejected,
+        }
+    }
+
+    /// The handles for one deployment's per-request metrics.
+    pub fn deployment(&self, name: &str) -> DeploymentMetrics {
+        DeploymentMetrics {
+            duration: self.duration.with_label_values(&[name]),
+            in_flight: self.in_flight.with_label_values(&[name]),
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn count_request(&self, deployment: &str, status: http::StatusCode, route: RouteLabel) {
+        self.requests
+            .with_label_values(&[deployment, status.as_str(), route.as_str()])
+            .inc();
+    }
+
+    /// Counts one error the gateway answered itself.
+    pub fn count_gateway_error(&self, kind: &'static str) {
+        self.gateway_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// How many requests were answered for `deployment` with a status in `codes`, any route.
+    pub fn requests_answered(&self, deployment: &str, codes: impl Fn(u16) -> bool) -> u64 {
+        let mut total = 0;
+        use prometheus::core::Collector;
+        for family in self.requests.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                };
+                let code_matches = label("code")
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .is_some_and(&codes);
+                if label("deployment").as_deref() == Some(deployment) && code_matches {
+                    total += metric.get_counter().get_value() as u64;
+                }
+            }
+        }
+        total
+    }
+
+    /// Publishes what a newly applied table configures, dropping deployments it no longer has.
+    pub fn table_applied(&self, table: &RoutingTable, previous: Option<&RoutingTable>) {
+        if let Some(previous) = previous {
+            for old in previous.deployments() {
+                if table.deployment(old.name()).is_none() {
+                    let labels = [old.name()];
+                    let _ = self.traffic_percent.remove_label_values(&labels);
+                    let _ = self.instances.remove_label_values(&labels);
+                    let _ = self.instances_ready.remove_label_values(&labels);
+                }
+            }
+        }
+        for deployment in table.config().deployments.iter() {
+            let labels = [deployment.name.as_str()];
+            self.traffic_percent
+                .with_label_values(&labels)
+                .set(i64::from(deployment.traffic));
+            let count = deployment.instances.len() as i64;
+            self.instances.with_label_values(&labels).set(count);
+            self.instances_ready.with_label_values(&labels).set(count);
+        }
+        self.generation.set(table.generation() as i64);
+        self.applied_time.set(unix_seconds(SystemTime::now()));
+        self.rejected.set(0);
+        if table.generation() > 1 {
+            self.reloads_applied.inc();
+        }
+    }
+
+    /// Records a rejected reload.
+    pub fn reload_rejected(&self) {
+        self.reloads_rejected.inc();
+        self.rejected.set(1);
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+// === impl DeploymentMetrics ===
+
+impl DeploymentMetrics {
+    /// Marks a request in flight.
+    pub fn start(&self) {
+        self.in_flight.inc();
+    }
+
+    /// Marks a request no longer in flight.
+    pub fn finish(&self) {
+        self.in_flight.dec();
+    }
+
+    /// Records how long the response head took.
+    pub fn observe(&self, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Seconds since the Unix epoch, as a float.
+pub fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

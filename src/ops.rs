@@ -1,0 +1,324 @@
+//! The operator's side of the admin API: `switchyard show`, `invoke` and `diff`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::admin::EndpointStatus;
+use crate::config::{Change, ConfigError, EndpointConfig};
+use crate::routing::PIN_HEADER;
+
+/// Why an operator command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// No HTTP exchange happened.
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable {
+        /// What was asked.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The admin API answered with something unexpected.
+    #[error("{url} answered {status}: {body}")]
+    Status {
+        /// What was asked.
+        url: String,
+        /// Its status.
+        status: StatusCode,
+        /// Its body.
+        body: String,
+    },
+    /// The admin API's JSON was not understood.
+    #[error("cannot read the answer of {url}: {source}")]
+    Json {
+        /// What was asked.
+        url: String,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// A config file or the serving config is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A local file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: StatusCode,
+    /// Response headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Sends one request and reads the whole answer.
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Answer, OpsError> {
+    let unreachable = |reason: String| OpsError::Unreachable {
+        url: url.to_string(),
+        reason,
+    };
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(body))
+        .map_err(|error| unreachable(error.to_string()))?;
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let response = client
+        .request(request)
+        .await
+        .map_err(|error| unreachable(error.to_string()))?;
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|error| unreachable(error.to_string()))?
+        .to_bytes();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// `GET {admin}/-/endpoint`.
+pub async fn fetch_status(admin: &str) -> Result<EndpointStatus, OpsError> {
+    let url = format!("{}/-/endpoint", admin.trim_end_matches('/'));
+    let answer = send(Method::GET, &url, &[], Bytes::new()).await?;
+    if answer.status != StatusCode::OK {
+        return Err(OpsError::Status {
+            url,
+            status: answer.status,
+            body: String::from_utf8_lossy(&answer.body).into_owned(),
+        });
+    }
+    serde_json::from_slice(&answer.body).map_err(|source| OpsError::Json { url, source })
+}
+
+/// The serving config, rebuilt from the status's file-shaped copy.
+pub fn serving_config(status: &EndpointStatus) -> Result<EndpointConfig, OpsError> {
+    // JSON is valid YAML, so the same parser and validator read it.
+    Ok(EndpointConfig::parse(&status.config.to_string())?)
+}
+
+/// `switchyard show`: the endpoint as a table.
+pub fn render_status(status: &EndpointStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "endpoint {}  generation {}  applied {}  config {}{}",
+        status.endpoint,
+        status.generation,
+        status.applied_at,
+        status.config_path,
+        if status.draining { "  DRAINING" } else { "" }
+    );
+    let rows: Vec<[String; 7]> = status
+        .deployments
+        .iter()
+        .map(|d| {
+            let ready = d.instances.iter().filter(|i| i.ready).count();
+            let rate = if status.uptime_seconds > 0.0 {
+                d.requests as f64 / status.uptime_seconds
+            } else {
+                0.0
+            };
+            let error_rate = if d.requests > 0 {
+                100.0 * d.errors as f64 / d.requests as f64
+            } else {
+                0.0
+            };
+            [
+                d.name.clone(),
+                format!("{}%", d.traffic),
+                d.model.clone(),
+                format!("{ready}/{}", d.instances.len()),
+                d.in_flight.to_string(),
+                format!("{rate:.1}"),
+                format!("{error_rate:.1}%"),
+            ]
+        })
+        .collect();
+    let header = [
+        "DEPLOYMENT",
+        "TRAFFIC",
+        "MODEL",
+        "READY",
+        "IN FLIGHT",
+        "REQ/S",
+        "ERRORS",
+    ];
+    let widths: Vec<usize> = (0..header.len())
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].len())
+                .chain([header[column].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut line = |cells: &[&str]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(column, (cell, width))| {
+                // Names left-aligned, numbers right-aligned.
+                if column == 0 || column == 2 {
+                    format!("{cell:<width$}")
+                } else {
+                    format!("{cell:>width$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", padded.join("  ").trim_end());
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    if status.deployments.is_empty() {
+        let _ = writeln!(out, "(no deployments)");
+    }
+    if let Some(error) = &status.last_rejected {
+        let _ = writeln!(
+            out,
+            "\nThe file on disk was rejected; generation {} keeps serving:\n{error}",
+            status.generation
+        );
+    }
+    out
+}
+
+/// `switchyard diff`: one line per change, or a note that there is none.
+pub fn render_changes(changes: &[Change]) -> String {
+    if changes.is_empty() {
+        return "no changes\n".to_string();
+    }
+    changes.iter().map(|change| format!("{change}\n")).collect()
+}
+
+/// `switchyard invoke`: posts the file's content, pinned if asked.
+pub async fn invoke(
+    url: &str,
+    deployment: Option<&str>,
+    request_file: &Path,
+) -> Result<Answer, OpsError> {
+    let body = std::fs::read(request_file).map_err(|source| OpsError::Read {
+        path: request_file.display().to_string(),
+        source,
+    })?;
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(deployment) = deployment {
+        headers.push((PIN_HEADER, deployment));
+    }
+    send(Method::POST, url, &headers, Bytes::from(body)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{DeploymentStatus, InstanceStatus};
+
+    fn status() -> EndpointStatus {
+        let instance = |port: u16, ready: bool| InstanceStatus {
+            url: format!("http://127.0.0.1:{port}"),
+            ready,
+            in_flight: 0,
+        };
+        EndpointStatus {
+            endpoint: "my-endpoint".into(),
+            config_path: "endpoint.yaml".into(),
+            generation: 4,
+            applied_at: "2026-01-01T00:00:00.000Z".into(),
+            uptime_seconds: 10.0,
+            draining: false,
+            last_rejected: None,
+            traffic: [("blue".to_string(), 90), ("green".to_string(), 10)].into(),
+            deployments: vec![
+                DeploymentStatus {
+                    name: "blue".into(),
+                    model: "model-1:1".into(),
+                    traffic: 90,
+                    in_flight: 3,
+                    requests: 900,
+                    errors: 9,
+                    instances: vec![instance(9001, true), instance(9002, false)],
+                },
+                DeploymentStatus {
+                    name: "green".into(),
+                    model: "model-2:1".into(),
+                    traffic: 10,
+                    in_flight: 0,
+                    requests: 100,
+                    errors: 0,
+                    instances: vec![instance(9003, true)],
+                },
+            ],
+            config: serde_json::json!({
+                "name": "my-endpoint",
+                "traffic": {"blue": 90, "green": 10},
+                "deployments": [
+                    {"name": "blue", "model": "model-1:1", "instances": ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]},
+                    {"name": "green", "model": "model-2:1", "instances": ["http://127.0.0.1:9003"]},
+                ],
+            }),
+        }
+    }
+
+    #[test]
+    fn show_renders_one_aligned_row_per_deployment() {
+        let text = render_status(&status());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "endpoint my-endpoint  generation 4  applied 2026-01-01T00:00:00.000Z  config endpoint.yaml"
+        );
+        assert_eq!(
+            lines[1],
+            "DEPLOYMENT  TRAFFIC  MODEL      READY  IN FLIGHT  REQ/S  ERRORS"
+        );
+        assert_eq!(
+            lines[2],
+            "blue            90%  model-1:1    1/2          3   90.0    1.0%"
+        );
+        assert_eq!(
+            lines[3],
+            "green           10%  model-2:1    1/1          0   10.0    0.0%"
+        );
+    }
+
+    #[test]
+    fn the_serving_config_round_trips_through_the_status() {
+        let config = serving_config(&status()).expect("valid");
+        assert_eq!(config.deployments[0].traffic, 90);
+        assert_eq!(
+            config.deployments[1].instances[0].to_string(),
+            "http://127.0.0.1:9003"
+        );
+        assert_eq!(config.deployments[1].model, "model-2:1");
+    }
+}
