@@ -16,7 +16,7 @@ fn table(n: usize) -> RoutingTable {
     let mut traffic = vec![format!("d00: {}", 101 - n)];
     traffic.extend((1..n).map(|i| format!("d{i:02}: 1")));
     let mut text = format!(
-        "name: bench\ntraffic: {{{}}}\ndeployments:\n",
+        "name: bench\nauth_mode: none\ntraffic: {{{}}}\ndeployments:\n",
         traffic.join(", ")
     );
     for i in 0..n {
@@ -44,7 +44,7 @@ fn weighted(c: &mut Criterion) {
             b.iter(|| {
                 let draw = rng.random_range(0..100);
                 let route = table.route(None, draw).expect("routed");
-                black_box(route.deployment.pick_instance().addr());
+                black_box(route.deployment.select(&mut rng, None));
             })
         });
     }
@@ -57,10 +57,11 @@ fn pinned(c: &mut Criterion) {
         let table = table(n);
         // The last deployment: the worst case of the name scan.
         let pin = HeaderValue::from_str(&format!("d{:02}", n - 1)).expect("header");
+        let mut rng = rand::rng();
         group.bench_with_input(BenchmarkId::from_parameter(n), &table, |b, table| {
             b.iter(|| {
                 let route = table.route(Some(black_box(&pin)), 0).expect("routed");
-                black_box(route.deployment.pick_instance().addr());
+                black_box(route.deployment.select(&mut rng, None));
             })
         });
     }

@@ -157,15 +157,6 @@ pub fn status(state: &AdminState) -> EndpointStatus {
                 .collect(),
         })
         .collect();
-    let file_shape = serde_json::json!({
-        "name": config.name,
-        "traffic": config.deployments.iter().map(|d| (d.name.clone(), d.traffic)).collect::<BTreeMap<_, _>>(),
-        "deployments": config.deployments.iter().map(|d| serde_json::json!({
-            "name": d.name,
-            "model": d.model,
-            "instances": d.instances.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-    });
     EndpointStatus {
         endpoint: config.name.clone(),
         config_path: reload.path.display().to_string(),
@@ -180,7 +171,7 @@ pub fn status(state: &AdminState) -> EndpointStatus {
             .map(|d| (d.name.clone(), d.traffic))
             .collect(),
         deployments,
-        config: file_shape,
+        config: config.to_file_value(),
     }
 }
 

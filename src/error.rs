@@ -27,6 +27,51 @@ pub enum ProxyError {
     /// The pin header is present but unusable.
     #[error("invalid `azureml-model-deployment` header: {0}")]
     InvalidPinHeader(&'static str),
+    /// The client did not present a valid key.
+    #[error("missing or invalid key; send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    /// The request body is larger than the gateway accepts.
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Too many requests are pending for the deployment (Azure's rule).
+    #[error(
+        "deployment `{deployment}` has too many pending requests (more than {limit}: 2 x \
+         max_concurrent_requests_per_instance x instances); retry later"
+    )]
+    Overloaded {
+        /// The deployment.
+        deployment: String,
+        /// The pending limit.
+        limit: usize,
+    },
+    /// No instance became free within `max_queue_wait_ms`.
+    #[error(
+        "no instance of deployment `{deployment}` became free within max_queue_wait_ms \
+         ({waited_ms} ms); retry later"
+    )]
+    QueueTimeout {
+        /// The deployment.
+        deployment: String,
+        /// How long the request waited.
+        waited_ms: u128,
+    },
+    /// Every instance of the chosen deployment is unready or ejected.
+    #[error("no instance of deployment `{deployment}` is ready")]
+    NoReadyInstance {
+        /// The deployment.
+        deployment: String,
+    },
+    /// The instance took longer than `request_timeout_ms` to answer.
+    #[error("deployment `{deployment}` did not answer within request_timeout_ms ({timeout_ms} ms)")]
+    Timeout {
+        /// The deployment.
+        deployment: String,
+        /// The timeout.
+        timeout_ms: u128,
+    },
     /// No connection to the chosen instance could be made.
     #[error("could not connect to an instance of deployment `{deployment}`")]
     Connect {
@@ -48,6 +93,12 @@ impl ProxyError {
             ProxyError::NoValidDeployments => StatusCode::NOT_FOUND,
             ProxyError::UnknownDeployment { .. } => StatusCode::NOT_FOUND,
             ProxyError::InvalidPinHeader(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::QueueTimeout { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::NoReadyInstance { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Connect { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -59,6 +110,12 @@ impl ProxyError {
             ProxyError::NoValidDeployments => "no_valid_deployments",
             ProxyError::UnknownDeployment { .. } => "deployment_not_found",
             ProxyError::InvalidPinHeader(_) => "invalid_deployment_header",
+            ProxyError::Unauthorized => "unauthorized",
+            ProxyError::PayloadTooLarge { .. } => "payload_too_large",
+            ProxyError::Overloaded { .. } => "too_many_pending_requests",
+            ProxyError::QueueTimeout { .. } => "queue_wait_timeout",
+            ProxyError::NoReadyInstance { .. } => "no_ready_instance",
+            ProxyError::Timeout { .. } => "request_timeout",
             ProxyError::Connect { .. } => "upstream_connect_failed",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
         }
@@ -71,10 +128,20 @@ impl ProxyError {
         });
         let mut response = Response::new(Bytes::from(body.to_string()));
         *response.status_mut() = self.status();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        match self {
+            ProxyError::Overloaded { .. } | ProxyError::QueueTimeout { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
         response
     }
 }

@@ -55,6 +55,8 @@ pub struct GatewayOptions {
     pub drain_timeout: Duration,
     /// Reload on SIGHUP (the binary does; embedded gateways may not want to).
     pub reload_on_sighup: bool,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: u64,
 }
 
 impl GatewayOptions {
@@ -66,6 +68,7 @@ impl GatewayOptions {
             admin_listen: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             reload_on_sighup: false,
+            max_body_bytes: proxy::DEFAULT_MAX_BODY_BYTES,
         }
     }
 }
@@ -122,10 +125,11 @@ impl Gateway {
         let proxy = Arc::new(Proxy::new(
             Arc::clone(reloader.table()),
             Arc::clone(&metrics),
+            options.max_body_bytes,
         ));
-        let handler = move |request| {
+        let handler = move |request, connection| {
             let proxy = Arc::clone(&proxy);
-            async move { proxy.handle(request).await }
+            async move { proxy.handle(request, connection).await }
         };
         let (shutdown, stop) = oneshot::channel();
         let server = tokio::spawn(server::serve(

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -83,6 +83,7 @@ impl ModelServerOptions {
 pub struct ModelServer {
     addr: SocketAddr,
     scored: Arc<AtomicU64>,
+    healthy: Arc<AtomicBool>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -97,11 +98,16 @@ impl ModelServer {
     pub fn spawn(listener: TcpListener, options: ModelServerOptions) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let scored = Arc::new(AtomicU64::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
         let (shutdown, stopped) = oneshot::channel();
-        let state = Arc::new((options, Arc::clone(&scored)));
-        let handler = move |request: Request<Incoming>| {
+        let state = Arc::new(State {
+            options,
+            scored: Arc::clone(&scored),
+            healthy: Arc::clone(&healthy),
+        });
+        let handler = move |request: Request<Incoming>, _: crate::server::Connection| {
             let state = Arc::clone(&state);
-            async move { answer(&state.0, &state.1, request).await }
+            async move { answer(&state, request).await }
         };
         let task = tokio::spawn(crate::server::serve(
             listener,
@@ -114,6 +120,7 @@ impl ModelServer {
         Ok(ModelServer {
             addr,
             scored,
+            healthy,
             shutdown: Some(shutdown),
             task,
         })
@@ -139,6 +146,11 @@ impl ModelServer {
         self.scored.load(Ordering::Relaxed)
     }
 
+    /// Makes `GET /` answer 200 (`true`) or 503 (`false`), as a failing readiness check would.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
     /// Stops accepting, lets open requests finish, and waits.
     pub async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
@@ -159,16 +171,24 @@ impl Drop for ModelServer {
     }
 }
 
-async fn answer(
-    options: &ModelServerOptions,
-    scored: &AtomicU64,
-    request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+/// What the request handler shares.
+#[derive(Debug)]
+struct State {
+    options: ModelServerOptions,
+    scored: Arc<AtomicU64>,
+    healthy: Arc<AtomicBool>,
+}
+
+async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let options = &state.options;
     let mut response = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/") => text(StatusCode::OK, "Healthy"),
+        (&Method::GET, "/") if state.healthy.load(Ordering::Relaxed) => {
+            text(StatusCode::OK, "Healthy")
+        }
+        (&Method::GET, "/") => text(StatusCode::SERVICE_UNAVAILABLE, "Unhealthy"),
         (&Method::POST, "/score") => {
             let response = score(options, request).await;
-            scored.fetch_add(1, Ordering::Relaxed);
+            state.scored.fetch_add(1, Ordering::Relaxed);
             response
         }
         (_, "/score") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST /score"),

@@ -280,6 +280,7 @@ mod tests {
             ],
             config: serde_json::json!({
                 "name": "my-endpoint",
+                "auth_mode": "none",
                 "traffic": {"blue": 90, "green": 10},
                 "deployments": [
                     {"name": "blue", "model": "model-1:1", "instances": ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]},

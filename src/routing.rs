@@ -163,7 +163,7 @@ mod tests {
 
     fn table(traffic: &str) -> RoutingTable {
         let text = format!(
-            "name: e-1\ntraffic: {traffic}\ndeployments:\n\
+            "name: e-1\nauth_mode: none\ntraffic: {traffic}\ndeployments:\n\
              - {{name: blue, instances: [http://127.0.0.1:1]}}\n\
              - {{name: green, instances: [http://127.0.0.1:2]}}\n\
              - {{name: red, instances: [http://127.0.0.1:3]}}\n"

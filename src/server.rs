@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -17,6 +18,15 @@ use tokio::net::TcpListener;
 /// How long a client may take to send a request head before its connection is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the handler knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
 /// Serves connections from `listener` with `handler` until `shutdown` resolves, then stops
 /// accepting and lets open requests finish for at most `drain`.
 pub async fn serve<F, Fut, B>(
@@ -25,7 +35,7 @@ pub async fn serve<F, Fut, B>(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Connection) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
@@ -63,8 +73,9 @@ pub async fn serve<F, Fut, B>(
             tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
         }
         let handler = handler.clone();
+        let connection = Connection { peer, tls: false };
         let service = service_fn(move |request| {
-            let response = handler(request);
+            let response = handler(request, connection);
             async move { Ok::<_, Infallible>(response.await) }
         });
         let connection = builder

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 async fn echo_server() -> (String, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind(loopback()).await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let handler = |request: Request<Incoming>| async move {
+    let handler = |request: Request<Incoming>, _| async move {
         let mut response = Response::builder()
             .header("x-echo-method", request.method().as_str())
             .header("x-echo-uri", request.uri().to_string())
@@ -96,7 +96,38 @@ async fn method_path_query_headers_and_body_reach_the_instance() {
         "hop-by-hop on the way back too"
     );
     assert_eq!(echoed(PIN).as_deref(), Some("blue"));
+    assert_eq!(
+        echoed("x-echo-x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(echoed("x-echo-x-forwarded-proto").as_deref(), Some("http"));
+    let gateway_host = gateway.addr().to_string();
+    assert_eq!(
+        echoed("x-echo-x-forwarded-host").as_deref(),
+        Some(gateway_host.as_str())
+    );
+    let request_id = echoed("x-echo-x-request-id").expect("a request id reaches the instance");
+    assert_eq!(request_id.len(), 36, "a generated UUID: {request_id}");
+    assert_eq!(
+        echoed("x-request-id"),
+        Some(request_id),
+        "and comes back to the client"
+    );
     assert_eq!(&body[..], b"{\"data\": [[1]]}");
+}
+
+#[tokio::test]
+async fn a_clients_request_id_is_kept() {
+    let (echo, _task) = echo_server().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
+    let gateway = gateway(&file.path).await;
+    let request = Request::post(format!("http://{}/score", gateway.addr()))
+        .header("x-request-id", "trace-42")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = client().request(request).await.expect("answer");
+    assert_eq!(response.headers()["x-echo-x-request-id"], "trace-42");
+    assert_eq!(response.headers()["x-request-id"], "trace-42");
 }
 
 #[tokio::test]

@@ -46,6 +46,17 @@ pub enum Change {
         /// New model.
         to: String,
     },
+    /// A setting changed: of the endpoint when `deployment` is `None`.
+    Setting {
+        /// The deployment whose setting changed, if it is a deployment setting.
+        deployment: Option<String>,
+        /// The setting's key as written in the file, e.g. `request_settings.request_timeout_ms`.
+        key: String,
+        /// Old value.
+        from: String,
+        /// New value.
+        to: String,
+    },
     /// An instance was added to a deployment.
     InstanceAdded {
         /// The deployment.
@@ -72,6 +83,26 @@ pub fn diff(old: &EndpointConfig, new: &EndpointConfig) -> Vec<Change> {
             to: new.name.clone(),
         });
     }
+    setting(
+        None,
+        "auth_mode",
+        &format!("{:?}", old.auth_mode).to_lowercase(),
+        &format!("{:?}", new.auth_mode).to_lowercase(),
+        &mut changes,
+    );
+    let keys_file = |config: &EndpointConfig| {
+        config
+            .keys_file
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |path| path.display().to_string())
+    };
+    setting(
+        None,
+        "keys_file",
+        &keys_file(old),
+        &keys_file(new),
+        &mut changes,
+    );
     for deployment in &new.deployments {
         match old.deployments.iter().find(|d| d.name == deployment.name) {
             None => changes.push(Change::DeploymentAdded {
@@ -108,6 +139,51 @@ fn diff_deployment(old: &DeploymentConfig, new: &DeploymentConfig, changes: &mut
             to: new.model.clone(),
         });
     }
+    let (before, after) = (old.request_settings, new.request_settings);
+    let scope = Some(name.as_str());
+    let millis = |d: std::time::Duration| d.as_millis().to_string();
+    setting(
+        scope,
+        "request_settings.request_timeout_ms",
+        &millis(before.request_timeout),
+        &millis(after.request_timeout),
+        changes,
+    );
+    setting(
+        scope,
+        "request_settings.max_concurrent_requests_per_instance",
+        &before.max_concurrent_requests_per_instance.to_string(),
+        &after.max_concurrent_requests_per_instance.to_string(),
+        changes,
+    );
+    setting(
+        scope,
+        "request_settings.max_queue_wait_ms",
+        &millis(before.max_queue_wait),
+        &millis(after.max_queue_wait),
+        changes,
+    );
+    let probe = |d: &DeploymentConfig| {
+        d.readiness_probe.as_ref().map_or_else(
+            || "none".to_string(),
+            |p| {
+                format!(
+                    "GET {}{} every {}s",
+                    p.port.map_or_else(String::new, |port| format!(":{port}")),
+                    p.path,
+                    p.period.as_secs()
+                )
+            },
+        )
+    };
+    if old.readiness_probe != new.readiness_probe {
+        changes.push(Change::Setting {
+            deployment: Some(name.clone()),
+            key: "readiness_probe".into(),
+            from: probe(old),
+            to: probe(new),
+        });
+    }
     for instance in &new.instances {
         if !old.instances.contains(instance) {
             changes.push(Change::InstanceAdded {
@@ -123,6 +199,17 @@ fn diff_deployment(old: &DeploymentConfig, new: &DeploymentConfig, changes: &mut
                 instance: instance.to_string(),
             });
         }
+    }
+}
+
+fn setting(deployment: Option<&str>, key: &str, from: &str, to: &str, changes: &mut Vec<Change>) {
+    if from != to {
+        changes.push(Change::Setting {
+            deployment: deployment.map(str::to_string),
+            key: key.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+        });
     }
 }
 
@@ -144,6 +231,18 @@ impl fmt::Display for Change {
             Change::DeploymentRemoved { name } => write!(f, "deployment {name} removed"),
             Change::Traffic { name, from, to } => write!(f, "traffic {name} {from}% -> {to}%"),
             Change::Model { name, from, to } => write!(f, "model of {name} {from} -> {to}"),
+            Change::Setting {
+                deployment: Some(name),
+                key,
+                from,
+                to,
+            } => write!(f, "{key} of {name} {from} -> {to}"),
+            Change::Setting {
+                deployment: None,
+                key,
+                from,
+                to,
+            } => write!(f, "{key} {from} -> {to}"),
             Change::InstanceAdded { name, instance } => {
                 write!(f, "instance {instance} added to {name}")
             }
@@ -165,11 +264,11 @@ mod tests {
     #[test]
     fn a_flight_step_shows_both_traffic_changes() {
         let old = config(
-            "name: e-1\ntraffic: {blue: 100}\ndeployments:\n\
+            "name: e-1\nauth_mode: none\ntraffic: {blue: 100}\ndeployments:\n\
              - {name: blue, instances: [http://a:1]}\n- {name: green, instances: [http://b:1]}\n",
         );
         let new = config(
-            "name: e-1\ntraffic: {blue: 90, green: 10}\ndeployments:\n\
+            "name: e-1\nauth_mode: none\ntraffic: {blue: 90, green: 10}\ndeployments:\n\
              - {name: blue, instances: [http://a:1]}\n- {name: green, instances: [http://b:1]}\n",
         );
         let lines: Vec<String> = diff(&old, &new).iter().map(ToString::to_string).collect();
@@ -182,10 +281,10 @@ mod tests {
     #[test]
     fn added_removed_and_scaled_deployments_are_listed() {
         let old = config(
-            "name: e-1\ntraffic: {blue: 100}\ndeployments:\n- {name: blue, instances: [http://a:1]}\n",
+            "name: e-1\nauth_mode: none\ntraffic: {blue: 100}\ndeployments:\n- {name: blue, instances: [http://a:1]}\n",
         );
         let new = config(
-            "name: e-1\ntraffic: {green: 100}\ndeployments:\n\
+            "name: e-1\nauth_mode: none\ntraffic: {green: 100}\ndeployments:\n\
              - {name: green, instances: [http://b:1, http://b:2]}\n",
         );
         let lines: Vec<String> = diff(&old, &new).iter().map(ToString::to_string).collect();
@@ -197,7 +296,7 @@ mod tests {
             ]
         );
         let scaled = config(
-            "name: e-1\ntraffic: {blue: 100}\ndeployments:\n- {name: blue, instances: [http://a:1, http://a:2]}\n",
+            "name: e-1\nauth_mode: none\ntraffic: {blue: 100}\ndeployments:\n- {name: blue, instances: [http://a:1, http://a:2]}\n",
         );
         let lines: Vec<String> = diff(&old, &scaled)
             .iter()
@@ -207,8 +306,29 @@ mod tests {
     }
 
     #[test]
+    fn setting_changes_are_listed() {
+        let old = config(
+            "name: e-1\nauth_mode: none\ntraffic: {blue: 100}\ndeployments:\n- {name: blue, instances: [http://a:1]}\n",
+        );
+        let new = config(
+            "name: e-1\nauth_mode: key\nkeys_file: keys.yaml\ntraffic: {blue: 100}\ndeployments:\n\
+             - {name: blue, instances: [http://a:1], request_settings: {request_timeout_ms: 250}, readiness_probe: {path: /health}}\n",
+        );
+        let lines: Vec<String> = diff(&old, &new).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "auth_mode none -> key",
+                "keys_file - -> keys.yaml",
+                "request_settings.request_timeout_ms of blue 5000 -> 250",
+                "readiness_probe of blue none -> GET /health every 10s",
+            ]
+        );
+    }
+
+    #[test]
     fn identical_configs_have_no_changes() {
-        let text = "name: e-1\ntraffic: {blue: 100}\ndeployments:\n- {name: blue, instances: [http://a:1]}\n";
+        let text = "name: e-1\nauth_mode: none\ntraffic: {blue: 100}\ndeployments:\n- {name: blue, instances: [http://a:1]}\n";
         assert!(diff(&config(text), &config(text)).is_empty());
     }
 }

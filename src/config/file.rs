@@ -24,6 +24,9 @@ pub(crate) struct EndpointFile {
     pub(crate) deployments: Vec<DeploymentFile>,
     #[serde(default)]
     pub(crate) auth_mode: Option<Spanned<String>>,
+    /// Switchyard's addition: where the keys for `auth_mode: key` live.
+    #[serde(default)]
+    pub(crate) keys_file: Option<Spanned<String>>,
 
     // Azure keys a gateway has no use for.
     #[serde(rename = "$schema", default)]
@@ -58,8 +61,12 @@ pub(crate) struct DeploymentFile {
     #[serde(default)]
     pub(crate) scale_settings: Option<ScaleSettingsFile>,
 
-    // Azure keys a gateway has no use for (yet: request settings and probes are read in a later
-    // version; until then they are accepted so an Azure file loads unchanged).
+    #[serde(default)]
+    pub(crate) request_settings: Option<RequestSettingsFile>,
+    #[serde(default)]
+    pub(crate) readiness_probe: Option<ProbeFile>,
+
+    // Azure keys a gateway has no use for.
     #[serde(default, rename = "$schema")]
     _schema: Option<IgnoredAny>,
     #[serde(default, rename = "type")]
@@ -80,12 +87,8 @@ pub(crate) struct DeploymentFile {
     _instance_type: Option<IgnoredAny>,
     #[serde(default, rename = "app_insights_enabled")]
     _app_insights_enabled: Option<IgnoredAny>,
-    #[serde(default, rename = "request_settings")]
-    _request_settings: Option<IgnoredAny>,
     #[serde(default, rename = "liveness_probe")]
     _liveness_probe: Option<IgnoredAny>,
-    #[serde(default, rename = "readiness_probe")]
-    _readiness_probe: Option<IgnoredAny>,
     #[serde(default, rename = "egress_public_network_access")]
     _egress_public_network_access: Option<IgnoredAny>,
     #[serde(default, rename = "data_collector")]
@@ -175,4 +178,36 @@ impl std::fmt::Display for Scalar {
 pub(crate) struct ScaleSettingsFile {
     #[serde(default)]
     pub(crate) instance_count: Option<Spanned<i64>>,
+}
+
+/// Azure's `request_settings`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RequestSettingsFile {
+    #[serde(default)]
+    pub(crate) request_timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(crate) max_concurrent_requests_per_instance: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(crate) max_queue_wait_ms: Option<Spanned<i64>>,
+}
+
+/// Azure's `readiness_probe` (times in seconds, as in Azure).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProbeFile {
+    #[serde(default)]
+    pub(crate) path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) port: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(crate) initial_delay: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(crate) period: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(crate) timeout: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(crate) success_threshold: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(crate) failure_threshold: Option<Spanned<i64>>,
 }

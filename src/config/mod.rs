@@ -10,14 +10,16 @@ mod file;
 mod suggest;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme, Uri};
 use serde_saphyr::{Location, Spanned};
 
 pub use diff::{Change, diff};
 pub use error::{ConfigError, Issue};
-use file::{DeploymentFile, EndpointFile, ModelFile};
+use file::{DeploymentFile, EndpointFile, ModelFile, ProbeFile, RequestSettingsFile};
 
 /// Azure's limit on deployments per endpoint.
 pub const MAX_DEPLOYMENTS: usize = 20;
@@ -29,21 +31,20 @@ pub const MAX_INSTANCES: usize = 50;
 pub struct EndpointConfig {
     /// The endpoint's name.
     pub name: String,
-    /// What the file says about authentication. Recorded, not yet enforced.
+    /// How clients authenticate.
     pub auth_mode: AuthMode,
+    /// For `auth_mode: key`: the file holding the keys, relative to the endpoint file's directory
+    /// unless absolute.
+    pub keys_file: Option<PathBuf>,
     /// Deployments in file order.
     pub deployments: Vec<DeploymentConfig>,
 }
 
-/// Azure's `auth_mode` values, plus `none`.
+/// How clients authenticate: Azure's `key` mode, or `none`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
-    /// `key`, Azure's default.
+    /// `key`, Azure's default: `Authorization: Bearer <primary or secondary key>`.
     Key,
-    /// `aml_token`.
-    AmlToken,
-    /// `aad_token`.
-    AadToken,
     /// `none`: no authentication.
     None,
 }
@@ -59,6 +60,51 @@ pub struct DeploymentConfig {
     pub traffic: u8,
     /// Where the deployment's instances listen.
     pub instances: Vec<InstanceAddr>,
+    /// Timeout and concurrency limits.
+    pub request_settings: RequestSettings,
+    /// Active readiness probing, if configured.
+    pub readiness_probe: Option<ReadinessProbe>,
+}
+
+/// Azure's `request_settings`, with Azure's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSettings {
+    /// Past this the client gets 408 and the upstream request is cancelled. Default 5 s.
+    pub request_timeout: Duration,
+    /// Requests one instance serves at once; the rest wait. Default 1.
+    pub max_concurrent_requests_per_instance: u32,
+    /// Longest a request waits for an instance before 429. Default 500 ms.
+    pub max_queue_wait: Duration,
+}
+
+impl Default for RequestSettings {
+    fn default() -> Self {
+        RequestSettings {
+            request_timeout: Duration::from_millis(5000),
+            max_concurrent_requests_per_instance: 1,
+            max_queue_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Azure's `readiness_probe`. Defaults are Azure's, except `initial_delay` (0 s here, 10 s in
+/// Azure): the gateway does not start the model container, so it has nothing to wait for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadinessProbe {
+    /// Path probed with GET. Default `/`.
+    pub path: String,
+    /// Port probed, if not the instance's. Default: the instance's.
+    pub port: Option<u16>,
+    /// Wait before the first probe. Default 0 s.
+    pub initial_delay: Duration,
+    /// Time between probes. Default 10 s.
+    pub period: Duration,
+    /// A probe slower than this fails. Default 2 s.
+    pub timeout: Duration,
+    /// Successes in a row that make an instance ready. Default 1.
+    pub success_threshold: u32,
+    /// Failures in a row that make an instance unready. Default 30.
+    pub failure_threshold: u32,
 }
 
 /// The origin of one model server instance, e.g. `http://127.0.0.1:9001`.
@@ -96,6 +142,59 @@ impl EndpointConfig {
     /// Total percent of live traffic: 0 or 100 in a valid config.
     pub fn total_traffic(&self) -> u32 {
         self.deployments.iter().map(|d| u32::from(d.traffic)).sum()
+    }
+
+    /// The config in the endpoint file's own shape, with every default written out. JSON is
+    /// YAML, so [`EndpointConfig::parse`] reads it back to an equal config.
+    pub fn to_file_value(&self) -> serde_json::Value {
+        let auth_mode = match self.auth_mode {
+            AuthMode::Key => "key",
+            AuthMode::None => "none",
+        };
+        let deployments: Vec<serde_json::Value> = self
+            .deployments
+            .iter()
+            .map(|d| {
+                let settings = d.request_settings;
+                let mut deployment = serde_json::json!({
+                    "name": d.name,
+                    "model": d.model,
+                    "instances": d.instances.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "request_settings": {
+                        "request_timeout_ms": settings.request_timeout.as_millis() as u64,
+                        "max_concurrent_requests_per_instance": settings.max_concurrent_requests_per_instance,
+                        "max_queue_wait_ms": settings.max_queue_wait.as_millis() as u64,
+                    },
+                });
+                if let Some(probe) = &d.readiness_probe {
+                    deployment["readiness_probe"] = serde_json::json!({
+                        "path": probe.path,
+                        "port": probe.port,
+                        "initial_delay": probe.initial_delay.as_secs(),
+                        "period": probe.period.as_secs(),
+                        "timeout": probe.timeout.as_secs(),
+                        "success_threshold": probe.success_threshold,
+                        "failure_threshold": probe.failure_threshold,
+                    });
+                    if probe.port.is_none() {
+                        if let Some(probe) = deployment["readiness_probe"].as_object_mut() {
+                            probe.remove("port");
+                        }
+                    }
+                }
+                deployment
+            })
+            .collect();
+        let mut value = serde_json::json!({
+            "name": self.name,
+            "auth_mode": auth_mode,
+            "traffic": self.deployments.iter().map(|d| (d.name.clone(), d.traffic)).collect::<BTreeMap<_, _>>(),
+            "deployments": deployments,
+        });
+        if let Some(keys_file) = &self.keys_file {
+            value["keys_file"] = serde_json::Value::from(keys_file.display().to_string());
+        }
+        value
     }
 
     /// A one-line description: `my-endpoint: blue 90% (2 instances), green 10% (1 instance)`.
@@ -161,6 +260,30 @@ fn validate(raw: EndpointFile) -> Result<EndpointConfig, Vec<Issue>> {
 
     check_name(&raw.name, "name", &mut issues);
     let auth_mode = check_auth_mode(raw.auth_mode.as_ref(), &mut issues);
+    if auth_mode == AuthMode::Key && raw.keys_file.is_none() {
+        let why = if raw.auth_mode.is_some() {
+            "is `key`"
+        } else {
+            "defaults to `key`, as in Azure,"
+        };
+        issues.push(Issue::new(
+            "auth_mode",
+            raw.auth_mode.as_ref().map(|m| m.referenced),
+            format!(
+                "auth_mode {why} but no `keys_file` is given; add `keys_file: keys.yaml` \
+                 (with primary_key and secondary_key) or set `auth_mode: none`"
+            ),
+        ));
+    }
+    if auth_mode == AuthMode::None {
+        if let Some(keys_file) = &raw.keys_file {
+            issues.push(Issue::new(
+                "keys_file",
+                Some(keys_file.referenced),
+                "keys_file is set but auth_mode is `none`; set `auth_mode: key` or remove keys_file",
+            ));
+        }
+    }
 
     if !raw.mirror_traffic.is_empty() {
         let location = raw.mirror_traffic.values().next().map(|v| v.referenced);
@@ -207,6 +330,7 @@ fn validate(raw: EndpointFile) -> Result<EndpointConfig, Vec<Issue>> {
         Ok(EndpointConfig {
             name: raw.name.value,
             auth_mode,
+            keys_file: raw.keys_file.map(|file| PathBuf::from(file.value)),
             deployments,
         })
     } else {
@@ -291,6 +415,129 @@ fn validate_deployment(
         model: describe_model(raw.model.as_ref()),
         traffic: 0,
         instances,
+        request_settings: request_settings(field, raw.request_settings.as_ref(), issues),
+        readiness_probe: raw
+            .readiness_probe
+            .as_ref()
+            .map(|probe| readiness_probe(field, probe, issues)),
+    }
+}
+
+fn request_settings(
+    field: &str,
+    raw: Option<&RequestSettingsFile>,
+    issues: &mut Vec<Issue>,
+) -> RequestSettings {
+    let defaults = RequestSettings::default();
+    let Some(raw) = raw else { return defaults };
+    let field = format!("{field}.request_settings");
+    let millis = |value, name: &str, range, default: Duration, issues: &mut Vec<Issue>| {
+        let default = default.as_millis() as i64;
+        Duration::from_millis(
+            ranged(value, &format!("{field}.{name}"), range, default, issues) as u64,
+        )
+    };
+    RequestSettings {
+        request_timeout: millis(
+            raw.request_timeout_ms.as_ref(),
+            "request_timeout_ms",
+            1..=180_000,
+            defaults.request_timeout,
+            issues,
+        ),
+        max_concurrent_requests_per_instance: ranged(
+            raw.max_concurrent_requests_per_instance.as_ref(),
+            &format!("{field}.max_concurrent_requests_per_instance"),
+            1..=100_000,
+            1,
+            issues,
+        ) as u32,
+        max_queue_wait: millis(
+            raw.max_queue_wait_ms.as_ref(),
+            "max_queue_wait_ms",
+            0..=180_000,
+            defaults.max_queue_wait,
+            issues,
+        ),
+    }
+}
+
+fn readiness_probe(field: &str, raw: &ProbeFile, issues: &mut Vec<Issue>) -> ReadinessProbe {
+    let field = format!("{field}.readiness_probe");
+    let seconds = |value, name: &str, range, default, issues: &mut Vec<Issue>| {
+        Duration::from_secs(
+            ranged(value, &format!("{field}.{name}"), range, default, issues) as u64,
+        )
+    };
+    let path = match &raw.path {
+        Some(path) if !path.value.starts_with('/') => {
+            issues.push(Issue::new(
+                format!("{field}.path"),
+                Some(path.referenced),
+                format!("`{}` must start with `/`, e.g. `/health`", path.value),
+            ));
+            "/".to_string()
+        }
+        Some(path) => path.value.clone(),
+        None => "/".to_string(),
+    };
+    let port = raw
+        .port
+        .as_ref()
+        .map(|port| ranged(Some(port), &format!("{field}.port"), 1..=65_535, 1, issues) as u16);
+    ReadinessProbe {
+        path,
+        port,
+        initial_delay: seconds(
+            raw.initial_delay.as_ref(),
+            "initial_delay",
+            0..=3_600,
+            0,
+            issues,
+        ),
+        period: seconds(raw.period.as_ref(), "period", 1..=3_600, 10, issues),
+        timeout: seconds(raw.timeout.as_ref(), "timeout", 1..=3_600, 2, issues),
+        success_threshold: ranged(
+            raw.success_threshold.as_ref(),
+            &format!("{field}.success_threshold"),
+            1..=1_000,
+            1,
+            issues,
+        ) as u32,
+        failure_threshold: ranged(
+            raw.failure_threshold.as_ref(),
+            &format!("{field}.failure_threshold"),
+            1..=1_000,
+            30,
+            issues,
+        ) as u32,
+    }
+}
+
+/// `value` if given and within `range`, else `default` (recording an issue when out of range).
+fn ranged(
+    value: Option<&Spanned<i64>>,
+    field: &str,
+    range: RangeInclusive<i64>,
+    default: i64,
+    issues: &mut Vec<Issue>,
+) -> i64 {
+    match value {
+        None => default,
+        Some(value) if range.contains(&value.value) => value.value,
+        Some(value) => {
+            issues.push(Issue::new(
+                field,
+                Some(value.referenced),
+                format!(
+                    "{} is out of range; use a whole number from {} to {}",
+                    value.value,
+                    range.start(),
+                    range.end()
+                ),
+            ));
+            default
+        }
     }
 }
 
@@ -407,19 +654,25 @@ fn check_auth_mode(mode: Option<&Spanned<String>>, issues: &mut Vec<Issue>) -> A
     };
     match mode.value.to_ascii_lowercase().as_str() {
         "key" => AuthMode::Key,
-        "aml_token" => AuthMode::AmlToken,
-        "aad_token" => AuthMode::AadToken,
         "none" => AuthMode::None,
-        _ => {
+        azure @ ("aml_token" | "aad_token") => {
             issues.push(Issue::new(
                 "auth_mode",
                 Some(mode.referenced),
                 format!(
-                    "`{}` is not an auth mode; use one of key, aml_token, aad_token, none",
-                    mode.value
+                    "`{azure}` needs Azure's token service, which a self-hosted gateway does not \
+                     have; use `key` (with keys_file) or `none`"
                 ),
             ));
-            AuthMode::Key
+            AuthMode::None
+        }
+        _ => {
+            issues.push(Issue::new(
+                "auth_mode",
+                Some(mode.referenced),
+                format!("`{}` is not an auth mode; use `key` or `none`", mode.value),
+            ));
+            AuthMode::None
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One bad file per rule; each error must name the field and say what is wrong.
 
 use super::*;
+use std::time::Duration;
 
 const VALID: &str = "\
 name: my-endpoint
@@ -13,6 +14,7 @@ deployments:
   - name: green
     model: {name: model-2, version: 1}
     instances: [http://127.0.0.1:9003]
+auth_mode: none
 ";
 
 /// Parses `text`, expecting exactly one issue, and returns it.
@@ -62,6 +64,7 @@ fn azure_keys_are_accepted_and_ignored() {
 $schema: https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json
 name: my-endpoint
 auth_mode: key
+keys_file: keys.yaml
 description: an endpoint
 tags: {team: ml}
 traffic: {blue: 100}
@@ -82,7 +85,12 @@ deployments:
 ";
     let config = EndpointConfig::parse(text).expect("valid");
     assert_eq!(config.auth_mode, AuthMode::Key);
+    assert_eq!(config.keys_file, Some(PathBuf::from("keys.yaml")));
     assert_eq!(config.deployments[0].model, "azureml:model-1:1");
+    assert_eq!(
+        config.deployments[0].request_settings.request_timeout,
+        Duration::from_secs(3)
+    );
 }
 
 #[test]
@@ -237,7 +245,7 @@ fn instance_count_must_match_the_instances() {
 
 #[test]
 fn at_most_20_deployments() {
-    let mut text = String::from("name: big\ntraffic: {d1: 100}\ndeployments:\n");
+    let mut text = String::from("name: big\nauth_mode: none\ntraffic: {d1: 100}\ndeployments:\n");
     for i in 1..=21 {
         text.push_str(&format!(
             "  - name: d{i:02}\n    instances: [http://127.0.0.1:{}]\n",
@@ -245,7 +253,7 @@ fn at_most_20_deployments() {
         ));
     }
     let text = text.replace("{d1: 100}", "{d01: 100}");
-    assert_issue(&text, "deployments", 44, "at most 20");
+    assert_issue(&text, "deployments", 45, "at most 20");
 }
 
 #[test]
@@ -254,10 +262,10 @@ fn at_most_50_instances() {
         .map(|i| format!("http://127.0.0.1:{}", 10000 + i))
         .collect();
     let text = format!(
-        "name: big\ntraffic: {{blue: 100}}\ndeployments:\n  - name: blue\n    instances: [{}]\n",
+        "name: big\nauth_mode: none\ntraffic: {{blue: 100}}\ndeployments:\n  - name: blue\n    instances: [{}]\n",
         urls.join(", ")
     );
-    assert_issue(&text, "deployments[0].instances", 5, "at most 50");
+    assert_issue(&text, "deployments[0].instances", 6, "at most 50");
 }
 
 #[test]
@@ -271,8 +279,15 @@ fn mirroring_is_refused_until_supported() {
 
 #[test]
 fn an_unknown_auth_mode_is_rejected() {
-    let text = format!("auth_mode: password\n{VALID}");
-    assert_issue(&text, "auth_mode", 1, "use one of key");
+    let text = VALID.replace("auth_mode: none", "auth_mode: password");
+    assert_issue(&text, "auth_mode", 11, "use `key` or `none`");
+    let text = VALID.replace("auth_mode: none", "auth_mode: aml_token");
+    assert_issue(
+        &text,
+        "auth_mode",
+        11,
+        "use `key` (with keys_file) or `none`",
+    );
 }
 
 #[test]
@@ -352,4 +367,98 @@ fn a_misspelled_model_key_is_rejected() {
         9,
         "did you mean `version`?",
     );
+}
+
+#[test]
+fn key_auth_needs_a_keys_file_even_by_default() {
+    let text = VALID.replace("auth_mode: none\n", "");
+    let issue = single_issue(&text);
+    assert_eq!(issue.field, "auth_mode");
+    assert!(issue.problem.contains("defaults to `key`"), "{issue:?}");
+    let text = VALID.replace("auth_mode: none", "auth_mode: key");
+    assert_issue(&text, "auth_mode", 11, "no `keys_file` is given");
+    let text = VALID.replace("auth_mode: none", "auth_mode: none\nkeys_file: k.yaml");
+    assert_issue(&text, "keys_file", 12, "auth_mode is `none`");
+}
+
+#[test]
+fn request_settings_have_azures_defaults() {
+    let config = EndpointConfig::parse(VALID).expect("valid");
+    let settings = config.deployments[0].request_settings;
+    assert_eq!(settings.request_timeout, Duration::from_millis(5000));
+    assert_eq!(settings.max_concurrent_requests_per_instance, 1);
+    assert_eq!(settings.max_queue_wait, Duration::from_millis(500));
+    assert_eq!(config.deployments[0].readiness_probe, None);
+}
+
+#[test]
+fn request_settings_are_read_and_range_checked() {
+    let text = VALID.replace(
+        "    instance_count: 2\n",
+        "    instance_count: 2\n    request_settings: {request_timeout_ms: 250, max_concurrent_requests_per_instance: 8, max_queue_wait_ms: 0}\n",
+    );
+    let settings = EndpointConfig::parse(&text).expect("valid").deployments[0].request_settings;
+    assert_eq!(settings.request_timeout, Duration::from_millis(250));
+    assert_eq!(settings.max_concurrent_requests_per_instance, 8);
+    assert_eq!(settings.max_queue_wait, Duration::ZERO);
+
+    let text = VALID.replace(
+        "    instance_count: 2\n",
+        "    instance_count: 2\n    request_settings: {request_timeout_ms: 200000}\n",
+    );
+    assert_issue(
+        &text,
+        "deployments[0].request_settings.request_timeout_ms",
+        7,
+        "from 1 to 180000",
+    );
+    let text = VALID.replace(
+        "    instance_count: 2\n",
+        "    instance_count: 2\n    request_settings: {max_concurrent_request_per_instance: 2}\n",
+    );
+    assert_issue(
+        &text,
+        "deployments[0].request_settings.max_concurrent_request_per_instance",
+        7,
+        "did you mean `max_concurrent_requests_per_instance`?",
+    );
+}
+
+#[test]
+fn a_readiness_probe_is_read_with_defaults() {
+    let text = VALID.replace(
+        "    instance_count: 2\n",
+        "    instance_count: 2\n    readiness_probe: {path: /health, period: 1}\n",
+    );
+    let probe = EndpointConfig::parse(&text).expect("valid").deployments[0]
+        .readiness_probe
+        .clone()
+        .expect("probe");
+    assert_eq!(probe.path, "/health");
+    assert_eq!(probe.period, Duration::from_secs(1));
+    assert_eq!(probe.timeout, Duration::from_secs(2));
+    assert_eq!(probe.initial_delay, Duration::ZERO);
+    assert_eq!((probe.success_threshold, probe.failure_threshold), (1, 30));
+
+    let text = VALID.replace(
+        "    instance_count: 2\n",
+        "    instance_count: 2\n    readiness_probe: {path: health}\n",
+    );
+    assert_issue(
+        &text,
+        "deployments[0].readiness_probe.path",
+        7,
+        "must start with `/`",
+    );
+}
+
+#[test]
+fn the_file_shaped_value_reads_back_to_the_same_config() {
+    let text = VALID.replace(
+        "    instance_count: 2\n",
+        "    instance_count: 2\n    request_settings: {request_timeout_ms: 250}\n    readiness_probe: {path: /health, port: 8081}\n",
+    );
+    let config = EndpointConfig::parse(&text).expect("valid");
+    let again = EndpointConfig::parse(&config.to_file_value().to_string()).expect("valid");
+    assert_eq!(config, again);
 }

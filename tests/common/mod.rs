@@ -105,7 +105,8 @@ pub async fn wait_for_generation(gateway: &Gateway, generation: u64) -> Duration
     started.elapsed()
 }
 
-/// An endpoint file with one deployment per `(name, traffic, instance urls)`.
+/// An endpoint file with one deployment per `(name, traffic, instance urls)`, no auth, and room
+/// for 64 concurrent requests per instance (Azure's default of 1 would turn test load into 429s).
 pub fn endpoint_yaml(deployments: &[(&str, u8, &[&str])]) -> String {
     let traffic: Vec<String> = deployments
         .iter()
@@ -117,7 +118,7 @@ pub fn endpoint_yaml(deployments: &[(&str, u8, &[&str])]) -> String {
     );
     for (name, _, instances) in deployments {
         text.push_str(&format!(
-            "  - name: {name}\n    instances: [{}]\n",
+            "  - name: {name}\n    instances: [{}]\n    request_settings: {{max_concurrent_requests_per_instance: 64}}\n",
             instances.join(", ")
         ));
     }

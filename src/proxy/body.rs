@@ -1,0 +1,198 @@
+//! The bodies that cross the gateway.
+//!
+//! [`UpstreamBody`] carries the client's request body to an instance. It can be taken back if no
+//! byte of it was read (so a request whose connection was refused can be retried on another
+//! instance), and it enforces the request body limit as the bytes flow. [`ProxyBody`] carries
+//! the answer back and keeps the request counted as in flight until the last byte.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::upstream::InFlight;
+
+/// What the gateway answers with: an upstream's body streamed through, or a small body of its own.
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// The instance's body; the request counts as in flight until it ends.
+    Upstream {
+        /// The body as it arrives.
+        body: Incoming,
+        /// Released when the body is dropped.
+        in_flight: InFlight,
+    },
+    /// A body the gateway made (errors).
+    Local(Full<Bytes>),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            ProxyBody::Local(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Local(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Local(body) => body.size_hint(),
+        }
+    }
+}
+
+/// The client's request body on its way to an instance.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    /// Where the body waits until the first read; see [`RequestBody::take_back`].
+    slot: Arc<Mutex<Option<Incoming>>>,
+    body: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+}
+
+/// The shared handle to a request body that has not been read yet.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestBody {
+    slot: Arc<Mutex<Option<Incoming>>>,
+}
+
+/// The request body grew past the limit while streaming.
+#[derive(Debug)]
+pub(crate) struct BodyTooLarge {
+    /// The limit in bytes.
+    pub(crate) limit: u64,
+}
+
+impl fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request body larger than {} bytes", self.limit)
+    }
+}
+
+impl StdError for BodyTooLarge {}
+
+impl RequestBody {
+    /// Holds `body` until a send reads it.
+    pub(crate) fn new(body: Incoming) -> Self {
+        RequestBody {
+            slot: Arc::new(Mutex::new(Some(body))),
+        }
+    }
+
+    /// A body for one attempt, failing once more than `limit` bytes have flowed.
+    pub(crate) fn attempt(&self, limit: u64) -> UpstreamBody {
+        UpstreamBody {
+            slot: Arc::clone(&self.slot),
+            body: None,
+            limit,
+            seen: 0,
+        }
+    }
+
+    /// True while no attempt has read the body, so another attempt can send it whole.
+    pub(crate) fn is_untouched(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Incoming>> {
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl UpstreamBody {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Incoming>> {
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn StdError + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.body.is_none() {
+            let taken = this.lock().take();
+            this.body = taken;
+        }
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: this.limit,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.body {
+            Some(body) => body.is_end_stream(),
+            None => self.lock().as_ref().is_none_or(Body::is_end_stream),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Read before the first poll, so that hyper keeps the client's Content-Length framing.
+        match &self.body {
+            Some(body) => body.size_hint(),
+            None => self
+                .lock()
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), Body::size_hint),
+        }
+    }
+}
+
+/// Whether `error`, or anything it was caused by, is a [`BodyTooLarge`].
+pub(crate) fn is_body_too_large(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<BodyTooLarge>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}

@@ -1,0 +1,211 @@
+//! Header handling on the request path: the pin, request ids, hop-by-hop and forwarded headers.
+
+use std::net::SocketAddr;
+
+use http::HeaderValue;
+use http::header::{self, HeaderMap, HeaderName};
+use rand::Rng;
+
+use crate::error::ProxyError;
+use crate::routing::PIN_HEADER;
+
+/// `azureml-model-deployment`: pins a request, and names the deployment on every answer.
+pub static PIN: HeaderName = HeaderName::from_static(PIN_HEADER);
+/// `x-request-id`: kept from the client or generated, sent upstream and back.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, not the message, and so never cross the proxy
+/// (RFC 9110, section 7.6.1).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The pin header's value, if the request carries exactly one usable value.
+pub fn pin(headers: &HeaderMap) -> Result<Option<&HeaderValue>, ProxyError> {
+    let mut values = headers.get_all(&PIN).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ProxyError::InvalidPinHeader(
+            "sent more than once; send one deployment name",
+        ));
+    }
+    if first.is_empty() {
+        return Err(ProxyError::InvalidPinHeader(
+            "empty; send a deployment name or leave the header out",
+        ));
+    }
+    Ok(Some(first))
+}
+
+/// The client's `x-request-id` if it is a sane token, else a new UUID v4.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(&REQUEST_ID)
+        .filter(|value| {
+            let bytes = value.as_bytes();
+            !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic)
+        })
+        .cloned()
+        .unwrap_or_else(new_request_id)
+}
+
+/// A random (version 4) UUID.
+fn new_request_id() -> HeaderValue {
+    let bits: u128 = rand::rng().random();
+    // Set the version (4) and variant (10xx) bits.
+    let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    let text = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    );
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Sets `X-Forwarded-For` (appending the client's address), `-Proto` and `-Host`.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: SocketAddr,
+    tls: bool,
+    host: Option<HeaderValue>,
+) {
+    let ip = client.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {ip}"),
+        None => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn one_pin_value_is_accepted() {
+        let mut headers = HeaderMap::new();
+        assert!(matches!(pin(&headers), Ok(None)));
+        headers.insert(&PIN, HeaderValue::from_static("green"));
+        assert_eq!(
+            pin(&headers).ok().flatten().map(|v| v.as_bytes()),
+            Some(&b"green"[..])
+        );
+    }
+
+    #[test]
+    fn two_pin_values_or_an_empty_one_are_refused() {
+        let mut headers = HeaderMap::new();
+        headers.append(&PIN, HeaderValue::from_static("green"));
+        headers.append(&PIN, HeaderValue::from_static("blue"));
+        assert!(matches!(
+            pin(&headers),
+            Err(ProxyError::InvalidPinHeader(_))
+        ));
+        let mut headers = HeaderMap::new();
+        headers.insert(&PIN, HeaderValue::from_static(""));
+        assert!(matches!(
+            pin(&headers),
+            Err(ProxyError::InvalidPinHeader(_))
+        ));
+    }
+
+    #[test]
+    fn a_new_request_id_is_a_version_4_uuid() {
+        let id = new_request_id();
+        let id = id.to_str().expect("ascii");
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn a_clients_request_id_is_kept_unless_it_is_unusable() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(&REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&headers), "has space");
+    }
+
+    #[test]
+    fn forwarded_for_appends_to_an_earlier_proxys_value() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        let client: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        set_forwarded(
+            &mut headers,
+            client,
+            false,
+            Some(HeaderValue::from_static("gw:8080")),
+        );
+        assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[&X_FORWARDED_HOST], "gw:8080");
+    }
+}

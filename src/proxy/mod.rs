@@ -1,0 +1,354 @@
+//! The request path: route with one table snapshot, admit to an instance, forward under the
+//! deployment's limits, stream the answer back.
+
+mod body;
+pub mod headers;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderMap};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rand::Rng;
+
+pub use body::{ProxyBody, UpstreamBody};
+use body::{RequestBody, is_body_too_large};
+use headers::{PIN, REQUEST_ID};
+
+use crate::config::InstanceAddr;
+use crate::error::ProxyError;
+use crate::metrics::{Metrics, NO_DEPLOYMENT, RouteLabel};
+use crate::routing::RoutingTable;
+use crate::server::Connection;
+use crate::upstream::health::Outcome;
+use crate::upstream::{Deployment, InFlight, Refusal};
+
+/// The routing table every request reads and every reload replaces.
+pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
+
+/// Default limit on a request body: 64 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Forwards requests to the deployments of the current routing table.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    table: SharedTable,
+    client: Client<HttpConnector, UpstreamBody>,
+    metrics: Arc<Metrics>,
+    max_body_bytes: u64,
+}
+
+/// What is known about a request as it goes through, for its log line and metrics.
+#[derive(Debug)]
+struct Trace {
+    deployment: Option<Arc<Deployment>>,
+    route: RouteLabel,
+    instance: Option<String>,
+}
+
+/// A request's parts, kept so a refused connection can be retried on another instance.
+struct Outgoing {
+    method: Method,
+    path_and_query: PathAndQuery,
+    headers: HeaderMap,
+    body: RequestBody,
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// A proxy reading routes from `table`, with pooled keep-alive connections to instances.
+    pub fn new(table: SharedTable, metrics: Arc<Metrics>, max_body_bytes: u64) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build(connector);
+        Proxy {
+            table,
+            client,
+            metrics,
+            max_body_bytes,
+        }
+    }
+
+    /// Answers one request: forwards it, or turns the failure into its JSON error response.
+    /// Counts it once and logs it once, whatever happened.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        connection: Connection,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let request_id = headers::request_id(request.headers());
+        let mut trace = Trace {
+            deployment: None,
+            route: RouteLabel::Unrouted,
+            instance: None,
+        };
+
+        let mut response = match self
+            .forward(request, connection, &request_id, &mut trace)
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => {
+                self.metrics.count_gateway_error(error.code());
+                tracing::debug!(%error, "request answered by the gateway");
+                error
+                    .to_response()
+                    .map(|body| ProxyBody::Local(Full::new(body)))
+            }
+        };
+
+        let elapsed = started.elapsed();
+        let status = response.status();
+        let deployment_name = trace
+            .deployment
+            .as_ref()
+            .map_or(NO_DEPLOYMENT, |d| d.name());
+        self.metrics
+            .count_request(deployment_name, status, trace.route);
+        if let Some(deployment) = &trace.deployment {
+            deployment.metrics().observe(elapsed);
+            response
+                .headers_mut()
+                .insert(PIN.clone(), deployment.header_value().clone());
+        }
+        tracing::info!(
+            target: "switchyard::access",
+            request_id = request_id.to_str().unwrap_or(""),
+            deployment = deployment_name,
+            route = trace.route.as_str(),
+            instance = trace.instance.as_deref().unwrap_or(""),
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+        );
+        response
+            .headers_mut()
+            .insert(REQUEST_ID.clone(), request_id);
+        response
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        connection: Connection,
+        request_id: &http::HeaderValue,
+        trace: &mut Trace,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // One snapshot per request: the route is decided against a single table, and the
+        // in-flight guard holds the chosen deployment until the response body ends, even if a
+        // reload removes it meanwhile.
+        let route = {
+            let pin = headers::pin(request.headers())?;
+            let draw = rand::rng().random_range(0..100);
+            self.table.load().route(pin, draw)?
+        };
+        trace.route = route.reason.into();
+        trace.deployment = Some(Arc::clone(&route.deployment));
+        let deployment = route.deployment;
+
+        if request.body().size_hint().lower() > self.max_body_bytes {
+            return Err(ProxyError::PayloadTooLarge {
+                limit: self.max_body_bytes,
+            });
+        }
+        let outgoing = Outgoing::new(request, connection, request_id);
+
+        // A request that never reached an instance (connection refused) is tried once more on
+        // another instance; one whose bytes were sent never is.
+        let mut lease = self.admit(&deployment, None).await?;
+        let mut retried = false;
+        loop {
+            trace.instance = Some(lease.instance().addr().authority.to_string());
+            match self.exchange(&deployment, &outgoing, &lease).await {
+                Ok(response) => {
+                    let outcome = if response.status().is_server_error()
+                        || response.status() == StatusCode::TOO_MANY_REQUESTS
+                    {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    };
+                    lease.record(outcome);
+                    let (mut parts, body) = response.into_parts();
+                    headers::strip_hop_by_hop(&mut parts.headers);
+                    return Ok(Response::from_parts(
+                        parts,
+                        ProxyBody::Upstream {
+                            body,
+                            in_flight: lease,
+                        },
+                    ));
+                }
+                Err(Exchange::Refused) => {
+                    lease.record(Outcome::ConnectFailure);
+                    let tried = lease.instance_index();
+                    let retryable = !retried
+                        && outgoing.body.is_untouched()
+                        && deployment.available_instances() > 0;
+                    if !retryable {
+                        return Err(ProxyError::Connect {
+                            deployment: deployment.name().to_string(),
+                        });
+                    }
+                    drop(lease);
+                    lease = self.admit(&deployment, Some(tried)).await.map_err(
+                        |error| match error {
+                            // Nothing else to try: report the refusal, not the empty pool.
+                            ProxyError::NoReadyInstance { deployment } => {
+                                ProxyError::Connect { deployment }
+                            }
+                            other => other,
+                        },
+                    )?;
+                    retried = true;
+                }
+                Err(Exchange::Failed(error)) => {
+                    lease.record(Outcome::Failure);
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Admits the request to an instance of `deployment` and waits for its turn there.
+    async fn admit(
+        &self,
+        deployment: &Arc<Deployment>,
+        exclude: Option<usize>,
+    ) -> Result<InFlight, ProxyError> {
+        let mut lease = deployment
+            .admit(&mut rand::rng(), exclude)
+            .map_err(|refusal| refusal_error(refusal, deployment, None))?;
+        let waiting = Instant::now();
+        lease
+            .wait_turn()
+            .await
+            .map_err(|refusal| refusal_error(refusal, deployment, Some(waiting)))?;
+        Ok(lease)
+    }
+
+    /// One attempt: send to the lease's instance and wait for the response head.
+    async fn exchange(
+        &self,
+        deployment: &Deployment,
+        outgoing: &Outgoing,
+        lease: &InFlight,
+    ) -> Result<Response<Incoming>, Exchange> {
+        let request = outgoing.to_instance(lease.instance().addr(), self.max_body_bytes);
+        let timeout = deployment.settings().request_timeout;
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if error.is_connect() => {
+                tracing::debug!(deployment = deployment.name(), instance = %lease.instance().addr(), %error, "connection refused");
+                Err(Exchange::Refused)
+            }
+            Ok(Err(error)) if is_body_too_large(&error) => {
+                Err(Exchange::Failed(ProxyError::PayloadTooLarge {
+                    limit: self.max_body_bytes,
+                }))
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(deployment = deployment.name(), instance = %lease.instance().addr(), %error, "upstream request failed");
+                Err(Exchange::Failed(ProxyError::UpstreamFailed {
+                    deployment: deployment.name().to_string(),
+                }))
+            }
+            // Dropping the request future cancels the upstream request.
+            Err(_) => Err(Exchange::Failed(ProxyError::Timeout {
+                deployment: deployment.name().to_string(),
+                timeout_ms: timeout.as_millis(),
+            })),
+        }
+    }
+}
+
+/// How one attempt went wrong.
+enum Exchange {
+    /// The instance refused the connection; nothing was sent.
+    Refused,
+    /// Anything else; final.
+    Failed(ProxyError),
+}
+
+fn refusal_error(
+    refusal: Refusal,
+    deployment: &Deployment,
+    waiting: Option<Instant>,
+) -> ProxyError {
+    let name = deployment.name().to_string();
+    match refusal {
+        Refusal::Overloaded => ProxyError::Overloaded {
+            deployment: name,
+            limit: 2
+                * deployment.settings().max_concurrent_requests_per_instance as usize
+                * deployment.instances().len(),
+        },
+        Refusal::NoReadyInstance => ProxyError::NoReadyInstance { deployment: name },
+        Refusal::QueueTimeout => ProxyError::QueueTimeout {
+            deployment: name,
+            waited_ms: waiting.map_or(0, |w| w.elapsed().as_millis()),
+        },
+    }
+}
+
+// === impl Outgoing ===
+
+impl Outgoing {
+    fn new(
+        request: Request<Incoming>,
+        connection: Connection,
+        request_id: &http::HeaderValue,
+    ) -> Self {
+        let (parts, body) = request.into_parts();
+        let mut headers = parts.headers;
+        // Instances see the client's host as X-Forwarded-Host; hyper sets Host from the URI.
+        let host = headers.remove(header::HOST).or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::strip_hop_by_hop(&mut headers);
+        headers::set_forwarded(&mut headers, connection.peer, connection.tls, host);
+        headers.insert(REQUEST_ID.clone(), request_id.clone());
+        Outgoing {
+            method: parts.method,
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            headers,
+            body: RequestBody::new(body),
+        }
+    }
+
+    /// The request for one attempt at `instance`.
+    fn to_instance(&self, instance: &InstanceAddr, max_body_bytes: u64) -> Request<UpstreamBody> {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(instance.scheme.clone());
+        uri.authority = Some(instance.authority.clone());
+        uri.path_and_query = Some(self.path_and_query.clone());
+        let mut request = Request::new(self.body.attempt(max_body_bytes));
+        *request.method_mut() = self.method.clone();
+        // Scheme, authority and path are all set, so this cannot fail.
+        if let Ok(uri) = Uri::from_parts(uri) {
+            *request.uri_mut() = uri;
+        }
+        // Instances speak HTTP/1.1 whatever the client spoke.
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}

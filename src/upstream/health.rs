@@ -1,0 +1,254 @@
+//! Whether an instance should get traffic: active readiness probes, and passive health from the
+//! answers it gives real requests.
+//!
+//! Passive health does two things. Refused connections and runs of failures eject the instance
+//! for a backoff period. And every answer feeds an error rate that the balancer multiplies into
+//! the instance's load, so an instance that answers 429 or 5xx quickly looks busier, not idler:
+//! fast failures must never attract more traffic.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Uri};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::Instance;
+use crate::config::ReadinessProbe;
+
+/// Consecutive failed answers (5xx, 429, connection errors) that eject an instance.
+pub const EJECT_AFTER_FAILURES: u32 = 5;
+/// First ejection period; doubles on each ejection in a row.
+pub const EJECT_BASE: Duration = Duration::from_secs(1);
+/// Longest ejection period.
+pub const EJECT_MAX: Duration = Duration::from_secs(30);
+
+/// Weight of the newest answer in the error rate (an exponentially weighted moving average).
+const ERROR_RATE_ALPHA: f64 = 0.1;
+/// Fixed-point scale of the stored error rate.
+const PPM: f64 = 1_000_000.0;
+
+/// What an instance's answer says about its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Any answer below 500 other than 429.
+    Success,
+    /// 5xx or 429: the instance is failing or overloaded.
+    Failure,
+    /// The connection was refused or broke: eject at once.
+    ConnectFailure,
+}
+
+/// Health state of one instance; all atomics, read on every request.
+#[derive(Debug)]
+pub struct Health {
+    /// False while readiness probes fail (or before the first success when probes are on).
+    ready: AtomicBool,
+    /// Milliseconds since `epoch` until which the instance is ejected.
+    ejected_until_ms: AtomicU64,
+    consecutive_failures: AtomicU32,
+    ejections_in_a_row: AtomicU32,
+    /// Error rate in parts per million.
+    error_rate_ppm: AtomicU32,
+    epoch: Instant,
+}
+
+impl Health {
+    /// Ready at once without probes; unready until the first passed probe with them.
+    pub fn new(probed: bool) -> Health {
+        Health {
+            ready: AtomicBool::new(!probed),
+            ejected_until_ms: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections_in_a_row: AtomicU32::new(0),
+            error_rate_ppm: AtomicU32::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Whether the readiness probe passes.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Whether passive health has taken the instance out for now.
+    pub fn is_ejected(&self) -> bool {
+        self.now_ms() < self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Ready and not ejected.
+    pub fn is_available(&self) -> bool {
+        self.is_ready() && !self.is_ejected()
+    }
+
+    /// Recent share of failed answers, 0.0..=1.0.
+    pub fn error_rate(&self) -> f64 {
+        f64::from(self.error_rate_ppm.load(Ordering::Relaxed)) / PPM
+    }
+
+    /// Factor the balancer multiplies the load by: 1 for a healthy instance, up to 17.
+    pub fn load_factor_ppm(&self) -> u64 {
+        PPM as u64 + 16 * u64::from(self.error_rate_ppm.load(Ordering::Relaxed))
+    }
+
+    /// Records the answer to one request.
+    pub fn record(&self, outcome: Outcome) {
+        let failed = outcome != Outcome::Success;
+        self.update_error_rate(failed);
+        if !failed {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.ejections_in_a_row.store(0, Ordering::Relaxed);
+            return;
+        }
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if outcome == Outcome::ConnectFailure || failures >= EJECT_AFTER_FAILURES {
+            self.eject();
+        }
+    }
+
+    fn eject(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        let in_a_row = self.ejections_in_a_row.fetch_add(1, Ordering::Relaxed);
+        let period = EJECT_BASE
+            .saturating_mul(1 << in_a_row.min(16))
+            .min(EJECT_MAX);
+        let until = self.now_ms() + period.as_millis() as u64;
+        self.ejected_until_ms.store(until, Ordering::Relaxed);
+        tracing::warn!(?period, "instance ejected after failures");
+    }
+
+    fn update_error_rate(&self, failed: bool) {
+        let sample = if failed { PPM } else { 0.0 };
+        // A lost update under contention only delays the average a little; no CAS loop needed.
+        let old = f64::from(self.error_rate_ppm.load(Ordering::Relaxed));
+        let new = old + ERROR_RATE_ALPHA * (sample - old);
+        self.error_rate_ppm.store(new as u32, Ordering::Relaxed);
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// Probes `instance` until it is dropped (the task holds only a weak reference).
+pub fn spawn_probe(instance: &Arc<Instance>, probe: ReadinessProbe) {
+    let weak: Weak<Instance> = Arc::downgrade(instance);
+    let Some(uri) = probe_uri(instance, &probe) else {
+        tracing::error!(instance = %instance.addr(), "cannot build the readiness probe URL");
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Built outside a runtime (unit tests): nothing probes, the instance stays as it is.
+        return;
+    };
+    runtime.spawn(async move {
+        let client: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        tokio::time::sleep(probe.initial_delay).await;
+        let (mut passes, mut fails) = (0u32, 0u32);
+        loop {
+            let passed = probe_once(&client, &uri, probe.timeout).await;
+            let Some(instance) = weak.upgrade() else { return };
+            if passed {
+                passes += 1;
+                fails = 0;
+                if passes >= probe.success_threshold && !instance.health.is_ready() {
+                    tracing::info!(instance = %instance.addr(), "instance is ready");
+                    instance.health.set_ready(true);
+                }
+            } else {
+                fails += 1;
+                passes = 0;
+                if fails >= probe.failure_threshold && instance.health.is_ready() {
+                    tracing::warn!(instance = %instance.addr(), "instance failed its readiness probe and gets no traffic");
+                    instance.health.set_ready(false);
+                }
+            }
+            drop(instance);
+            tokio::time::sleep(probe.period).await;
+        }
+    });
+}
+
+async fn probe_once(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    uri: &Uri,
+    timeout: Duration,
+) -> bool {
+    let Ok(request) = Request::get(uri.clone()).body(Empty::new()) else {
+        return false;
+    };
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Ok(Ok(response)) => response.status().is_success(),
+        _ => false,
+    }
+}
+
+fn probe_uri(instance: &Instance, probe: &ReadinessProbe) -> Option<Uri> {
+    let addr = instance.addr();
+    let authority = match probe.port {
+        Some(port) => format!("{}:{port}", addr.authority.host()),
+        None => addr.authority.to_string(),
+    };
+    format!("{}://{authority}{}", addr.scheme, probe.path)
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_connection_ejects_at_once() {
+        let health = Health::new(false);
+        assert!(health.is_available());
+        health.record(Outcome::ConnectFailure);
+        assert!(health.is_ejected());
+        assert!(!health.is_available());
+    }
+
+    #[test]
+    fn a_run_of_failures_ejects_and_a_success_resets_the_run() {
+        let health = Health::new(false);
+        for _ in 0..EJECT_AFTER_FAILURES - 1 {
+            health.record(Outcome::Failure);
+        }
+        health.record(Outcome::Success);
+        for _ in 0..EJECT_AFTER_FAILURES - 1 {
+            health.record(Outcome::Failure);
+        }
+        assert!(!health.is_ejected(), "the success broke the run");
+        health.record(Outcome::Failure);
+        assert!(health.is_ejected());
+    }
+
+    #[test]
+    fn failures_raise_the_load_factor() {
+        let health = Health::new(false);
+        assert_eq!(health.load_factor_ppm(), 1_000_000);
+        for _ in 0..3 {
+            health.record(Outcome::Failure);
+        }
+        assert!(health.error_rate() > 0.2, "{}", health.error_rate());
+        assert!(health.load_factor_ppm() > 4_000_000);
+        for _ in 0..100 {
+            health.record(Outcome::Success);
+        }
+        assert!(health.error_rate() < 0.01);
+    }
+
+    #[test]
+    fn a_probed_instance_starts_unready() {
+        assert!(!Health::new(true).is_ready());
+        assert!(Health::new(false).is_ready());
+    }
+}
