@@ -112,7 +112,7 @@ async fn ready(State(state): State<AdminState>) -> Response {
         .deployments()
         .iter()
         .zip(&table.config().deployments)
-        .any(|(deployment, config)| config.traffic > 0 && !deployment.instances().is_empty());
+        .any(|(deployment, config)| config.traffic > 0 && deployment.available_instances() > 0);
     if serving {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -151,7 +151,7 @@ pub fn status(state: &AdminState) -> EndpointStatus {
                 .iter()
                 .map(|instance| InstanceStatus {
                     url: instance.addr().to_string(),
-                    ready: true,
+                    ready: instance.health().is_available(),
                     in_flight: instance.in_flight(),
                 })
                 .collect(),
@@ -235,6 +235,13 @@ async fn reload(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
+    // Readiness changes between reloads, so it is read fresh at each scrape.
+    let table = state.reloader.table().load();
+    for deployment in table.deployments() {
+        state
+            .metrics
+            .set_ready_instances(deployment.name(), deployment.available_instances());
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -287,6 +287,13 @@ impl Metrics {
         }
     }
 
+    /// Publishes how many of a deployment's instances take traffic now.
+    pub fn set_ready_instances(&self, deployment: &str, ready: usize) {
+        self.instances_ready
+            .with_label_values(&[deployment])
+            .set(ready as i64);
+    }
+
     /// Records a rejected reload.
     pub fn reload_rejected(&self) {
         self.reloads_rejected.inc();

@@ -255,3 +255,42 @@ async fn a_streamed_body_that_grows_past_the_limit_gets_413() {
     feeding.await.expect("feeder");
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn an_ejected_instance_shows_as_not_ready_in_status_and_metrics() {
+    let alive = model_server(Model::Diabetes, "alive").await;
+    let dead = refused_url().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&dead, &alive.url()])]));
+    let mut options = GatewayOptions::new(&file.path, loopback());
+    options.admin_listen = Some(loopback());
+    let gateway = Gateway::start(options).await.expect("start");
+    let client = client();
+    for _ in 0..10 {
+        assert_eq!(
+            score(&client, gateway.addr(), None).await.status,
+            StatusCode::OK
+        );
+    }
+    let admin = format!("http://{}", gateway.admin_addr().expect("admin"));
+    let status = switchyard::ops::fetch_status(&admin).await.expect("status");
+    let ready: Vec<bool> = status.deployments[0]
+        .instances
+        .iter()
+        .map(|i| i.ready)
+        .collect();
+    assert_eq!(ready, [false, true]);
+    let metrics = switchyard::ops::send(
+        http::Method::GET,
+        &format!("{admin}/metrics"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .expect("scrape");
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        metrics.contains("switchyard_deployment_instances_ready{deployment=\"blue\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchyard_deployment_instances{deployment=\"blue\"} 2"));
+}
