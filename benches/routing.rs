@@ -32,6 +32,7 @@ fn table(n: usize) -> RoutingTable {
         1,
         None,
         &switchyard::metrics::Metrics::new(),
+        None,
     )
 }
 

@@ -7,6 +7,7 @@
 //! in flight keep the snapshot they started with.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;

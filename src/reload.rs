@@ -15,7 +15,8 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::config::{Change, ConfigError, EndpointConfig, diff, read_file};
+use crate::auth::Keys;
+use crate::config::{AuthMode, Change, ConfigError, EndpointConfig, diff, read_file};
 use crate::metrics::Metrics;
 use crate::proxy::SharedTable;
 use crate::routing::RoutingTable;
@@ -40,12 +41,25 @@ pub struct Reloader {
 /// What the reloader remembers between reloads.
 #[derive(Debug)]
 struct ReloadState {
-    /// Text of the applied file, to skip reloads that change nothing.
-    applied_text: String,
+    /// The files behind the serving table, to skip reloads that change nothing.
+    applied: Sources,
     applied_at: SystemTime,
-    /// Text (`None`: unreadable) and error of the last rejected file, so that a poll does not
-    /// log the same error again.
-    rejected: Option<(Option<String>, Arc<ConfigError>)>,
+    /// The files and error of the last rejection, so that a poll does not log it again.
+    rejected: Option<(Sources, Arc<ConfigError>)>,
+}
+
+/// The text of the files a config is built from; `None` where a file was unreadable or, for the
+/// keys file, not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sources {
+    endpoint: Option<String>,
+    keys: Option<String>,
+}
+
+/// A config ready to apply.
+struct Loaded {
+    config: EndpointConfig,
+    keys: Option<Keys>,
 }
 
 /// The result of one reload attempt.
@@ -91,16 +105,16 @@ impl Reloader {
     /// Loads `path` for the first time; fails if it is invalid, since there is no last good
     /// config to fall back on.
     pub fn load(path: &Path, metrics: Arc<Metrics>) -> Result<Reloader, ConfigError> {
-        let text = read_file(path)?;
-        let config = EndpointConfig::parse_file(&text, path)?;
-        let table = RoutingTable::build(Arc::new(config), 1, None, &metrics);
+        let (sources, loaded) = read_sources(path);
+        let loaded = loaded?;
+        let table = RoutingTable::build(Arc::new(loaded.config), 1, None, &metrics, loaded.keys);
         metrics.table_applied(&table, None);
         Ok(Reloader {
             path: path.to_path_buf(),
             table: Arc::new(ArcSwap::from_pointee(table)),
             metrics,
             state: Mutex::new(ReloadState {
-                applied_text: text,
+                applied: sources,
                 applied_at: SystemTime::now(),
                 rejected: None,
             }),
@@ -115,6 +129,17 @@ impl Reloader {
     /// The config file this reloader reads.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The files the serving config was read from: the endpoint file and any keys file.
+    pub fn source_files(&self) -> Vec<PathBuf> {
+        let table = self.table.load();
+        let config = table.config();
+        let mut files = vec![self.path.clone()];
+        if let (AuthMode::Key, Some(keys_file)) = (config.auth_mode, &config.keys_file) {
+            files.push(keys_path(&self.path, keys_file));
+        }
+        files
     }
 
     /// Reloads now, reporting a rejection even if the same text was rejected before.
@@ -144,27 +169,23 @@ impl Reloader {
         let current = self.table.load_full();
         let generation = current.generation();
 
-        let read = read_file(&self.path);
-        if let (Some((rejected_text, error)), false) = (&state.rejected, report_repeats) {
-            if read.as_ref().ok() == rejected_text.as_ref() {
+        let (sources, loaded) = read_sources(&self.path);
+        if sources == state.applied {
+            // Back to the applied files: a rejection since is no longer relevant.
+            state.rejected = None;
+            return ReloadOutcome::Unchanged { generation };
+        }
+        if let (Some((rejected, error)), false) = (&state.rejected, report_repeats) {
+            if *rejected == sources {
                 return ReloadOutcome::Rejected {
                     generation,
                     error: Arc::clone(error),
                 };
             }
         }
-        let text = match read {
-            Ok(text) => text,
-            Err(error) => return self.reject(&mut state, generation, error, None),
-        };
-        if text == state.applied_text {
-            // Back to the applied text: a rejection since is no longer relevant.
-            state.rejected = None;
-            return ReloadOutcome::Unchanged { generation };
-        }
-        let config = match EndpointConfig::parse_file(&text, &self.path) {
-            Ok(config) => config,
-            Err(error) => return self.reject(&mut state, generation, error, Some(text)),
+        let Loaded { config, keys } = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => return self.reject(&mut state, generation, error, sources),
         };
 
         let changes = diff(current.config(), &config);
@@ -174,10 +195,14 @@ impl Reloader {
             generation,
             Some(&current),
             &self.metrics,
+            keys,
         ));
         self.table.store(Arc::clone(&table));
         self.metrics.table_applied(&table, Some(&current));
-        state.applied_text = text;
+        if current.keys() != table.keys() && table.keys().is_some() {
+            tracing::info!(generation, "endpoint keys changed");
+        }
+        state.applied = sources;
         state.applied_at = SystemTime::now();
         state.rejected = None;
         let summary: Vec<String> = changes.iter().map(ToString::to_string).collect();
@@ -194,7 +219,7 @@ impl Reloader {
         state: &mut ReloadState,
         generation: u64,
         error: ConfigError,
-        text: Option<String>,
+        sources: Sources,
     ) -> ReloadOutcome {
         tracing::error!(
             serving_generation = generation,
@@ -202,7 +227,7 @@ impl Reloader {
         );
         self.metrics.reload_rejected();
         let error = Arc::new(error);
-        state.rejected = Some((text, Arc::clone(&error)));
+        state.rejected = Some((sources, Arc::clone(&error)));
         ReloadOutcome::Rejected { generation, error }
     }
 
@@ -214,13 +239,70 @@ impl Reloader {
     }
 }
 
+/// Reads the endpoint file and, for `auth_mode: key`, its keys file, and validates both.
+fn read_sources(path: &Path) -> (Sources, Result<Loaded, ConfigError>) {
+    let endpoint = match read_file(path) {
+        Ok(text) => text,
+        Err(error) => {
+            return (
+                Sources {
+                    endpoint: None,
+                    keys: None,
+                },
+                Err(error),
+            );
+        }
+    };
+    let config = match EndpointConfig::parse_file(&endpoint, path) {
+        Ok(config) => config,
+        Err(error) => {
+            let sources = Sources {
+                endpoint: Some(endpoint),
+                keys: None,
+            };
+            return (sources, Err(error));
+        }
+    };
+    let keys_path = match (config.auth_mode, &config.keys_file) {
+        (AuthMode::Key, Some(keys_file)) => keys_path(path, keys_file),
+        _ => {
+            let sources = Sources {
+                endpoint: Some(endpoint),
+                keys: None,
+            };
+            return (sources, Ok(Loaded { config, keys: None }));
+        }
+    };
+    let keys_text = read_file(&keys_path);
+    let sources = Sources {
+        endpoint: Some(endpoint),
+        keys: keys_text.as_ref().ok().cloned(),
+    };
+    let loaded = keys_text
+        .and_then(|text| Keys::parse(&text).map_err(|error| error.in_file(&keys_path)))
+        .map(|keys| Loaded {
+            config,
+            keys: Some(keys),
+        });
+    (sources, loaded)
+}
+
+/// `keys_file` as written, relative to the endpoint file's directory.
+pub fn keys_path(endpoint: &Path, keys_file: &Path) -> PathBuf {
+    if keys_file.is_absolute() {
+        keys_file.to_path_buf()
+    } else {
+        parent_dir(endpoint).join(keys_file)
+    }
+}
+
 /// Watches the endpoint file and reloads on change, on SIGHUP if asked, and on a slow poll.
 pub fn spawn_watcher(
     reloader: Arc<Reloader>,
     on_sighup: bool,
 ) -> Result<JoinHandle<()>, notify::Error> {
     let wake = Arc::new(Notify::new());
-    let watcher = watch_directories(reloader.path(), Arc::clone(&wake))?;
+    let watcher = watch_directories(&reloader.source_files(), Arc::clone(&wake))?;
     let mut hangups = if on_sighup {
         Some(
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -282,19 +364,27 @@ async fn settle(wake: &Notify) {
     }
 }
 
-/// Watches the directory holding `path` and, when `path` is a symlink, the directory of its
+/// Watches the directory holding each file and, when a file is a symlink, the directory of its
 /// target, so that edits through either name are seen.
-fn watch_directories(path: &Path, wake: Arc<Notify>) -> Result<RecommendedWatcher, notify::Error> {
+fn watch_directories(
+    files: &[PathBuf],
+    wake: Arc<Notify>,
+) -> Result<RecommendedWatcher, notify::Error> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
             wake.notify_one();
         }
     })?;
-    let mut directories = vec![parent_dir(path)];
-    if let Ok(target) = std::fs::canonicalize(path) {
-        let target_dir = parent_dir(&target);
-        if !directories.contains(&target_dir) {
-            directories.push(target_dir);
+    let mut directories: Vec<PathBuf> = Vec::new();
+    for file in files {
+        let target = std::fs::canonicalize(file).ok();
+        for directory in [Some(parent_dir(file)), target.as_deref().map(parent_dir)]
+            .into_iter()
+            .flatten()
+        {
+            if !directories.contains(&directory) {
+                directories.push(directory);
+            }
         }
     }
     for directory in &directories {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use crate::auth::Keys;
 use crate::config::EndpointConfig;
 use crate::metrics::Metrics;
 use crate::upstream::Deployment;
@@ -23,6 +24,8 @@ pub struct RoutingTable {
     generation: u64,
     /// Deployments in config order.
     deployments: Box<[Arc<Deployment>]>,
+    /// The keys requests must present; `None` for `auth_mode: none`.
+    keys: Option<Keys>,
     /// `slots[draw]` is the index of the deployment that a weighted draw of `draw` (0..100) picks;
     /// `None` when all weights are 0.
     slots: Option<Box<[u8; 100]>>,
@@ -70,6 +73,7 @@ impl RoutingTable {
         generation: u64,
         previous: Option<&RoutingTable>,
         metrics: &Metrics,
+        keys: Option<Keys>,
     ) -> RoutingTable {
         let deployments: Box<[Arc<Deployment>]> = config
             .deployments
@@ -97,6 +101,7 @@ impl RoutingTable {
             config,
             generation,
             deployments,
+            keys,
             slots,
         }
     }
@@ -127,6 +132,18 @@ impl RoutingTable {
             deployment: Arc::clone(&self.deployments[usize::from(index)]),
             reason: RouteReason::Weighted,
         })
+    }
+
+    /// Whether a request with these headers may be served: always under `auth_mode: none`.
+    pub fn authorizes(&self, headers: &http::HeaderMap) -> bool {
+        self.keys
+            .as_ref()
+            .is_none_or(|keys| keys.authorizes(headers))
+    }
+
+    /// The keys in force, if any.
+    pub fn keys(&self) -> Option<&Keys> {
+        self.keys.as_ref()
     }
 
     /// The deployment with this name, if any.
@@ -169,7 +186,7 @@ mod tests {
              - {{name: red, instances: [http://127.0.0.1:3]}}\n"
         );
         let config = EndpointConfig::parse(&text).expect("valid");
-        RoutingTable::build(Arc::new(config), 1, None, &Metrics::new())
+        RoutingTable::build(Arc::new(config), 1, None, &Metrics::new(), None)
     }
 
     fn name_of(result: Result<Route, RouteError>) -> String {
@@ -252,8 +269,13 @@ mod tests {
     #[test]
     fn a_rebuild_keeps_unchanged_deployments() {
         let first = table("{blue: 100}");
-        let second =
-            RoutingTable::build(Arc::clone(first.config()), 2, Some(&first), &Metrics::new());
+        let second = RoutingTable::build(
+            Arc::clone(first.config()),
+            2,
+            Some(&first),
+            &Metrics::new(),
+            None,
+        );
         for (a, b) in first.deployments().iter().zip(second.deployments()) {
             assert!(Arc::ptr_eq(a, b));
         }

@@ -1,23 +1,34 @@
 //! "Did you mean ...?" for misspelled keys and deployment names.
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a likely typo
-/// (at most a third of the word's length, and at least one edit allowed).
+/// (at most a third of the word's length, and at least one edit allowed); failing that, the one
+/// candidate that `word` is a clipped form of (`primary` for `primary_key`).
 pub(crate) fn closest<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    let word = word.to_lowercase();
     let allowed = (word.chars().count() / 3).max(1);
-    candidates
-        .into_iter()
-        .map(|candidate| {
-            (
-                edit_distance(&word.to_lowercase(), &candidate.to_lowercase()),
-                candidate,
-            )
-        })
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    let by_distance = candidates
+        .iter()
+        .map(|candidate| (edit_distance(&word, &candidate.to_lowercase()), *candidate))
         .filter(|(distance, _)| *distance <= allowed)
         .min_by_key(|(distance, _)| *distance)
-        .map(|(_, candidate)| candidate)
+        .map(|(_, candidate)| candidate);
+    by_distance.or_else(|| {
+        if word.chars().count() < 4 {
+            return None;
+        }
+        let mut clipped = candidates
+            .iter()
+            .filter(|candidate| candidate.to_lowercase().starts_with(&word));
+        // Only an unambiguous prefix is a suggestion.
+        match (clipped.next(), clipped.next()) {
+            (Some(only), None) => Some(*only),
+            _ => None,
+        }
+    })
 }
 
 /// Levenshtein distance, counting an adjacent swap (`trafifc`) as one edit.
@@ -66,6 +77,15 @@ mod tests {
     #[test]
     fn case_is_ignored() {
         assert_eq!(closest("Traffic", ENDPOINT_KEYS), Some("traffic"));
+    }
+
+    #[test]
+    fn a_clipped_key_is_found_when_unambiguous() {
+        assert_eq!(
+            closest("primary", ["primary_key", "secondary_key"]),
+            Some("primary_key")
+        );
+        assert_eq!(closest("max", ["max_a", "max_b"]), None);
     }
 
     #[test]

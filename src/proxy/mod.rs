@@ -148,10 +148,14 @@ impl Proxy {
         // One snapshot per request: the route is decided against a single table, and the
         // in-flight guard holds the chosen deployment until the response body ends, even if a
         // reload removes it meanwhile.
-        let route = {
+        let (route, keyed) = {
+            let table = self.table.load();
+            if !table.authorizes(request.headers()) {
+                return Err(ProxyError::Unauthorized);
+            }
             let pin = headers::pin(request.headers())?;
             let draw = rand::rng().random_range(0..100);
-            self.table.load().route(pin, draw)?
+            (table.route(pin, draw)?, table.keys().is_some())
         };
         trace.route = route.reason.into();
         trace.deployment = Some(Arc::clone(&route.deployment));
@@ -162,7 +166,11 @@ impl Proxy {
                 limit: self.max_body_bytes,
             });
         }
-        let outgoing = Outgoing::new(request, connection, request_id);
+        let mut outgoing = Outgoing::new(request, connection, request_id);
+        if keyed {
+            // The key is the gateway's credential; model servers never see it.
+            outgoing.headers.remove(header::AUTHORIZATION);
+        }
 
         // A request that never reached an instance (connection refused) is tried once more on
         // another instance; one whose bytes were sent never is.

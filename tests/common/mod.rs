@@ -193,3 +193,28 @@ pub async fn score(client: &TestClient, gateway: SocketAddr, pin: Option<&str>) 
         .expect("request failed");
     read(response).await
 }
+
+/// An upstream that answers with the request's own body, streamed back as it arrives, and
+/// reports what it received in `x-echo-*` headers.
+pub async fn echo_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind(loopback()).await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let handler = |request: Request<Incoming>, _| async move {
+        let mut response = Response::builder()
+            .header("x-echo-method", request.method().as_str())
+            .header("x-echo-uri", request.uri().to_string())
+            .header("connection", "keep-alive, x-upstream-private")
+            .header("x-upstream-private", "hop");
+        for (name, value) in request.headers() {
+            response = response.header(format!("x-echo-{name}"), value);
+        }
+        response.body(request.into_body()).expect("echo response")
+    };
+    let task = tokio::spawn(switchyard::server::serve(
+        listener,
+        handler,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    (url, task)
+}
