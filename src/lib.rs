@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -58,6 +59,19 @@ pub struct GatewayOptions {
     pub reload_on_sighup: bool,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: u64,
+    /// Terminate TLS with this certificate and key (PEM files, re-read when they change).
+    pub tls: Option<TlsFiles>,
+    /// At most this many client connections at once.
+    pub max_connections: usize,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl GatewayOptions {
@@ -70,6 +84,8 @@ impl GatewayOptions {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             reload_on_sighup: false,
             max_body_bytes: proxy::DEFAULT_MAX_BODY_BYTES,
+            tls: None,
+            max_connections: server::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -91,6 +107,9 @@ pub enum StartError {
     /// The endpoint file's directory cannot be watched.
     #[error("cannot watch the endpoint file for changes: {0}")]
     Watch(#[from] notify::Error),
+    /// The TLS certificate or key is unusable.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running gateway.
@@ -105,6 +124,7 @@ pub struct Gateway {
     server: JoinHandle<()>,
     admin: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     watcher: JoinHandle<()>,
+    cert_reloader: Option<JoinHandle<()>>,
 }
 
 // === impl Gateway ===
@@ -115,6 +135,13 @@ impl Gateway {
         let started = Instant::now();
         let metrics = Arc::new(Metrics::new());
         let reloader = Arc::new(Reloader::load(&options.config, Arc::clone(&metrics))?);
+        let (acceptor, cert_reloader) = match &options.tls {
+            Some(files) => {
+                let store = tls::CertStore::load(&files.cert, &files.key)?;
+                (Some(store.acceptor()?), Some(store.spawn_reloader()))
+            }
+            None => (None, None),
+        };
         let (listener, addr) = bind(options.listen).await?;
         let admin_listener = match options.admin_listen {
             Some(admin_listen) => Some(bind(admin_listen).await?),
@@ -133,13 +160,18 @@ impl Gateway {
             async move { proxy.handle(request, connection).await }
         };
         let (shutdown, stop) = oneshot::channel();
+        let serve_options = server::ServeOptions {
+            drain: options.drain_timeout,
+            tls: acceptor,
+            max_connections: options.max_connections,
+        };
         let server = tokio::spawn(server::serve(
             listener,
             handler,
             async {
                 let _ = stop.await;
             },
-            options.drain_timeout,
+            serve_options,
         ));
 
         let admin = admin_listener.map(|(listener, admin_addr)| {
@@ -182,6 +214,7 @@ impl Gateway {
             server,
             admin,
             watcher,
+            cert_reloader,
         })
     }
 
@@ -221,6 +254,9 @@ impl Gateway {
         }
         let _ = (&mut self.server).await;
         self.watcher.abort();
+        if let Some(task) = &self.cert_reloader {
+            task.abort();
+        }
         if let Some((stop, task)) = self.admin.take() {
             let _ = stop.send(());
             let _ = task.await;
@@ -232,6 +268,9 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.server.abort();
         self.watcher.abort();
+        if let Some(task) = &self.cert_reloader {
+            task.abort();
+        }
         if let Some((_, task)) = &self.admin {
             task.abort();
         }

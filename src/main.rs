@@ -52,6 +52,18 @@ enum Command {
         /// How long requests in flight may take to finish on SIGTERM or Ctrl-C (e.g. 30s, 500ms).
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
+        /// Serve HTTPS with this PEM certificate chain (re-read when it changes).
+        #[arg(long, value_name = "PATH", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key for --tls-cert.
+        #[arg(long, value_name = "PATH", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Largest request body accepted, in bytes; larger ones get 413.
+        #[arg(long, value_name = "BYTES", default_value_t = switchyard::proxy::DEFAULT_MAX_BODY_BYTES)]
+        max_body_bytes: u64,
+        /// Most client connections open at once; further clients wait in the listen backlog.
+        #[arg(long, value_name = "N", default_value_t = switchyard::server::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
     },
     /// Show the running endpoint: deployments, traffic, instances, request rate and errors.
     Show {
@@ -170,10 +182,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             admin_listen,
             drain_timeout,
+            tls_cert,
+            tls_key,
+            max_body_bytes,
+            max_connections,
         } => {
             let mut options = GatewayOptions::new(config, listen);
             options.admin_listen = Some(admin_listen);
             options.drain_timeout = drain_timeout;
+            options.max_body_bytes = max_body_bytes;
+            options.max_connections = max_connections;
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                options.tls = Some(switchyard::TlsFiles { cert, key });
+            }
             options.reload_on_sighup = true;
             let gateway = start_gateway(options).await?;
             shutdown_signal().await;

@@ -115,7 +115,7 @@ impl ModelServer {
             async {
                 let _ = stopped.await;
             },
-            Duration::from_secs(5),
+            crate::server::ServeOptions::plain(Duration::from_secs(5)),
         ));
         Ok(ModelServer {
             addr,

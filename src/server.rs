@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -14,9 +15,49 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 /// How long a client may take to send a request head before its connection is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to finish the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) accepted; larger ones get 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Default cap on open client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 25_000;
+
+/// How a listener serves.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// How long open requests may take to finish once shutdown starts.
+    pub drain: Duration,
+    /// Terminate TLS with this acceptor, if set.
+    pub tls: Option<TlsAcceptor>,
+    /// At most this many client connections at once; past it, new ones wait in the backlog.
+    pub max_connections: usize,
+}
+
+impl ServeOptions {
+    /// Plain HTTP with the default limits and a `drain` deadline.
+    pub fn plain(drain: Duration) -> Self {
+        ServeOptions {
+            drain,
+            tls: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("drain", &self.drain)
+            .field("tls", &self.tls.is_some())
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
 
 /// What the handler knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -28,12 +69,12 @@ pub struct Connection {
 }
 
 /// Serves connections from `listener` with `handler` until `shutdown` resolves, then stops
-/// accepting and lets open requests finish for at most `drain`.
+/// accepting and lets open requests finish for at most `options.drain`.
 pub async fn serve<F, Fut, B>(
     listener: TcpListener,
     handler: F,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
+    options: ServeOptions,
 ) where
     F: Fn(Request<Incoming>, Connection) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
@@ -45,13 +86,26 @@ pub async fn serve<F, Fut, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
 
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(options.max_connections));
     let mut accept_backoff = AcceptBackoff::default();
     tokio::pin!(shutdown);
     loop {
+        // Past the connection cap, stop accepting: new clients wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = Arc::clone(&connections).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
@@ -73,23 +127,62 @@ pub async fn serve<F, Fut, B>(
             tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
         }
         let handler = handler.clone();
-        let connection = Connection { peer, tls: false };
+        let connection = Connection {
+            peer,
+            tls: options.tls.is_some(),
+        };
         let service = service_fn(move |request| {
             let response = handler(request, connection);
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
+        match &options.tls {
+            None => {
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, %peer, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, so a slow client cannot hold up
+                // the accept loop.
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(error) = watcher.watch(connection).await {
+                        tracing::debug!(%error, %peer, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
 
     drop(listener);
+    let drain = options.drain;
     tokio::select! {
         () = graceful.shutdown() => tracing::debug!("all connections drained"),
         () = tokio::time::sleep(drain) => {

@@ -214,7 +214,7 @@ pub async fn echo_server() -> (String, tokio::task::JoinHandle<()>) {
         listener,
         handler,
         std::future::pending(),
-        Duration::from_secs(1),
+        switchyard::server::ServeOptions::plain(Duration::from_secs(1)),
     ));
     (url, task)
 }

@@ -1,0 +1,269 @@
+//! TLS with certificate reload, HTTP/2 (ALPN and h2c prior knowledge), server-sent events, and an
+//! upstream that dies mid-response.
+
+mod common;
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use switchyard::model_server::Model;
+use switchyard::{Gateway, GatewayOptions, TlsFiles};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A self-signed certificate for 127.0.0.1 and localhost, written as PEM files in `dir`.
+fn write_certificate(dir: &std::path::Path, name: &str) -> (TlsFiles, CertificateDer<'static>) {
+    let certified = rcgen::generate_simple_self_signed(vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        name.into(),
+    ])
+    .expect("generate a certificate");
+    let files = TlsFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    };
+    // Written beside and renamed into place, as cert-manager's volume would swap them.
+    for (path, pem) in [
+        (&files.cert, certified.cert.pem()),
+        (&files.key, certified.key_pair.serialize_pem()),
+    ] {
+        let temp = path.with_extension("tmp");
+        std::fs::File::create(&temp)
+            .and_then(|mut f| f.write_all(pem.as_bytes()))
+            .expect("write PEM");
+        std::fs::rename(&temp, path).expect("rename PEM");
+    }
+    (files, certified.cert.der().clone())
+}
+
+fn client_config(trusted: &[CertificateDer<'static>]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in trusted {
+        roots.add(cert.clone()).expect("trust the test certificate");
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+async fn tls_gateway(blue: &str, files: TlsFiles) -> (EndpointFile, Gateway) {
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[blue])]));
+    let mut options = GatewayOptions::new(&file.path, loopback());
+    options.tls = Some(files);
+    let gateway = Gateway::start(options).await.expect("start with TLS");
+    (file, gateway)
+}
+
+/// The certificate the server presents on a new connection.
+async fn presented_certificate(
+    addr: std::net::SocketAddr,
+    config: rustls::ClientConfig,
+) -> CertificateDer<'static> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), stream)
+        .await
+        .expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("certificates")[0]
+        .clone()
+        .into_owned()
+}
+
+#[tokio::test]
+async fn https_serves_http1_and_h2_by_alpn() {
+    let blue = model_server(Model::Diabetes, "blue-1").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (files, cert) = write_certificate(dir.path(), "first");
+    let (_file, gateway) = tls_gateway(&blue.url(), files).await;
+    let url = format!("https://localhost:{}/score", gateway.addr().port());
+
+    for (http2, expected) in [(false, Version::HTTP_11), (true, Version::HTTP_2)] {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_config(std::slice::from_ref(&cert)))
+            .https_only()
+            .enable_http1();
+        let connector = if http2 {
+            builder.enable_http2().build()
+        } else {
+            builder.build()
+        };
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .http2_only(http2)
+            .build(connector);
+        let request = Request::post(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                switchyard::demo::SAMPLE_REQUEST.as_bytes(),
+            )))
+            .expect("request");
+        let response = client.request(request).await.expect("answer over TLS");
+        assert_eq!(response.version(), expected);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[PIN], "blue");
+    }
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_is_served_to_new_connections_and_old_ones_stay_open() {
+    let blue = model_server(Model::Diabetes, "blue-1").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (files, first) = write_certificate(dir.path(), "first");
+    let (_file, gateway) = tls_gateway(&blue.url(), files).await;
+    let addr = gateway.addr();
+
+    // An HTTP/1.1 connection opened with the first certificate.
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(client_config(std::slice::from_ref(&first))));
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), stream)
+        .await
+        .expect("handshake");
+    let (mut open, driver) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("http handshake");
+    tokio::spawn(driver);
+
+    let (_, second) = write_certificate(dir.path(), "second");
+    let trusting_both = || client_config(&[first.clone(), second.clone()]);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while presented_certificate(addr, trusting_both()).await != second {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let response = open
+        .send_request(score_request(addr, None))
+        .await
+        .expect("the connection opened before the reload still works");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_is_served() {
+    let blue = model_server(Model::Diabetes, "blue-1").await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&blue.url()])]));
+    let gateway = gateway(&file.path).await;
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let answer = client
+        .request(score_request(gateway.addr(), None))
+        .await
+        .expect("h2c answer");
+    assert_eq!(answer.version(), Version::HTTP_2);
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        blue.scored(),
+        1,
+        "an HTTP/2 client reaches an HTTP/1.1 instance"
+    );
+}
+
+/// An upstream that speaks raw HTTP/1.1 from a script, to control exactly when bytes go out.
+async fn scripted_upstream(
+    script: impl Fn(TcpStream) -> tokio::task::JoinHandle<()> + Send + 'static,
+) -> String {
+    let listener = TcpListener::bind(loopback()).await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            script(stream);
+        }
+    });
+    url
+}
+
+async fn read_request_head(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buffer).await.expect("read");
+        assert!(n > 0, "the gateway closed before sending a request");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_one_by_one() {
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let upstream = scripted_upstream(move |mut stream| {
+        let mut release = release_rx.clone();
+        tokio::spawn(async move {
+            read_request_head(&mut stream).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.expect("head");
+            stream.write_all(b"d\r\ndata: first\n\n\r\n").await.expect("first event");
+            // The second event and the end wait until the test has seen the first one.
+            let _ = release.wait_for(|go| *go).await;
+            stream.write_all(b"e\r\ndata: second\n\n\r\n0\r\n\r\n").await.expect("rest");
+        })
+    })
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&upstream])]));
+    let gateway = gateway(&file.path).await;
+
+    let response = client()
+        .request(score_request(gateway.addr(), None))
+        .await
+        .expect("answer");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .expect("the first event arrives while the stream is still open")
+        .expect("frame")
+        .expect("data")
+        .into_data()
+        .expect("data");
+    assert_eq!(&first[..], b"data: first\n\n");
+    release_tx.send(true).expect("release");
+    let rest = body.collect().await.expect("rest").to_bytes();
+    assert_eq!(&rest[..], b"data: second\n\n");
+}
+
+#[tokio::test]
+async fn an_upstream_dying_mid_body_never_looks_like_a_complete_answer() {
+    let upstream = scripted_upstream(|mut stream| {
+        tokio::spawn(async move {
+            read_request_head(&mut stream).await;
+            // Promises 100 bytes, sends 10, then the process "crashes".
+            let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
+            stream.write_all(head.as_bytes()).await.expect("partial");
+            drop(stream);
+        })
+    })
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&upstream])]));
+    let gateway = gateway(&file.path).await;
+
+    let response = client()
+        .request(score_request(gateway.addr(), None))
+        .await
+        .expect("the head arrives");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .expect("the body ends one way or another");
+    assert!(
+        body.is_err(),
+        "a truncated body must reach the client as an error, got {body:?}"
+    );
+}
