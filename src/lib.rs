@@ -63,6 +63,8 @@ pub struct GatewayOptions {
     pub tls: Option<TlsFiles>,
     /// At most this many client connections at once.
     pub max_connections: usize,
+    /// Extra CA certificates (PEM) trusted for `https://` instances, besides Mozilla's roots.
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 /// A PEM certificate chain and its private key.
@@ -86,6 +88,7 @@ impl GatewayOptions {
             max_body_bytes: proxy::DEFAULT_MAX_BODY_BYTES,
             tls: None,
             max_connections: server::DEFAULT_MAX_CONNECTIONS,
+            upstream_ca_file: None,
         }
     }
 }
@@ -150,10 +153,12 @@ impl Gateway {
         let watcher = reload::spawn_watcher(Arc::clone(&reloader), options.reload_on_sighup)?;
         let draining = Arc::new(AtomicBool::new(false));
 
+        let upstream_tls = tls::upstream_client_config(options.upstream_ca_file.as_deref())?;
         let proxy = Arc::new(Proxy::new(
             Arc::clone(reloader.table()),
             Arc::clone(&metrics),
             options.max_body_bytes,
+            upstream_tls,
         ));
         let handler = move |request, connection| {
             let proxy = Arc::clone(&proxy);

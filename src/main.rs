@@ -58,6 +58,9 @@ enum Command {
         /// The PEM private key for --tls-cert.
         #[arg(long, value_name = "PATH", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Also trust the CA certificates in this PEM file for https:// instances.
+        #[arg(long, value_name = "PATH")]
+        upstream_ca_file: Option<PathBuf>,
         /// Largest request body accepted, in bytes; larger ones get 413.
         #[arg(long, value_name = "BYTES", default_value_t = switchyard::proxy::DEFAULT_MAX_BODY_BYTES)]
         max_body_bytes: u64,
@@ -184,6 +187,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             drain_timeout,
             tls_cert,
             tls_key,
+            upstream_ca_file,
             max_body_bytes,
             max_connections,
         } => {
@@ -192,6 +196,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             options.drain_timeout = drain_timeout;
             options.max_body_bytes = max_body_bytes;
             options.max_connections = max_connections;
+            options.upstream_ca_file = upstream_ca_file;
             if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
                 options.tls = Some(switchyard::TlsFiles { cert, key });
             }

@@ -190,3 +190,43 @@ fn certified_key(
         source,
     })
 }
+
+/// How instances reached over `https://` are verified: Mozilla's root certificates (bundled, so no
+/// system store is needed), plus the PEM certificates in `extra_ca`, for a private CA.
+pub fn upstream_client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let pem_error = |problem: String| TlsError::Pem {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|error| pem_error(format!("not a PEM certificate: {error}")))?;
+        if certs.is_empty() {
+            return Err(pem_error("no CERTIFICATE block found".into()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|error| pem_error(format!("unusable CA certificate: {error}")))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|source| TlsError::Rustls {
+        cert: extra_ca.map(Path::to_path_buf).unwrap_or_default(),
+        key: PathBuf::new(),
+        source,
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(config)
+}

@@ -267,3 +267,47 @@ async fn an_upstream_dying_mid_body_never_looks_like_a_complete_answer() {
         "a truncated body must reach the client as an error, got {body:?}"
     );
 }
+
+#[tokio::test]
+async fn an_http2_deployment_speaks_h2c_to_its_instances() {
+    let (echo, _task) = echo_server().await;
+    let text = endpoint_yaml(&[("blue", 100, &[&echo])]).replace(
+        "    request_settings:",
+        "    protocol: http2\n    request_settings:",
+    );
+    let file = EndpointFile::new(&text);
+    let gateway = gateway(&file.path).await;
+
+    let mut request = score_request(gateway.addr(), None);
+    request
+        .headers_mut()
+        .insert("te", "trailers".parse().expect("header"));
+    let response = client().request(request).await.expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-echo-version"], "HTTP/2.0");
+    assert_eq!(
+        response.headers()["x-echo-te"],
+        "trailers",
+        "gRPC needs te: trailers"
+    );
+}
+
+#[tokio::test]
+async fn an_https_instance_is_verified_against_the_trusted_roots() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (files, _) = write_certificate(dir.path(), "upstream");
+    let store = switchyard::tls::CertStore::load(&files.cert, &files.key).expect("certificate");
+    let (echo, _task) = echo_server_with(Some(store.acceptor().expect("acceptor"))).await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
+
+    // Without the private CA, the instance's certificate is not trusted.
+    let untrusting = gateway(&file.path).await;
+    let answer = score(&client(), untrusting.addr(), None).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+
+    let mut options = GatewayOptions::new(&file.path, loopback());
+    options.upstream_ca_file = Some(files.cert.clone());
+    let trusting = Gateway::start(options).await.expect("start");
+    let answer = score(&client(), trusting.addr(), None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+}

@@ -65,6 +65,9 @@ pub(crate) struct DeploymentFile {
     pub(crate) request_settings: Option<RequestSettingsFile>,
     #[serde(default)]
     pub(crate) readiness_probe: Option<ProbeFile>,
+    /// Switchyard's addition: `http1` (default) or `http2` (h2c, or h2 over https).
+    #[serde(default)]
+    pub(crate) protocol: Option<Spanned<String>>,
 
     // Azure keys a gateway has no use for.
     #[serde(default, rename = "$schema")]

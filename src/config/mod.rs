@@ -64,6 +64,18 @@ pub struct DeploymentConfig {
     pub request_settings: RequestSettings,
     /// Active readiness probing, if configured.
     pub readiness_probe: Option<ReadinessProbe>,
+    /// The HTTP version spoken to the instances.
+    pub protocol: UpstreamProtocol,
+}
+
+/// The HTTP version a deployment's instances speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, the default.
+    #[default]
+    Http1,
+    /// HTTP/2: h2c with prior knowledge on http://, h2 by ALPN on https:// (gRPC servers).
+    Http2,
 }
 
 /// Azure's `request_settings`, with Azure's defaults.
@@ -166,6 +178,9 @@ impl EndpointConfig {
                         "max_queue_wait_ms": settings.max_queue_wait.as_millis() as u64,
                     },
                 });
+                if d.protocol == UpstreamProtocol::Http2 {
+                    deployment["protocol"] = serde_json::Value::from("http2");
+                }
                 if let Some(probe) = &d.readiness_probe {
                     deployment["readiness_probe"] = serde_json::json!({
                         "path": probe.path,
@@ -420,6 +435,21 @@ fn validate_deployment(
             .readiness_probe
             .as_ref()
             .map(|probe| readiness_probe(field, probe, issues)),
+        protocol: match raw.protocol.as_ref() {
+            None => UpstreamProtocol::Http1,
+            Some(protocol) => match protocol.value.as_str() {
+                "http1" => UpstreamProtocol::Http1,
+                "http2" => UpstreamProtocol::Http2,
+                other => {
+                    issues.push(Issue::new(
+                        format!("{field}.protocol"),
+                        Some(protocol.referenced),
+                        format!("`{other}` is not a protocol; use `http1` or `http2`"),
+                    ));
+                    UpstreamProtocol::Http1
+                }
+            },
+        },
     }
 }
 
@@ -687,9 +717,9 @@ fn parse_instance(url: &str) -> Result<InstanceAddr, String> {
             "`{url}` is not an absolute URL; write it like http://127.0.0.1:9001"
         ));
     };
-    if *scheme != Scheme::HTTP {
+    if *scheme != Scheme::HTTP && *scheme != Scheme::HTTPS {
         return Err(format!(
-            "`{url}` uses `{scheme}`; only http:// instances are supported"
+            "`{url}` uses `{scheme}`; instances are http:// or https://"
         ));
     }
     if authority.as_str().contains('@') {

@@ -202,7 +202,7 @@ fn instance_urls_are_absolute_http() {
     for (bad, why) in [
         ("127.0.0.1:9003", "not an absolute URL"),
         ("/score", "not an absolute URL"),
-        ("ftp://127.0.0.1:9003", "only http://"),
+        ("ftp://127.0.0.1:9003", "http:// or https://"),
         ("http://127.0.0.1:9003/score", "give only the origin"),
         ("http://user@127.0.0.1:9003", "credentials"),
         ("http://bad host", "not a URL"),
@@ -461,4 +461,26 @@ fn the_file_shaped_value_reads_back_to_the_same_config() {
     let config = EndpointConfig::parse(&text).expect("valid");
     let again = EndpointConfig::parse(&config.to_file_value().to_string()).expect("valid");
     assert_eq!(config, again);
+}
+
+#[test]
+fn the_upstream_protocol_is_http1_or_http2() {
+    let config = EndpointConfig::parse(VALID).expect("valid");
+    assert_eq!(config.deployments[0].protocol, UpstreamProtocol::Http1);
+    let text = VALID.replace(
+        "    instance_count: 2\n",
+        "    instance_count: 2\n    protocol: http2\n",
+    );
+    let config = EndpointConfig::parse(&text).expect("valid");
+    assert_eq!(config.deployments[0].protocol, UpstreamProtocol::Http2);
+    let text = VALID.replace(
+        "    instance_count: 2\n",
+        "    instance_count: 2\n    protocol: grpc\n",
+    );
+    assert_issue(
+        &text,
+        "deployments[0].protocol",
+        7,
+        "use `http1` or `http2`",
+    );
 }

@@ -14,6 +14,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -23,7 +24,7 @@ pub use body::{ProxyBody, UpstreamBody};
 use body::{RequestBody, is_body_too_large};
 use headers::{PIN, REQUEST_ID};
 
-use crate::config::InstanceAddr;
+use crate::config::{InstanceAddr, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, NO_DEPLOYMENT, RouteLabel};
 use crate::routing::RoutingTable;
@@ -37,11 +38,16 @@ pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
 /// Default limit on a request body: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
 /// Forwards requests to the deployments of the current routing table.
 #[derive(Debug, Clone)]
 pub struct Proxy {
     table: SharedTable,
-    client: Client<HttpConnector, UpstreamBody>,
+    /// HTTP/1.1 to instances, over plain TCP or TLS.
+    http1: UpstreamClient,
+    /// HTTP/2 to instances: h2c with prior knowledge, or h2 by ALPN over TLS.
+    http2: UpstreamClient,
     metrics: Arc<Metrics>,
     max_body_bytes: u64,
 }
@@ -60,21 +66,48 @@ struct Outgoing {
     path_and_query: PathAndQuery,
     headers: HeaderMap,
     body: RequestBody,
+    /// The client sent `te: trailers` (gRPC does), which HTTP/2 instances need to see.
+    wants_trailers: bool,
 }
 
 // === impl Proxy ===
 
 impl Proxy {
     /// A proxy reading routes from `table`, with pooled keep-alive connections to instances.
-    pub fn new(table: SharedTable, metrics: Arc<Metrics>, max_body_bytes: u64) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .build(connector);
+    /// `tls` verifies `https://` instances.
+    pub fn new(
+        table: SharedTable,
+        metrics: Arc<Metrics>,
+        max_body_bytes: u64,
+        tls: rustls::ClientConfig,
+    ) -> Self {
+        let tcp = || {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            // The TLS layer above decides which schemes are allowed.
+            connector.enforce_http(false);
+            connector
+        };
+        let http1 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp());
+        let http2 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(tcp());
+        let idle = std::time::Duration::from_secs(90);
         Proxy {
             table,
-            client,
+            http1: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(idle)
+                .build(http1),
+            http2: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(idle)
+                .http2_only(true)
+                .build(http2),
             metrics,
             max_body_bytes,
         }
@@ -253,9 +286,14 @@ impl Proxy {
         outgoing: &Outgoing,
         lease: &InFlight,
     ) -> Result<Response<Incoming>, Exchange> {
-        let request = outgoing.to_instance(lease.instance().addr(), self.max_body_bytes);
+        let protocol = deployment.protocol();
+        let request = outgoing.to_instance(lease.instance().addr(), protocol, self.max_body_bytes);
+        let client = match protocol {
+            UpstreamProtocol::Http1 => &self.http1,
+            UpstreamProtocol::Http2 => &self.http2,
+        };
         let timeout = deployment.settings().request_timeout;
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+        match tokio::time::timeout(timeout, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) if error.is_connect() => {
                 tracing::debug!(deployment = deployment.name(), instance = %lease.instance().addr(), %error, "connection refused");
@@ -320,6 +358,9 @@ impl Outgoing {
     ) -> Self {
         let (parts, body) = request.into_parts();
         let mut headers = parts.headers;
+        let wants_trailers = headers
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
         // Instances see the client's host as X-Forwarded-Host; hyper sets Host from the URI.
         let host = headers.remove(header::HOST).or_else(|| {
             parts
@@ -339,11 +380,17 @@ impl Outgoing {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             headers,
             body: RequestBody::new(body),
+            wants_trailers,
         }
     }
 
     /// The request for one attempt at `instance`.
-    fn to_instance(&self, instance: &InstanceAddr, max_body_bytes: u64) -> Request<UpstreamBody> {
+    fn to_instance(
+        &self,
+        instance: &InstanceAddr,
+        protocol: UpstreamProtocol,
+        max_body_bytes: u64,
+    ) -> Request<UpstreamBody> {
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(instance.scheme.clone());
         uri.authority = Some(instance.authority.clone());
@@ -354,9 +401,19 @@ impl Outgoing {
         if let Ok(uri) = Uri::from_parts(uri) {
             *request.uri_mut() = uri;
         }
-        // Instances speak HTTP/1.1 whatever the client spoke.
-        *request.version_mut() = Version::HTTP_11;
+        // Instances speak their configured version, whatever the client spoke.
         *request.headers_mut() = self.headers.clone();
+        match protocol {
+            UpstreamProtocol::Http1 => *request.version_mut() = Version::HTTP_11,
+            UpstreamProtocol::Http2 => {
+                *request.version_mut() = Version::HTTP_2;
+                if self.wants_trailers {
+                    request
+                        .headers_mut()
+                        .insert(header::TE, http::HeaderValue::from_static("trailers"));
+                }
+            }
+        }
         request
     }
 }

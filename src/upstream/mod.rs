@@ -19,7 +19,9 @@ use http::HeaderValue;
 use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{DeploymentConfig, InstanceAddr, ReadinessProbe, RequestSettings};
+use crate::config::{
+    DeploymentConfig, InstanceAddr, ReadinessProbe, RequestSettings, UpstreamProtocol,
+};
 use crate::metrics::{DeploymentMetrics, Metrics};
 use health::{Health, Outcome};
 
@@ -32,6 +34,7 @@ pub struct Deployment {
     model: Box<str>,
     settings: RequestSettings,
     probe: Option<ReadinessProbe>,
+    protocol: UpstreamProtocol,
     instances: Box<[Arc<Instance>]>,
     /// Requests admitted and not finished: waiting for an instance or in flight.
     pending: AtomicUsize,
@@ -112,6 +115,7 @@ impl Deployment {
             model: config.model.as_str().into(),
             settings: config.request_settings,
             probe: config.readiness_probe.clone(),
+            protocol: config.protocol,
             instances,
             pending: AtomicUsize::new(0),
             metrics: metrics.deployment(&config.name),
@@ -136,6 +140,11 @@ impl Deployment {
     /// Its request settings.
     pub fn settings(&self) -> &RequestSettings {
         &self.settings
+    }
+
+    /// The HTTP version its instances speak.
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.protocol
     }
 
     /// Its instances, in config order.

@@ -197,12 +197,24 @@ pub async fn score(client: &TestClient, gateway: SocketAddr, pin: Option<&str>) 
 /// An upstream that answers with the request's own body, streamed back as it arrives, and
 /// reports what it received in `x-echo-*` headers.
 pub async fn echo_server() -> (String, tokio::task::JoinHandle<()>) {
+    echo_server_with(None).await
+}
+
+/// [`echo_server`], over TLS when given an acceptor (the URL is then `https://localhost:port`).
+pub async fn echo_server_with(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (String, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind(loopback()).await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let port = listener.local_addr().expect("addr").port();
+    let url = match tls {
+        Some(_) => format!("https://localhost:{port}"),
+        None => format!("http://127.0.0.1:{port}"),
+    };
     let handler = |request: Request<Incoming>, _| async move {
         let mut response = Response::builder()
             .header("x-echo-method", request.method().as_str())
             .header("x-echo-uri", request.uri().to_string())
+            .header("x-echo-version", format!("{:?}", request.version()))
             .header("connection", "keep-alive, x-upstream-private")
             .header("x-upstream-private", "hop");
         for (name, value) in request.headers() {
@@ -214,7 +226,10 @@ pub async fn echo_server() -> (String, tokio::task::JoinHandle<()>) {
         listener,
         handler,
         std::future::pending(),
-        switchyard::server::ServeOptions::plain(Duration::from_secs(1)),
+        switchyard::server::ServeOptions {
+            tls,
+            ..switchyard::server::ServeOptions::plain(Duration::from_secs(1))
+        },
     ));
     (url, task)
 }
