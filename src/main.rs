@@ -23,6 +23,9 @@ struct Cli {
     /// Log format on stderr: `text` or `json` (one JSON object per line).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Worker threads for request handling (default: one per CPU core).
+    #[arg(long, global = true, value_name = "N")]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
