@@ -66,17 +66,30 @@ impl Body for ProxyBody {
 /// The client's request body on its way to an instance.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    /// Where the body waits until the first read; see [`RequestBody::take_back`].
-    slot: Arc<Mutex<Option<Incoming>>>,
-    body: Option<Incoming>,
+    source: Source,
     limit: u64,
     seen: u64,
 }
 
-/// The shared handle to a request body that has not been read yet.
-#[derive(Debug, Clone)]
-pub(crate) struct RequestBody {
-    slot: Arc<Mutex<Option<Incoming>>>,
+#[derive(Debug)]
+enum Source {
+    /// The body itself: this is the only attempt.
+    Direct(Option<Incoming>),
+    /// The body waits in `slot` until the first read, so an attempt that never read it can
+    /// hand it to the next; see [`RequestBody::is_untouched`].
+    Shared {
+        slot: Arc<Mutex<Option<Incoming>>>,
+        body: Option<Incoming>,
+    },
+}
+
+/// A request body, held so that it can be sent by one or, if retries are possible, more attempts.
+#[derive(Debug)]
+pub(crate) enum RequestBody {
+    /// Sent once; no retry is possible.
+    Once(Option<Incoming>),
+    /// Shared between attempts until one reads it.
+    Retryable(Arc<Mutex<Option<Incoming>>>),
 }
 
 /// The request body grew past the limit while streaming.
@@ -95,18 +108,27 @@ impl fmt::Display for BodyTooLarge {
 impl StdError for BodyTooLarge {}
 
 impl RequestBody {
-    /// Holds `body` until a send reads it.
-    pub(crate) fn new(body: Incoming) -> Self {
-        RequestBody {
-            slot: Arc::new(Mutex::new(Some(body))),
+    /// Holds `body` for one attempt, or for several if `retryable`. Retryable bodies cost a
+    /// shared slot, so they are only made where a retry can happen.
+    pub(crate) fn new(body: Incoming, retryable: bool) -> Self {
+        if retryable {
+            RequestBody::Retryable(Arc::new(Mutex::new(Some(body))))
+        } else {
+            RequestBody::Once(Some(body))
         }
     }
 
     /// A body for one attempt, failing once more than `limit` bytes have flowed.
-    pub(crate) fn attempt(&self, limit: u64) -> UpstreamBody {
+    pub(crate) fn attempt(&mut self, limit: u64) -> UpstreamBody {
+        let source = match self {
+            RequestBody::Once(body) => Source::Direct(body.take()),
+            RequestBody::Retryable(slot) => Source::Shared {
+                slot: Arc::clone(slot),
+                body: None,
+            },
+        };
         UpstreamBody {
-            slot: Arc::clone(&self.slot),
-            body: None,
+            source,
             limit,
             seen: 0,
         }
@@ -114,22 +136,15 @@ impl RequestBody {
 
     /// True while no attempt has read the body, so another attempt can send it whole.
     pub(crate) fn is_untouched(&self) -> bool {
-        self.lock().is_some()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Incoming>> {
-        self.slot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        match self {
+            RequestBody::Once(_) => false,
+            RequestBody::Retryable(slot) => lock(slot).is_some(),
+        }
     }
 }
 
-impl UpstreamBody {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Incoming>> {
-        self.slot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+fn lock(slot: &Mutex<Option<Incoming>>) -> std::sync::MutexGuard<'_, Option<Incoming>> {
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Body for UpstreamBody {
@@ -141,11 +156,16 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        if this.body.is_none() {
-            let taken = this.lock().take();
-            this.body = taken;
-        }
-        let Some(body) = this.body.as_mut() else {
+        let body = match &mut this.source {
+            Source::Direct(body) => body,
+            Source::Shared { slot, body } => {
+                if body.is_none() {
+                    *body = lock(slot).take();
+                }
+                body
+            }
+        };
+        let Some(body) = body.as_mut() else {
             return Poll::Ready(None);
         };
         match Pin::new(body).poll_frame(cx) {
@@ -153,9 +173,8 @@ impl Body for UpstreamBody {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
-                            limit: this.limit,
-                        }))));
+                        let error = BodyTooLarge { limit: this.limit };
+                        return Poll::Ready(Some(Err(Box::new(error))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -167,20 +186,29 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.body {
-            Some(body) => body.is_end_stream(),
-            None => self.lock().as_ref().is_none_or(Body::is_end_stream),
+        match &self.source {
+            Source::Direct(body)
+            | Source::Shared {
+                body: body @ Some(_),
+                ..
+            } => body.as_ref().is_none_or(Body::is_end_stream),
+            Source::Shared { slot, body: None } => {
+                lock(slot).as_ref().is_none_or(Body::is_end_stream)
+            }
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         // Read before the first poll, so that hyper keeps the client's Content-Length framing.
-        match &self.body {
-            Some(body) => body.size_hint(),
-            None => self
-                .lock()
-                .as_ref()
-                .map_or_else(|| SizeHint::with_exact(0), Body::size_hint),
+        let hint =
+            |body: Option<&Incoming>| body.map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        match &self.source {
+            Source::Direct(body)
+            | Source::Shared {
+                body: body @ Some(_),
+                ..
+            } => hint(body.as_ref()),
+            Source::Shared { slot, body: None } => hint(lock(slot).as_ref()),
         }
     }
 }

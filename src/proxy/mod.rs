@@ -57,7 +57,15 @@ pub struct Proxy {
 struct Trace {
     deployment: Option<Arc<Deployment>>,
     route: RouteLabel,
-    instance: Option<String>,
+    /// Index of the instance in `deployment`, once one was chosen.
+    instance: Option<usize>,
+}
+
+impl Trace {
+    fn instance_addr(&self) -> Option<&InstanceAddr> {
+        let deployment = self.deployment.as_ref()?;
+        Some(deployment.instances().get(self.instance?)?.addr())
+    }
 }
 
 /// A request's parts, kept so a refused connection can be retried on another instance.
@@ -161,7 +169,7 @@ impl Proxy {
             request_id = request_id.to_str().unwrap_or(""),
             deployment = deployment_name,
             route = trace.route.as_str(),
-            instance = trace.instance.as_deref().unwrap_or(""),
+            instance = trace.instance_addr().map(|a| a.authority.as_str()).unwrap_or(""),
             status = status.as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
         );
@@ -199,7 +207,9 @@ impl Proxy {
                 limit: self.max_body_bytes,
             });
         }
-        let mut outgoing = Outgoing::new(request, connection, request_id);
+        // Only a deployment with another instance to try pays for keeping the request around.
+        let retryable = deployment.instances().len() > 1;
+        let mut outgoing = Outgoing::new(request, connection, request_id, retryable);
         if keyed {
             // The key is the gateway's credential; model servers never see it.
             outgoing.headers.remove(header::AUTHORIZATION);
@@ -210,8 +220,8 @@ impl Proxy {
         let mut lease = self.admit(&deployment, None).await?;
         let mut retried = false;
         loop {
-            trace.instance = Some(lease.instance().addr().authority.to_string());
-            match self.exchange(&deployment, &outgoing, &lease).await {
+            trace.instance = Some(lease.instance_index());
+            match self.exchange(&deployment, &mut outgoing, &lease).await {
                 Ok(response) => {
                     let outcome = if response.status().is_server_error()
                         || response.status() == StatusCode::TOO_MANY_REQUESTS
@@ -283,7 +293,7 @@ impl Proxy {
     async fn exchange(
         &self,
         deployment: &Deployment,
-        outgoing: &Outgoing,
+        outgoing: &mut Outgoing,
         lease: &InFlight,
     ) -> Result<Response<Incoming>, Exchange> {
         let protocol = deployment.protocol();
@@ -355,6 +365,7 @@ impl Outgoing {
         request: Request<Incoming>,
         connection: Connection,
         request_id: &http::HeaderValue,
+        retryable: bool,
     ) -> Self {
         let (parts, body) = request.into_parts();
         let mut headers = parts.headers;
@@ -379,14 +390,14 @@ impl Outgoing {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             headers,
-            body: RequestBody::new(body),
+            body: RequestBody::new(body, retryable),
             wants_trailers,
         }
     }
 
     /// The request for one attempt at `instance`.
     fn to_instance(
-        &self,
+        &mut self,
         instance: &InstanceAddr,
         protocol: UpstreamProtocol,
         max_body_bytes: u64,
@@ -402,7 +413,11 @@ impl Outgoing {
             *request.uri_mut() = uri;
         }
         // Instances speak their configured version, whatever the client spoke.
-        *request.headers_mut() = self.headers.clone();
+        *request.headers_mut() = match self.body {
+            // A retry needs the headers again.
+            RequestBody::Retryable(_) => self.headers.clone(),
+            RequestBody::Once(_) => std::mem::take(&mut self.headers),
+        };
         match protocol {
             UpstreamProtocol::Http1 => *request.version_mut() = Version::HTTP_11,
             UpstreamProtocol::Http2 => {
