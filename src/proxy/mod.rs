@@ -297,7 +297,7 @@ impl Proxy {
         lease: &InFlight,
     ) -> Result<Response<Incoming>, Exchange> {
         let protocol = deployment.protocol();
-        let request = outgoing.to_instance(lease.instance().addr(), protocol, self.max_body_bytes);
+        let request = outgoing.request_for(lease.instance().addr(), protocol, self.max_body_bytes);
         let client = match protocol {
             UpstreamProtocol::Http1 => &self.http1,
             UpstreamProtocol::Http2 => &self.http2,
@@ -396,7 +396,7 @@ impl Outgoing {
     }
 
     /// The request for one attempt at `instance`.
-    fn to_instance(
+    fn request_for(
         &mut self,
         instance: &InstanceAddr,
         protocol: UpstreamProtocol,
