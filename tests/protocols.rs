@@ -311,3 +311,56 @@ async fn an_https_instance_is_verified_against_the_trusted_roots() {
     let answer = score(&client(), trusting.addr(), None).await;
     assert_eq!(answer.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_websocket_upgrade_is_spliced_through() {
+    use tokio::io::AsyncReadExt;
+    let upstream = scripted_upstream(|mut stream| {
+        tokio::spawn(async move {
+            read_request_head(&mut stream).await;
+            let head = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.expect("101");
+            // After the switch: answer every chunk in upper case, until the peer closes.
+            let mut buffer = [0u8; 256];
+            loop {
+                let n = stream.read(&mut buffer).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                let upper = buffer[..n].to_ascii_uppercase();
+                if stream.write_all(&upper).await.is_err() {
+                    return;
+                }
+            }
+        })
+    })
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&upstream])]));
+    let gateway = gateway(&file.path).await;
+
+    let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nhost: gateway\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
+        .await
+        .expect("handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("azureml-model-deployment: blue"), "{head}");
+
+    for message in ["hello", "second frame"] {
+        stream.write_all(message.as_bytes()).await.expect("send");
+        let mut answer = vec![0u8; message.len()];
+        tokio::time::timeout(PATIENCE, stream.read_exact(&mut answer))
+            .await
+            .expect("an answer through the tunnel")
+            .expect("read");
+        assert_eq!(answer, message.to_uppercase().as_bytes());
+    }
+}

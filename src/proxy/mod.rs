@@ -76,6 +76,8 @@ struct Outgoing {
     body: RequestBody,
     /// The client sent `te: trailers` (gRPC does), which HTTP/2 instances need to see.
     wants_trailers: bool,
+    /// The protocol asked for in an upgrade handshake (`websocket`), if this is one.
+    upgrade: Option<http::HeaderValue>,
 }
 
 // === impl Proxy ===
@@ -181,7 +183,7 @@ impl Proxy {
 
     async fn forward(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         connection: Connection,
         request_id: &http::HeaderValue,
         trace: &mut Trace,
@@ -207,9 +209,15 @@ impl Proxy {
                 limit: self.max_body_bytes,
             });
         }
+        // A WebSocket (or other HTTP/1.1 upgrade) handshake: once the instance agrees, the two
+        // connections are spliced together.
+        let upgrade = headers::upgrade_request(request.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+
         // Only a deployment with another instance to try pays for keeping the request around.
         let retryable = deployment.instances().len() > 1;
         let mut outgoing = Outgoing::new(request, connection, request_id, retryable);
+        outgoing.upgrade = upgrade;
         if keyed {
             // The key is the gateway's credential; model servers never see it.
             outgoing.headers.remove(header::AUTHORIZATION);
@@ -222,7 +230,13 @@ impl Proxy {
         loop {
             trace.instance = Some(lease.instance_index());
             match self.exchange(&deployment, &mut outgoing, &lease).await {
-                Ok(response) => {
+                Ok(mut response) => {
+                    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) =
+                        (response.status(), client_upgrade)
+                    {
+                        lease.record(Outcome::Success);
+                        return Ok(splice(client, &mut response, lease));
+                    }
                     let outcome = if response.status().is_server_error()
                         || response.status() == StatusCode::TOO_MANY_REQUESTS
                     {
@@ -329,6 +343,44 @@ impl Proxy {
     }
 }
 
+/// Answers an accepted upgrade with the instance's 101 and, once both sides have switched, copies
+/// bytes both ways until either closes. The lease keeps the tunnel counted as in flight.
+fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    response: &mut Response<Incoming>,
+    lease: InFlight,
+) -> Response<ProxyBody> {
+    let upstream = hyper::upgrade::on(&mut *response);
+    tokio::spawn(async move {
+        let _lease = lease;
+        match tokio::try_join!(client, upstream) {
+            Ok((client, upstream)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                {
+                    tracing::debug!(%error, "upgraded connection ended with an error");
+                }
+            }
+            Err(error) => tracing::debug!(%error, "upgrade did not complete"),
+        }
+    });
+    let mut switched = Response::new(ProxyBody::Local(Full::default()));
+    *switched.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut upstream_headers = std::mem::take(response.headers_mut());
+    let upgrade = upstream_headers.remove(header::UPGRADE);
+    headers::strip_hop_by_hop(&mut upstream_headers);
+    *switched.headers_mut() = upstream_headers;
+    switched.headers_mut().insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    if let Some(upgrade) = upgrade {
+        switched.headers_mut().insert(header::UPGRADE, upgrade);
+    }
+    switched
+}
+
 /// How one attempt went wrong.
 enum Exchange {
     /// The instance refused the connection; nothing was sent.
@@ -392,6 +444,7 @@ impl Outgoing {
             headers,
             body: RequestBody::new(body, retryable),
             wants_trailers,
+            upgrade: None,
         }
     }
 
@@ -418,6 +471,14 @@ impl Outgoing {
             RequestBody::Retryable(_) => self.headers.clone(),
             RequestBody::Once(_) => std::mem::take(&mut self.headers),
         };
+        if let Some(upgrade) = &self.upgrade {
+            let headers = request.headers_mut();
+            headers.insert(
+                header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            );
+            headers.insert(header::UPGRADE, upgrade.clone());
+        }
         match protocol {
             UpstreamProtocol::Http1 => *request.version_mut() = Version::HTTP_11,
             UpstreamProtocol::Http2 => {
