@@ -58,10 +58,11 @@ async fn a_model_slower_than_the_timeout_gets_408() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_twice_the_capacity_requests_get_429_while_admitted_ones_succeed() {
     // One instance serving one request at a time: at most 2 x 1 x 1 = 2 pending.
-    let slow = slow_model_server(Model::Diabetes, "slow", Duration::from_millis(200)).await;
+    // The model is slow enough that all five requests arrive while the first is still in flight.
+    let slow = slow_model_server(Model::Diabetes, "slow", Duration::from_millis(600)).await;
     let file = EndpointFile::new(&blue_with(
         &[&slow.url()],
-        "    request_settings: {max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 2000}\n",
+        "    request_settings: {max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 3000}\n",
     ));
     let gateway = gateway(&file.path).await;
 

@@ -77,7 +77,20 @@ impl Health {
 
     /// Whether passive health has taken the instance out for now.
     pub fn is_ejected(&self) -> bool {
-        self.now_ms() < self.ejected_until_ms.load(Ordering::Relaxed)
+        // Read on every pick: the common case, never ejected or ejection over, skips the clock.
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if self.now_ms() < until {
+            return true;
+        }
+        // Over: a racing new ejection may be overwritten here, which at worst lets one
+        // request through to an instance that is failing anyway.
+        let _ =
+            self.ejected_until_ms
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
     /// Ready and not ejected.
@@ -116,7 +129,8 @@ impl Health {
         let period = EJECT_BASE
             .saturating_mul(1 << in_a_row.min(16))
             .min(EJECT_MAX);
-        let until = self.now_ms() + period.as_millis() as u64;
+        // Never 0, which means "not ejected".
+        let until = self.now_ms() + period.as_millis() as u64 + 1;
         self.ejected_until_ms.store(until, Ordering::Relaxed);
         tracing::warn!(?period, "instance ejected after failures");
     }
