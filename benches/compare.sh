@@ -9,6 +9,8 @@
 #
 #   bash benches/compare.sh                      # 5 rounds of 10 s per contestant
 #   ROUNDS=3 DURATION=5 bash benches/compare.sh  # quicker
+#   CONTESTANTS=switchyard ROUNDS=1 DURATION=8 IDLE_CONNECTIONS=0 bash benches/compare.sh
+#                                                # one contestant, e.g. while optimising
 #
 # Needs Debian's nginx, haproxy and wrk (it installs nothing itself):
 #   apt-get install nginx haproxy wrk
@@ -158,7 +160,7 @@ wrk.headers["Content-Type"] = "application/json"
 EOF
 
 declare -A PORT=([direct]=$BLUE [switchyard]=$SWITCH [nginx]=$NGINX [haproxy]=$HAPROXY)
-CONTESTANTS=(direct switchyard nginx haproxy)
+read -r -a CONTESTANTS <<< "${CONTESTANTS:-direct switchyard nginx haproxy}"
 
 # One wrk run; prints "requests_per_s p50_ms p99_ms errors".
 measure() {
@@ -192,16 +194,19 @@ for name, rps, p50, p99, errors in rows:
 median = {name: [statistics.median(col) for col in zip(*runs)] for name, runs in by.items()}
 print()
 print(f"{'contestant':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs haproxy':>12}{'vs nginx':>10}")
-for name in ["direct", "switchyard", "nginx", "haproxy"]:
+def ratio(rps, peer):
+    return f"{rps / median[peer][0]:.2f}" if peer in median else "-"
+for name in [n for n in ["direct", "switchyard", "nginx", "haproxy"] if n in median]:
     rps, p50, p99, _ = median[name]
     errors = sum(run[3] for run in by[name])
     print(f"{name:<12}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}{errors:>8}"
-          f"{rps / median['haproxy'][0]:>12.2f}{rps / median['nginx'][0]:>10.2f}")
+          f"{ratio(rps, 'haproxy'):>12}{ratio(rps, 'nginx'):>10}")
 print("(medians over rounds; errors are summed)")
 EOF
 
 # Memory: resident size of the gateway before and after IDLE_CONNECTIONS keep-alive clients
 # have each sent one request and then gone quiet.
+[ "$IDLE_CONNECTIONS" -gt 0 ] || exit 0
 ulimit -n $((IDLE_CONNECTIONS * 2 + 1024)) 2>/dev/null || true
 python3 - "$SWITCH" "$SWITCHYARD_PID" "$IDLE_CONNECTIONS" "$BODY" <<'EOF'
 import asyncio, sys
