@@ -41,6 +41,11 @@ async fn call(gateway: &Gateway, authorization: Option<&str>) -> Scored {
     read(client().request(request).await.expect("answer")).await
 }
 
+/// The status of a request presenting `key` as a bearer token.
+async fn status_with_key(gateway: &Gateway, key: &str) -> StatusCode {
+    call(gateway, Some(&format!("Bearer {key}"))).await.status
+}
+
 async fn keyed_gateway(server: &ModelServer) -> (EndpointFile, Gateway) {
     let file = EndpointFile::new(&keyed_endpoint(&server.url()));
     write_keys(file.dir.path(), PRIMARY, SECONDARY);
@@ -68,18 +73,8 @@ async fn missing_and_wrong_keys_get_the_same_401() {
 async fn either_key_is_accepted() {
     let blue = model_server(Model::Diabetes, "blue-1").await;
     let (_file, gateway) = keyed_gateway(&blue).await;
-    assert_eq!(
-        call(&gateway, Some(&format!("Bearer {PRIMARY}")))
-            .await
-            .status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        call(&gateway, Some(&format!("Bearer {SECONDARY}")))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(status_with_key(&gateway, PRIMARY).await, StatusCode::OK);
+    assert_eq!(status_with_key(&gateway, SECONDARY).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -91,24 +86,12 @@ async fn editing_the_keys_file_rotates_keys_without_a_restart() {
     write_keys(file.dir.path(), ROTATED, SECONDARY);
     wait_for_generation(&gateway, 2).await;
     assert_eq!(
-        call(&gateway, Some(&format!("Bearer {PRIMARY}")))
-            .await
-            .status,
+        status_with_key(&gateway, PRIMARY).await,
         StatusCode::UNAUTHORIZED,
         "the old key"
     );
-    assert_eq!(
-        call(&gateway, Some(&format!("Bearer {ROTATED}")))
-            .await
-            .status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        call(&gateway, Some(&format!("Bearer {SECONDARY}")))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(status_with_key(&gateway, ROTATED).await, StatusCode::OK);
+    assert_eq!(status_with_key(&gateway, SECONDARY).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -130,12 +113,7 @@ async fn an_invalid_keys_file_keeps_the_old_keys() {
         !message.contains(SECONDARY),
         "a key leaked into an error: {message}"
     );
-    assert_eq!(
-        call(&gateway, Some(&format!("Bearer {PRIMARY}")))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(status_with_key(&gateway, PRIMARY).await, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -176,6 +176,13 @@ async fn h2c_with_prior_knowledge_is_served() {
     );
 }
 
+/// A gateway whose one deployment, `blue`, is the instance at `url`.
+async fn gateway_for(url: &str) -> (EndpointFile, Gateway) {
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[url])]));
+    let gateway = gateway(&file.path).await;
+    (file, gateway)
+}
+
 /// An upstream that speaks raw HTTP/1.1 from a script, to control exactly when bytes go out.
 async fn scripted_upstream(
     script: impl Fn(TcpStream) -> tokio::task::JoinHandle<()> + Send + 'static,
@@ -217,8 +224,7 @@ async fn server_sent_events_arrive_one_by_one() {
         })
     })
     .await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&upstream])]));
-    let gateway = gateway(&file.path).await;
+    let (_file, gateway) = gateway_for(&upstream).await;
 
     let response = client()
         .request(score_request(gateway.addr(), None))
@@ -251,8 +257,7 @@ async fn an_upstream_dying_mid_body_never_looks_like_a_complete_answer() {
         })
     })
     .await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&upstream])]));
-    let gateway = gateway(&file.path).await;
+    let (_file, gateway) = gateway_for(&upstream).await;
 
     let response = client()
         .request(score_request(gateway.addr(), None))
@@ -335,8 +340,7 @@ async fn a_websocket_upgrade_is_spliced_through() {
         })
     })
     .await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&upstream])]));
-    let gateway = gateway(&file.path).await;
+    let (_file, gateway) = gateway_for(&upstream).await;
 
     let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
     stream

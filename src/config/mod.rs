@@ -460,52 +460,38 @@ fn request_settings(
 ) -> RequestSettings {
     let defaults = RequestSettings::default();
     let Some(raw) = raw else { return defaults };
-    let field = format!("{field}.request_settings");
-    let millis = |value, name: &str, range, default: Duration, issues: &mut Vec<Issue>| {
-        let default = default.as_millis() as i64;
-        Duration::from_millis(
-            ranged(value, &format!("{field}.{name}"), range, default, issues) as u64,
-        )
-    };
+    let mut section = Section::new(format!("{field}.request_settings"), issues);
     RequestSettings {
-        request_timeout: millis(
-            raw.request_timeout_ms.as_ref(),
+        request_timeout: Duration::from_millis(section.number(
+            &raw.request_timeout_ms,
             "request_timeout_ms",
             1..=180_000,
-            defaults.request_timeout,
-            issues,
-        ),
-        max_concurrent_requests_per_instance: ranged(
-            raw.max_concurrent_requests_per_instance.as_ref(),
-            &format!("{field}.max_concurrent_requests_per_instance"),
+            defaults.request_timeout.as_millis() as i64,
+        ) as u64),
+        max_concurrent_requests_per_instance: section.number(
+            &raw.max_concurrent_requests_per_instance,
+            "max_concurrent_requests_per_instance",
             1..=100_000,
-            1,
-            issues,
+            i64::from(defaults.max_concurrent_requests_per_instance),
         ) as u32,
-        max_queue_wait: millis(
-            raw.max_queue_wait_ms.as_ref(),
+        max_queue_wait: Duration::from_millis(section.number(
+            &raw.max_queue_wait_ms,
             "max_queue_wait_ms",
             0..=180_000,
-            defaults.max_queue_wait,
-            issues,
-        ),
+            defaults.max_queue_wait.as_millis() as i64,
+        ) as u64),
     }
 }
 
 fn readiness_probe(field: &str, raw: &ProbeFile, issues: &mut Vec<Issue>) -> ReadinessProbe {
-    let field = format!("{field}.readiness_probe");
-    let seconds = |value, name: &str, range, default, issues: &mut Vec<Issue>| {
-        Duration::from_secs(
-            ranged(value, &format!("{field}.{name}"), range, default, issues) as u64,
-        )
-    };
+    let mut section = Section::new(format!("{field}.readiness_probe"), issues);
     let path = match &raw.path {
         Some(path) if !path.value.starts_with('/') => {
-            issues.push(Issue::new(
-                format!("{field}.path"),
-                Some(path.referenced),
+            section.issue(
+                "path",
+                path,
                 format!("`{}` must start with `/`, e.g. `/health`", path.value),
-            ));
+            );
             "/".to_string()
         }
         Some(path) => path.value.clone(),
@@ -513,34 +499,67 @@ fn readiness_probe(field: &str, raw: &ProbeFile, issues: &mut Vec<Issue>) -> Rea
     };
     let port = raw
         .port
-        .as_ref()
-        .map(|port| ranged(Some(port), &format!("{field}.port"), 1..=65_535, 1, issues) as u16);
+        .is_some()
+        .then(|| section.number(&raw.port, "port", 1..=65_535, 1) as u16);
+    let mut seconds = |value: &Option<Spanned<i64>>, name: &str, range, default| {
+        Duration::from_secs(section.number(value, name, range, default) as u64)
+    };
+    let initial_delay = seconds(&raw.initial_delay, "initial_delay", 0..=3_600, 0);
+    let period = seconds(&raw.period, "period", 1..=3_600, 10);
+    let timeout = seconds(&raw.timeout, "timeout", 1..=3_600, 2);
     ReadinessProbe {
         path,
         port,
-        initial_delay: seconds(
-            raw.initial_delay.as_ref(),
-            "initial_delay",
-            0..=3_600,
-            0,
-            issues,
-        ),
-        period: seconds(raw.period.as_ref(), "period", 1..=3_600, 10, issues),
-        timeout: seconds(raw.timeout.as_ref(), "timeout", 1..=3_600, 2, issues),
-        success_threshold: ranged(
-            raw.success_threshold.as_ref(),
-            &format!("{field}.success_threshold"),
-            1..=1_000,
-            1,
-            issues,
-        ) as u32,
-        failure_threshold: ranged(
-            raw.failure_threshold.as_ref(),
-            &format!("{field}.failure_threshold"),
+        initial_delay,
+        period,
+        timeout,
+        success_threshold: section.number(&raw.success_threshold, "success_threshold", 1..=1_000, 1)
+            as u32,
+        failure_threshold: section.number(
+            &raw.failure_threshold,
+            "failure_threshold",
             1..=1_000,
             30,
-            issues,
         ) as u32,
+    }
+}
+
+/// The keys of one nested mapping, e.g. `deployments[0].request_settings`: reads its numbers and
+/// records its problems under the full field path.
+struct Section<'a> {
+    prefix: String,
+    issues: &'a mut Vec<Issue>,
+}
+
+impl<'a> Section<'a> {
+    fn new(prefix: String, issues: &'a mut Vec<Issue>) -> Self {
+        Section { prefix, issues }
+    }
+
+    /// The key's value if given and within `range`; `default` otherwise (with an issue if out of
+    /// range).
+    fn number(
+        &mut self,
+        value: &Option<Spanned<i64>>,
+        key: &str,
+        range: RangeInclusive<i64>,
+        default: i64,
+    ) -> i64 {
+        ranged(
+            value.as_ref(),
+            &format!("{}.{key}", self.prefix),
+            range,
+            default,
+            self.issues,
+        )
+    }
+
+    fn issue<T>(&mut self, key: &str, at: &Spanned<T>, problem: String) {
+        self.issues.push(Issue::new(
+            format!("{}.{key}", self.prefix),
+            Some(at.referenced),
+            problem,
+        ));
     }
 }
 
