@@ -33,6 +33,7 @@ fn table(n: usize) -> RoutingTable {
         None,
         &switchyard::metrics::Metrics::new(),
         None,
+        switchyard::upstream::resolve::Resolved::default(),
     )
 }
 

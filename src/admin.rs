@@ -150,7 +150,7 @@ pub fn status(state: &AdminState) -> EndpointStatus {
                 .instances()
                 .iter()
                 .map(|instance| InstanceStatus {
-                    url: instance.addr().to_string(),
+                    url: instance.describe(),
                     ready: instance.health().is_available(),
                     in_flight: instance.in_flight(),
                 })

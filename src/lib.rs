@@ -65,6 +65,10 @@ pub struct GatewayOptions {
     pub max_connections: usize,
     /// Extra CA certificates (PEM) trusted for `https://` instances, besides Mozilla's roots.
     pub upstream_ca_file: Option<PathBuf>,
+    /// Resolves instance host names; each address is an instance.
+    pub resolver: Arc<dyn upstream::resolve::Resolve>,
+    /// How often instance host names are resolved again.
+    pub resolve_interval: Duration,
 }
 
 /// A PEM certificate chain and its private key.
@@ -89,6 +93,8 @@ impl GatewayOptions {
             tls: None,
             max_connections: server::DEFAULT_MAX_CONNECTIONS,
             upstream_ca_file: None,
+            resolver: Arc::new(upstream::resolve::SystemResolver),
+            resolve_interval: reload::DEFAULT_RESOLVE_INTERVAL,
         }
     }
 }
@@ -137,7 +143,11 @@ impl Gateway {
     pub async fn start(options: GatewayOptions) -> Result<Gateway, StartError> {
         let started = Instant::now();
         let metrics = Arc::new(Metrics::new());
-        let reloader = Arc::new(Reloader::load(&options.config, Arc::clone(&metrics))?);
+        let reloader = Arc::new(Reloader::load(
+            &options.config,
+            Arc::clone(&metrics),
+            Arc::clone(&options.resolver),
+        )?);
         let (acceptor, cert_reloader) = match &options.tls {
             Some(files) => {
                 let store = tls::CertStore::load(&files.cert, &files.key)?;
@@ -150,7 +160,11 @@ impl Gateway {
             Some(admin_listen) => Some(bind(admin_listen).await?),
             None => None,
         };
-        let watcher = reload::spawn_watcher(Arc::clone(&reloader), options.reload_on_sighup)?;
+        let watcher = reload::spawn_watcher(
+            Arc::clone(&reloader),
+            options.reload_on_sighup,
+            options.resolve_interval,
+        )?;
         let draining = Arc::new(AtomicBool::new(false));
 
         let upstream_tls = tls::upstream_client_config(options.upstream_ca_file.as_deref())?;

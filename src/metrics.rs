@@ -270,12 +270,12 @@ impl Metrics {
                 }
             }
         }
-        for deployment in table.config().deployments.iter() {
+        for (deployment, built) in table.config().deployments.iter().zip(table.deployments()) {
             let labels = [deployment.name.as_str()];
             self.traffic_percent
                 .with_label_values(&labels)
                 .set(i64::from(deployment.traffic));
-            let count = deployment.instances.len() as i64;
+            let count = built.instances().len() as i64;
             self.instances.with_label_values(&labels).set(count);
             self.instances_ready.with_label_values(&labels).set(count);
         }

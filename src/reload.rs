@@ -20,6 +20,7 @@ use crate::config::{AuthMode, Change, ConfigError, EndpointConfig, diff, read_fi
 use crate::metrics::Metrics;
 use crate::proxy::SharedTable;
 use crate::routing::RoutingTable;
+use crate::upstream::resolve::{Resolve, Resolved};
 
 /// Quiet time after the last file event before reloading, so that a burst of events from one
 /// save (truncate, write, close, rename) causes one reload.
@@ -28,6 +29,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(25);
 pub const DEBOUNCE_MAX: Duration = Duration::from_millis(250);
 /// How often the file is re-read even without events.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often instance host names are resolved again.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Owns the path of the endpoint file and the table built from it.
 #[derive(Debug)]
@@ -35,6 +38,7 @@ pub struct Reloader {
     path: PathBuf,
     table: SharedTable,
     metrics: Arc<Metrics>,
+    resolver: Arc<dyn Resolve>,
     state: Mutex<ReloadState>,
 }
 
@@ -104,15 +108,28 @@ pub struct ReloadStatus {
 impl Reloader {
     /// Loads `path` for the first time; fails if it is invalid, since there is no last good
     /// config to fall back on.
-    pub fn load(path: &Path, metrics: Arc<Metrics>) -> Result<Reloader, ConfigError> {
+    pub fn load(
+        path: &Path,
+        metrics: Arc<Metrics>,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Reloader, ConfigError> {
         let (sources, loaded) = read_sources(path);
         let loaded = loaded?;
-        let table = RoutingTable::build(Arc::new(loaded.config), 1, None, &metrics, loaded.keys);
+        let resolved = Resolved::lookup(&loaded.config, &*resolver);
+        let table = RoutingTable::build(
+            Arc::new(loaded.config),
+            1,
+            None,
+            &metrics,
+            loaded.keys,
+            resolved,
+        );
         metrics.table_applied(&table, None);
         Ok(Reloader {
             path: path.to_path_buf(),
             table: Arc::new(ArcSwap::from_pointee(table)),
             metrics,
+            resolver,
             state: Mutex::new(ReloadState {
                 applied: sources,
                 applied_at: SystemTime::now(),
@@ -190,12 +207,14 @@ impl Reloader {
 
         let changes = diff(current.config(), &config);
         let generation = generation + 1;
+        let resolved = Resolved::lookup(&config, &*self.resolver);
         let table = Arc::new(RoutingTable::build(
             Arc::new(config),
             generation,
             Some(&current),
             &self.metrics,
             keys,
+            resolved,
         ));
         self.table.store(Arc::clone(&table));
         self.metrics.table_applied(&table, Some(&current));
@@ -211,6 +230,37 @@ impl Reloader {
             generation,
             changes,
         }
+    }
+
+    /// Resolves the instances' host names again; if their addresses changed, rebuilds the table
+    /// from the same config (same generation) with the new instances. Returns whether it did.
+    pub fn refresh_addresses(&self) -> bool {
+        let _state = self.lock();
+        let current = self.table.load_full();
+        if current.resolved().is_empty() {
+            return false;
+        }
+        let resolved = Resolved::lookup(current.config(), &*self.resolver);
+        if resolved == *current.resolved() {
+            return false;
+        }
+        let table = Arc::new(RoutingTable::build(
+            Arc::clone(current.config()),
+            current.generation(),
+            Some(&current),
+            &self.metrics,
+            current.keys().cloned(),
+            resolved,
+        ));
+        self.table.store(Arc::clone(&table));
+        self.metrics.table_applied(&table, Some(&current));
+        let instances: Vec<String> = table
+            .deployments()
+            .iter()
+            .map(|d| format!("{} {}", d.name(), d.instances().len()))
+            .collect();
+        tracing::info!(instances = %instances.join(", "), "instance addresses changed");
+        true
     }
 
     /// Logs and remembers a rejected file; the serving table is left alone.
@@ -297,9 +347,11 @@ pub fn keys_path(endpoint: &Path, keys_file: &Path) -> PathBuf {
 }
 
 /// Watches the endpoint file and reloads on change, on SIGHUP if asked, and on a slow poll.
+/// Every `resolve_interval`, it also resolves the instances' host names again.
 pub fn spawn_watcher(
     reloader: Arc<Reloader>,
     on_sighup: bool,
+    resolve_interval: Duration,
 ) -> Result<JoinHandle<()>, notify::Error> {
     let wake = Arc::new(Notify::new());
     let watcher = watch_directories(&reloader.source_files(), Arc::clone(&wake))?;
@@ -317,8 +369,16 @@ pub fn spawn_watcher(
         let _watcher = watcher;
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resolve = tokio::time::interval(resolve_interval);
+        resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resolve.tick().await;
         loop {
             let forced = tokio::select! {
+                _ = resolve.tick() => {
+                    let reloader = Arc::clone(&reloader);
+                    let _ = tokio::task::spawn_blocking(move || reloader.refresh_addresses()).await;
+                    continue;
+                }
                 () = wake.notified() => {
                     settle(&wake).await;
                     false

@@ -12,6 +12,7 @@ use crate::auth::Keys;
 use crate::config::EndpointConfig;
 use crate::metrics::Metrics;
 use crate::upstream::Deployment;
+use crate::upstream::resolve::Resolved;
 
 /// The request header that pins a request to one deployment, as in Azure.
 pub const PIN_HEADER: &str = "azureml-model-deployment";
@@ -26,6 +27,8 @@ pub struct RoutingTable {
     deployments: Box<[Arc<Deployment>]>,
     /// The keys requests must present; `None` for `auth_mode: none`.
     keys: Option<Keys>,
+    /// What the instances' host names resolved to when the table was built.
+    resolved: Resolved,
     /// `slots[draw]` is the index of the deployment that a weighted draw of `draw` (0..100) picks;
     /// `None` when all weights are 0.
     slots: Option<Box<[u8; 100]>>,
@@ -74,13 +77,14 @@ impl RoutingTable {
         previous: Option<&RoutingTable>,
         metrics: &Metrics,
         keys: Option<Keys>,
+        resolved: Resolved,
     ) -> RoutingTable {
         let deployments: Box<[Arc<Deployment>]> = config
             .deployments
             .iter()
             .map(|deployment| {
                 let before = previous.and_then(|table| table.deployment(&deployment.name));
-                Deployment::build(deployment, before, metrics)
+                Deployment::build(deployment, before, metrics, &resolved)
             })
             .collect();
 
@@ -102,6 +106,7 @@ impl RoutingTable {
             generation,
             deployments,
             keys,
+            resolved,
             slots,
         }
     }
@@ -139,6 +144,11 @@ impl RoutingTable {
         self.keys
             .as_ref()
             .is_none_or(|keys| keys.authorizes(headers))
+    }
+
+    /// What the instances' host names resolved to.
+    pub fn resolved(&self) -> &Resolved {
+        &self.resolved
     }
 
     /// The keys in force, if any.
@@ -186,7 +196,14 @@ mod tests {
              - {{name: red, instances: [http://127.0.0.1:3]}}\n"
         );
         let config = EndpointConfig::parse(&text).expect("valid");
-        RoutingTable::build(Arc::new(config), 1, None, &Metrics::new(), None)
+        RoutingTable::build(
+            Arc::new(config),
+            1,
+            None,
+            &Metrics::new(),
+            None,
+            Resolved::default(),
+        )
     }
 
     fn name_of(result: Result<Route, RouteError>) -> String {
@@ -275,6 +292,7 @@ mod tests {
             Some(&first),
             &Metrics::new(),
             None,
+            Resolved::default(),
         );
         for (a, b) in first.deployments().iter().zip(second.deployments()) {
             assert!(Arc::ptr_eq(a, b));

@@ -41,7 +41,14 @@ async fn oneshot(state: &AdminState, method: Method, path: &str) -> (StatusCode,
 fn state_for(file: &EndpointFile) -> AdminState {
     let metrics = Arc::new(Metrics::new());
     AdminState {
-        reloader: Arc::new(Reloader::load(&file.path, Arc::clone(&metrics)).expect("valid")),
+        reloader: Arc::new(
+            Reloader::load(
+                &file.path,
+                Arc::clone(&metrics),
+                Arc::new(switchyard::upstream::resolve::SystemResolver),
+            )
+            .expect("valid"),
+        ),
         metrics,
         draining: Arc::new(AtomicBool::new(false)),
         started: Instant::now(),

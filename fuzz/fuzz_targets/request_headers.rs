@@ -37,7 +37,14 @@ fuzz_target!(|data: &[u8]| {
 
     let config = EndpointConfig::parse(ENDPOINT).expect("valid");
     let keys = Keys::parse("primary_key: fuzz-primary-key-0123\n").expect("valid");
-    let table = RoutingTable::build(Arc::new(config), 1, None, &Metrics::new(), Some(keys));
+    let table = RoutingTable::build(
+        Arc::new(config),
+        1,
+        None,
+        &Metrics::new(),
+        Some(keys),
+        Default::default(),
+    );
     let _ = table.authorizes(&map);
     let _ = headers::request_id(&map);
     if let Ok(pin) = headers::pin(&map) {

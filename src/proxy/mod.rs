@@ -24,13 +24,13 @@ pub use body::{ProxyBody, UpstreamBody};
 use body::{RequestBody, is_body_too_large};
 use headers::{PIN, REQUEST_ID};
 
-use crate::config::{InstanceAddr, UpstreamProtocol};
+use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, NO_DEPLOYMENT, RouteLabel};
 use crate::routing::RoutingTable;
 use crate::server::Connection;
 use crate::upstream::health::Outcome;
-use crate::upstream::{Deployment, InFlight, Refusal};
+use crate::upstream::{Deployment, InFlight, Instance, Refusal};
 
 /// The routing table every request reads and every reload replaces.
 pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
@@ -62,9 +62,9 @@ struct Trace {
 }
 
 impl Trace {
-    fn instance_addr(&self) -> Option<&InstanceAddr> {
+    fn instance_target(&self) -> Option<&http::uri::Authority> {
         let deployment = self.deployment.as_ref()?;
-        Some(deployment.instances().get(self.instance?)?.addr())
+        Some(deployment.instances().get(self.instance?)?.target())
     }
 }
 
@@ -171,7 +171,7 @@ impl Proxy {
             request_id = request_id.to_str().unwrap_or(""),
             deployment = deployment_name,
             route = trace.route.as_str(),
-            instance = trace.instance_addr().map(|a| a.authority.as_str()).unwrap_or(""),
+            instance = trace.instance_target().map(|a| a.as_str()).unwrap_or(""),
             status = status.as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
         );
@@ -311,7 +311,7 @@ impl Proxy {
         lease: &InFlight,
     ) -> Result<Response<Incoming>, Exchange> {
         let protocol = deployment.protocol();
-        let request = outgoing.request_for(lease.instance().addr(), protocol, self.max_body_bytes);
+        let request = outgoing.request_for(lease.instance(), protocol, self.max_body_bytes);
         let client = match protocol {
             UpstreamProtocol::Http1 => &self.http1,
             UpstreamProtocol::Http2 => &self.http2,
@@ -451,13 +451,13 @@ impl Outgoing {
     /// The request for one attempt at `instance`.
     fn request_for(
         &mut self,
-        instance: &InstanceAddr,
+        instance: &Instance,
         protocol: UpstreamProtocol,
         max_body_bytes: u64,
     ) -> Request<UpstreamBody> {
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(instance.scheme.clone());
-        uri.authority = Some(instance.authority.clone());
+        uri.scheme = Some(instance.addr().scheme.clone());
+        uri.authority = Some(instance.target().clone());
         uri.path_and_query = Some(self.path_and_query.clone());
         let mut request = Request::new(self.body.attempt(max_body_bytes));
         *request.method_mut() = self.method.clone();
@@ -471,6 +471,12 @@ impl Outgoing {
             RequestBody::Retryable(_) => self.headers.clone(),
             RequestBody::Once(_) => std::mem::take(&mut self.headers),
         };
+        if instance.is_resolved() {
+            // Connected by address; the model server still sees the name from the config.
+            if let Ok(host) = http::HeaderValue::from_str(instance.addr().authority.as_str()) {
+                request.headers_mut().insert(header::HOST, host);
+            }
+        }
         if let Some(upgrade) = &self.upgrade {
             let headers = request.headers_mut();
             headers.insert(

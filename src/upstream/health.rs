@@ -156,7 +156,7 @@ impl Health {
 pub fn spawn_probe(instance: &Arc<Instance>, probe: ReadinessProbe) {
     let weak: Weak<Instance> = Arc::downgrade(instance);
     let Some(uri) = probe_uri(instance, &probe) else {
-        tracing::error!(instance = %instance.addr(), "cannot build the readiness probe URL");
+        tracing::error!(instance = %instance.describe(), "cannot build the readiness probe URL");
         return;
     };
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -175,14 +175,14 @@ pub fn spawn_probe(instance: &Arc<Instance>, probe: ReadinessProbe) {
                 passes += 1;
                 fails = 0;
                 if passes >= probe.success_threshold && !instance.health.is_ready() {
-                    tracing::info!(instance = %instance.addr(), "instance is ready");
+                    tracing::info!(instance = %instance.describe(), "instance is ready");
                     instance.health.set_ready(true);
                 }
             } else {
                 fails += 1;
                 passes = 0;
                 if fails >= probe.failure_threshold && instance.health.is_ready() {
-                    tracing::warn!(instance = %instance.addr(), "instance failed its readiness probe and gets no traffic");
+                    tracing::warn!(instance = %instance.describe(), "instance failed its readiness probe and gets no traffic");
                     instance.health.set_ready(false);
                 }
             }

@@ -11,11 +11,13 @@
 //! that grows with the instance's recent error rate.
 
 pub mod health;
+pub mod resolve;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::HeaderValue;
+use http::uri::Authority;
 use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -24,6 +26,7 @@ use crate::config::{
 };
 use crate::metrics::{DeploymentMetrics, Metrics};
 use health::{Health, Outcome};
+use resolve::Resolved;
 
 /// One deployment of the model: a name, the model it serves, its settings and instances.
 #[derive(Debug)]
@@ -44,7 +47,10 @@ pub struct Deployment {
 /// One model server process of a deployment.
 #[derive(Debug)]
 pub struct Instance {
+    /// The URL in the config.
     addr: InstanceAddr,
+    /// Where to connect: the config's authority, or one address its host name resolved to.
+    target: Authority,
     /// Requests assigned to this instance and not finished, waiting included.
     in_flight: AtomicUsize,
     /// One permit per request the instance may serve at once.
@@ -82,29 +88,49 @@ impl Deployment {
         config: &DeploymentConfig,
         previous: Option<&Arc<Deployment>>,
         metrics: &Metrics,
+        resolved: &Resolved,
     ) -> Arc<Deployment> {
+        // Each configured URL is one instance, or one per address its host name resolved to.
+        let wanted: Vec<(&InstanceAddr, Authority)> = config
+            .instances
+            .iter()
+            .flat_map(|addr| match resolved.addresses(addr) {
+                Some(addresses) => addresses
+                    .iter()
+                    .filter_map(|a| Authority::try_from(a.to_string().as_str()).ok())
+                    .map(|target| (addr, target))
+                    .collect::<Vec<_>>(),
+                None => vec![(addr, addr.authority.clone())],
+            })
+            .collect();
         // Instances carry the settings' semaphore and probe, so they are only reusable while
         // those stay the same.
         let reusable = previous
             .filter(|p| p.settings == config.request_settings && p.probe == config.readiness_probe);
         if let Some(previous) = reusable {
-            let same_instances = previous.instances.len() == config.instances.len()
+            let same_instances = previous.instances.len() == wanted.len()
                 && previous
                     .instances
                     .iter()
-                    .zip(&config.instances)
-                    .all(|(old, new)| old.addr == *new);
+                    .zip(&wanted)
+                    .all(|(old, (addr, target))| old.addr == **addr && old.target == *target);
             if same_instances && *previous.model == *config.model {
                 return Arc::clone(previous);
             }
         }
-        let instances = config
-            .instances
-            .iter()
-            .map(|addr| {
+        let instances = wanted
+            .into_iter()
+            .map(|(addr, target)| {
                 reusable
-                    .and_then(|p| p.instances.iter().find(|i| i.addr == *addr))
-                    .map_or_else(|| Instance::start(addr.clone(), config), Arc::clone)
+                    .and_then(|p| {
+                        p.instances
+                            .iter()
+                            .find(|i| i.addr == *addr && i.target == target)
+                    })
+                    .map_or_else(
+                        || Instance::start(addr.clone(), target.clone(), config),
+                        Arc::clone,
+                    )
             })
             .collect();
         Arc::new(Deployment {
@@ -229,10 +255,11 @@ impl Deployment {
 // === impl Instance ===
 
 impl Instance {
-    fn start(addr: InstanceAddr, config: &DeploymentConfig) -> Arc<Instance> {
+    fn start(addr: InstanceAddr, target: Authority, config: &DeploymentConfig) -> Arc<Instance> {
         let permits = config.request_settings.max_concurrent_requests_per_instance as usize;
         let instance = Arc::new(Instance {
             addr,
+            target,
             in_flight: AtomicUsize::new(0),
             permits: Arc::new(Semaphore::new(permits)),
             health: Health::new(config.readiness_probe.is_some()),
@@ -243,9 +270,28 @@ impl Instance {
         instance
     }
 
-    /// Where the instance listens.
+    /// The instance's URL as the config gives it.
     pub fn addr(&self) -> &InstanceAddr {
         &self.addr
+    }
+
+    /// The `host:port` connected to: the URL's own, or one address its host name resolved to.
+    pub fn target(&self) -> &Authority {
+        &self.target
+    }
+
+    /// Whether `target` is a resolved address rather than the URL's own authority.
+    pub fn is_resolved(&self) -> bool {
+        self.target != self.addr.authority
+    }
+
+    /// The URL, with the address connected to when it differs.
+    pub fn describe(&self) -> String {
+        if self.is_resolved() {
+            format!("{} ({})", self.addr, self.target)
+        } else {
+            self.addr.to_string()
+        }
     }
 
     /// Requests assigned to this instance and not finished, waiting ones included.
@@ -318,7 +364,7 @@ mod tests {
     use crate::config::EndpointConfig;
 
     fn build(config: &DeploymentConfig, previous: Option<&Arc<Deployment>>) -> Arc<Deployment> {
-        Deployment::build(config, previous, &Metrics::new())
+        Deployment::build(config, previous, &Metrics::new(), &Resolved::default())
     }
 
     fn deployment(instances: &str, model: &str) -> DeploymentConfig {
