@@ -146,14 +146,27 @@ pub fn instructions(
     if let Some(admin) = admin {
         let _ = writeln!(out);
         let _ = writeln!(out, "Watch it (admin API on {admin}):");
-        let _ = writeln!(out, "  switchyard show --admin http://{admin}");
+        let program = program_name();
+        let _ = writeln!(out, "  {program} show --admin http://{admin}");
         let _ = writeln!(
             out,
-            "  switchyard diff {dir}/rollout/4-flight-green.yaml --admin http://{admin}"
+            "  {program} diff {dir}/rollout/4-flight-green.yaml --admin http://{admin}"
         );
         let _ = writeln!(out, "  curl -s http://{admin}/metrics | grep ^switchyard_");
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "Press Ctrl-C to stop.");
     out
+}
+
+/// How to call this program from the current directory: `target/release/switchyard` under
+/// `cargo run`, or plain `switchyard` when installed on the PATH.
+fn program_name() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "switchyard".to_string();
+    };
+    match std::env::current_dir().map(|cwd| exe.strip_prefix(cwd).map(Path::to_path_buf)) {
+        Ok(Ok(relative)) => relative.display().to_string(),
+        _ => "switchyard".to_string(),
+    }
 }

@@ -106,7 +106,9 @@ pub enum StartError {
     #[error("{0}")]
     Config(#[from] ConfigError),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another gateway running? choose another address with --listen or --admin-listen)"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
