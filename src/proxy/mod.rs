@@ -279,7 +279,10 @@ impl Proxy {
                     retried = true;
                 }
                 Err(Exchange::Failed(error)) => {
-                    lease.record(Outcome::Failure);
+                    // An oversized body is the client's doing, not a sign of a sick instance.
+                    if !matches!(error, ProxyError::PayloadTooLarge { .. }) {
+                        lease.record(Outcome::Failure);
+                    }
                     return Err(error);
                 }
             }
