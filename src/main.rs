@@ -15,11 +15,6 @@ use switchyard::ops;
 use switchyard::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Gateway, GatewayOptions};
 use tracing_subscriber::EnvFilter;
 
-// glibc's allocator spends a measurable share of each request in malloc_consolidate under this
-// allocation pattern (many small, short-lived buffers across threads); mimalloc does not.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A gateway for rolling out new versions of ML models: weighted traffic split between
 /// deployments, header pins, and hot reload of a declarative endpoint file.
 #[derive(Debug, Parser)]
