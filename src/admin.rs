@@ -133,6 +133,7 @@ pub fn status(state: &AdminState) -> EndpointStatus {
     let reload = state.reloader.status();
     let table = state.reloader.table().load_full();
     let config = table.config();
+    let counts = state.metrics.request_counts();
     let deployments = table
         .deployments()
         .iter()
@@ -142,10 +143,8 @@ pub fn status(state: &AdminState) -> EndpointStatus {
             model: deployment.model().to_string(),
             traffic: settings.traffic,
             in_flight: deployment.in_flight(),
-            requests: state.metrics.requests_answered(deployment.name(), |_| true),
-            errors: state.metrics.requests_answered(deployment.name(), |code| {
-                code >= 500 || code == 408 || code == 429
-            }),
+            requests: counts.get(deployment.name()).map_or(0, |c| c.answered),
+            errors: counts.get(deployment.name()).map_or(0, |c| c.errors),
             instances: deployment
                 .instances()
                 .iter()

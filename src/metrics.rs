@@ -1,6 +1,7 @@
 //! Prometheus metrics: one registry of the gateway's own, metric names in one place, labels only
 //! from config names and small closed sets.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
@@ -91,6 +92,22 @@ pub struct Metrics {
     reloads_rejected: IntCounter,
     applied_time: Gauge,
     rejected: IntGauge,
+}
+
+/// Requests a deployment answered, for status displays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// All answers.
+    pub answered: u64,
+    /// Answers that count as errors: see [`RequestCounts::is_error`].
+    pub errors: u64,
+}
+
+impl RequestCounts {
+    /// 5xx, and the 408 and 429 that protect an overloaded or slow model.
+    pub fn is_error(code: u16) -> bool {
+        code >= 500 || code == 408 || code == 429
+    }
 }
 
 /// The metrics of one deployment, resolved once so the request path skips the label lookup.
@@ -234,10 +251,10 @@ impl Metrics {
         self.gateway_errors.with_label_values(&[kind]).inc();
     }
 
-    /// How many requests were answered for `deployment` with a status in `codes`, any route.
-    pub fn requests_answered(&self, deployment: &str, codes: impl Fn(u16) -> bool) -> u64 {
-        let mut total = 0;
+    /// Requests answered so far per deployment name, any route, read in one pass.
+    pub fn request_counts(&self) -> HashMap<String, RequestCounts> {
         use prometheus::core::Collector;
+        let mut counts: HashMap<String, RequestCounts> = HashMap::new();
         for family in self.requests.collect() {
             for metric in family.get_metric() {
                 let label = |name: &str| {
@@ -245,17 +262,20 @@ impl Metrics {
                         .get_label()
                         .iter()
                         .find(|l| l.name() == name)
-                        .map(|l| l.value().to_string())
+                        .map(|l| l.value())
                 };
-                let code_matches = label("code")
-                    .and_then(|c| c.parse::<u16>().ok())
-                    .is_some_and(&codes);
-                if label("deployment").as_deref() == Some(deployment) && code_matches {
-                    total += metric.get_counter().get_value() as u64;
+                let (Some(deployment), Some(code)) = (label("deployment"), label("code")) else {
+                    continue;
+                };
+                let value = metric.get_counter().get_value() as u64;
+                let entry = counts.entry(deployment.to_string()).or_default();
+                entry.answered += value;
+                if code.parse::<u16>().is_ok_and(RequestCounts::is_error) {
+                    entry.errors += value;
                 }
             }
         }
-        total
+        counts
     }
 
     /// Publishes what a newly applied table configures, dropping deployments it no longer has.
@@ -336,7 +356,7 @@ impl DeploymentMetrics {
 }
 
 /// Seconds since the Unix epoch, as a float.
-pub fn unix_seconds(time: SystemTime) -> f64 {
+fn unix_seconds(time: SystemTime) -> f64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
