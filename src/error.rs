@@ -78,6 +78,9 @@ pub enum ProxyError {
         /// The deployment whose instance refused.
         deployment: String,
     },
+    /// The client's request body broke off or was malformed.
+    #[error("the request body could not be read to its end")]
+    RequestBody,
     /// The instance accepted the request but failed before sending a response head.
     #[error("deployment `{deployment}` closed the connection without responding")]
     UpstreamFailed {
@@ -101,6 +104,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Connect { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::RequestBody => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -118,6 +122,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "request_timeout",
             ProxyError::Connect { .. } => "upstream_connect_failed",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
+            ProxyError::RequestBody => "invalid_request_body",
         }
     }
 

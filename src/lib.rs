@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub(crate) mod http1;
 pub mod metrics;
 pub mod model_server;
 pub mod ops;

@@ -259,17 +259,20 @@ async fn an_upstream_dying_mid_body_never_looks_like_a_complete_answer() {
     .await;
     let (_file, gateway) = gateway_for(&upstream).await;
 
-    let response = client()
-        .request(score_request(gateway.addr(), None))
-        .await
-        .expect("the head arrives");
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
-        .await
-        .expect("the body ends one way or another");
+    // The client may see the head and then a broken body, or only the broken connection if
+    // the failure came before the head was flushed; it must never see a complete answer.
+    let answer = tokio::time::timeout(PATIENCE, async {
+        let response = client()
+            .request(score_request(gateway.addr(), None))
+            .await?;
+        response.into_body().collect().await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    })
+    .await
+    .expect("the answer ends one way or another");
     assert!(
-        body.is_err(),
-        "a truncated body must reach the client as an error, got {body:?}"
+        answer.is_err(),
+        "a truncated body must reach the client as an error"
     );
 }
 

@@ -16,49 +16,88 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::http1;
 use crate::upstream::InFlight;
 
-/// What the gateway answers with: an upstream's body streamed through, or a small body of its own.
+/// What the gateway answers with: an instance's body streamed through, or a small body of its
+/// own.
 #[derive(Debug)]
-pub enum ProxyBody {
-    /// The instance's body; the request counts as in flight until it ends.
-    Upstream {
-        /// The body as it arrives.
-        body: Incoming,
-        /// Released when the body is dropped.
+pub struct ProxyBody(Kind);
+
+#[derive(Debug)]
+enum Kind {
+    /// An HTTP/1.1 instance's body, read from its connection in this task. The request counts
+    /// as in flight until the body ends, and the connection goes back to the instance's pool.
+    Http1 {
+        body: http1::ResponseBody<UpstreamBody>,
         in_flight: InFlight,
+    },
+    /// An HTTP/2 instance's body; in flight until it ends (the guard is only held, for its drop).
+    Http2 {
+        body: Incoming,
+        _in_flight: InFlight,
     },
     /// A body the gateway made (errors).
     Local(Full<Bytes>),
 }
 
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+impl ProxyBody {
+    /// The body of an HTTP/1.1 instance's response.
+    pub(crate) fn http1(body: http1::ResponseBody<UpstreamBody>, in_flight: InFlight) -> Self {
+        ProxyBody(Kind::Http1 { body, in_flight })
+    }
+
+    /// The body of an HTTP/2 instance's response.
+    pub(crate) fn http2(body: Incoming, in_flight: InFlight) -> Self {
+        ProxyBody(Kind::Http2 {
+            body,
+            _in_flight: in_flight,
+        })
+    }
+
+    /// A body of the gateway's own.
+    pub(crate) fn local(body: Bytes) -> Self {
+        ProxyBody(Kind::Local(Full::new(body)))
+    }
+
+    /// No body.
+    pub(crate) fn empty() -> Self {
+        ProxyBody(Kind::Local(Full::default()))
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
-            ProxyBody::Local(body) => Pin::new(body)
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().0 {
+            Kind::Http1 { body, in_flight } => body.poll_frame(cx, in_flight.instance().pool()),
+            Kind::Http2 { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Local(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
-            ProxyBody::Local(body) => body.is_end_stream(),
+        match &self.0 {
+            Kind::Http1 { body, .. } => body.is_end_stream(),
+            Kind::Http2 { body, .. } => body.is_end_stream(),
+            Kind::Local(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Upstream { body, .. } => body.size_hint(),
-            ProxyBody::Local(body) => body.size_hint(),
+        match &self.0 {
+            Kind::Http1 { body, .. } => body.size_hint(),
+            Kind::Http2 { body, .. } => body.size_hint(),
+            Kind::Local(body) => body.size_hint(),
         }
     }
 }

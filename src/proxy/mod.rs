@@ -12,13 +12,13 @@ use http::header::{self, HeaderMap};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
+use tokio::io::{self as io, AsyncWriteExt};
 
 pub use body::{ProxyBody, UpstreamBody};
 use body::{RequestBody, is_body_too_large};
@@ -26,6 +26,7 @@ use headers::{PIN, REQUEST_ID};
 
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
+use crate::http1;
 use crate::metrics::{Metrics, NO_DEPLOYMENT, RouteLabel};
 use crate::routing::RoutingTable;
 use crate::server::Connection;
@@ -38,16 +39,16 @@ pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
 /// Default limit on a request body: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+type Http2Client = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// Forwards requests to the deployments of the current routing table.
 #[derive(Debug, Clone)]
 pub struct Proxy {
     table: SharedTable,
-    /// HTTP/1.1 to instances, over plain TCP or TLS.
-    http1: UpstreamClient,
+    /// HTTP/1.1 to instances, over plain TCP or TLS, in the request's own task.
+    http1: http1::Connector,
     /// HTTP/2 to instances: h2c with prior knowledge, or h2 by ALPN over TLS.
-    http2: UpstreamClient,
+    http2: Http2Client,
     metrics: Arc<Metrics>,
     max_body_bytes: u64,
 }
@@ -76,8 +77,6 @@ struct Outgoing {
     body: RequestBody,
     /// The client sent `te: trailers` (gRPC does), which HTTP/2 instances need to see.
     wants_trailers: bool,
-    /// The protocol asked for in an upgrade handshake (`websocket`), if this is one.
-    upgrade: Option<http::HeaderValue>,
 }
 
 // === impl Proxy ===
@@ -91,29 +90,19 @@ impl Proxy {
         max_body_bytes: u64,
         tls: rustls::ClientConfig,
     ) -> Self {
-        let tcp = || {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            // The TLS layer above decides which schemes are allowed.
-            connector.enforce_http(false);
-            connector
-        };
-        let http1 = hyper_rustls::HttpsConnectorBuilder::new()
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        // The TLS layer above decides which schemes are allowed.
+        tcp.enforce_http(false);
+        let http2 = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls.clone())
             .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp());
-        let http2 = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
             .enable_http2()
-            .wrap_connector(tcp());
+            .wrap_connector(tcp);
         let idle = std::time::Duration::from_secs(90);
         Proxy {
             table,
-            http1: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(idle)
-                .build(http1),
+            http1: http1::Connector::new(tls),
             http2: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(idle)
                 .http2_only(true)
@@ -146,9 +135,7 @@ impl Proxy {
             Err(error) => {
                 self.metrics.count_gateway_error(error.code());
                 tracing::debug!(%error, "request answered by the gateway");
-                error
-                    .to_response()
-                    .map(|body| ProxyBody::Local(Full::new(body)))
+                error.to_response().map(ProxyBody::local)
             }
         };
 
@@ -216,8 +203,7 @@ impl Proxy {
 
         // Only a deployment with another instance to try pays for keeping the request around.
         let retryable = deployment.instances().len() > 1;
-        let mut outgoing = Outgoing::new(request, connection, request_id, retryable);
-        outgoing.upgrade = upgrade;
+        let mut outgoing = Outgoing::new(request, connection, request_id, retryable, upgrade);
         if keyed {
             // The key is the gateway's credential; model servers never see it.
             outgoing.headers.remove(header::AUTHORIZATION);
@@ -230,30 +216,43 @@ impl Proxy {
         loop {
             trace.instance = Some(lease.instance_index());
             match self.exchange(&deployment, &mut outgoing, &lease).await {
-                Ok(mut response) => {
-                    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) =
-                        (response.status(), client_upgrade)
-                    {
-                        lease.record(Outcome::Success);
-                        return Ok(splice(client, &mut response, lease));
+                Ok(answer) => {
+                    let status = answer.status();
+                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                        return match (answer, client_upgrade) {
+                            (Answer::Http1(head, body), Some(client)) => {
+                                lease.record(Outcome::Success);
+                                Ok(splice(client, head, body, lease))
+                            }
+                            // Nobody asked to switch protocols.
+                            _ => {
+                                lease.record(Outcome::Failure);
+                                Err(ProxyError::UpstreamFailed {
+                                    deployment: deployment.name().to_string(),
+                                })
+                            }
+                        };
                     }
-                    let outcome = if response.status().is_server_error()
-                        || response.status() == StatusCode::TOO_MANY_REQUESTS
-                    {
-                        Outcome::Failure
-                    } else {
-                        Outcome::Success
-                    };
+                    let outcome =
+                        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Success
+                        };
                     lease.record(outcome);
-                    let (mut parts, body) = response.into_parts();
-                    headers::strip_hop_by_hop(&mut parts.headers);
-                    return Ok(Response::from_parts(
-                        parts,
-                        ProxyBody::Upstream {
-                            body,
-                            in_flight: lease,
-                        },
-                    ));
+                    let mut response = match answer {
+                        Answer::Http1(head, body) => {
+                            let mut response = Response::new(ProxyBody::http1(body, lease));
+                            *response.status_mut() = head.status;
+                            *response.headers_mut() = head.headers;
+                            response
+                        }
+                        Answer::Http2(response) => {
+                            response.map(|body| ProxyBody::http2(body, lease))
+                        }
+                    };
+                    headers::strip_hop_by_hop(response.headers_mut());
+                    return Ok(response);
                 }
                 Err(Exchange::Refused) => {
                     lease.record(Outcome::ConnectFailure);
@@ -312,67 +311,145 @@ impl Proxy {
         deployment: &Deployment,
         outgoing: &mut Outgoing,
         lease: &InFlight,
-    ) -> Result<Response<Incoming>, Exchange> {
-        let protocol = deployment.protocol();
-        let request = outgoing.request_for(lease.instance(), protocol, self.max_body_bytes);
-        let client = match protocol {
-            UpstreamProtocol::Http1 => &self.http1,
-            UpstreamProtocol::Http2 => &self.http2,
-        };
+    ) -> Result<Answer, Exchange> {
         let timeout = deployment.settings().request_timeout;
-        match tokio::time::timeout(timeout, client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_connect() => {
-                tracing::debug!(deployment = deployment.name(), instance = %lease.instance().addr(), %error, "connection refused");
-                Err(Exchange::Refused)
+        let attempt = async {
+            match deployment.protocol() {
+                UpstreamProtocol::Http1 => self.exchange_http1(outgoing, lease.instance()).await,
+                UpstreamProtocol::Http2 => self.exchange_http2(outgoing, lease.instance()).await,
             }
-            Ok(Err(error)) if is_body_too_large(&error) => {
-                Err(Exchange::Failed(ProxyError::PayloadTooLarge {
-                    limit: self.max_body_bytes,
-                }))
-            }
-            Ok(Err(error)) => {
-                tracing::debug!(deployment = deployment.name(), instance = %lease.instance().addr(), %error, "upstream request failed");
-                Err(Exchange::Failed(ProxyError::UpstreamFailed {
+        };
+        // Dropping the attempt cancels the upstream request.
+        let failure = match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(failure)) => failure,
+            Err(_) => {
+                return Err(Exchange::Failed(ProxyError::Timeout {
                     deployment: deployment.name().to_string(),
-                }))
+                    timeout_ms: timeout.as_millis(),
+                }));
             }
-            // Dropping the request future cancels the upstream request.
-            Err(_) => Err(Exchange::Failed(ProxyError::Timeout {
-                deployment: deployment.name().to_string(),
-                timeout_ms: timeout.as_millis(),
-            })),
+        };
+        let instance = lease.instance().addr();
+        Err(match failure {
+            Failure::Connect(error) => {
+                tracing::debug!(deployment = deployment.name(), %instance, %error, "connection refused");
+                Exchange::Refused
+            }
+            Failure::RequestBody(error) if is_body_too_large(&*error) => {
+                Exchange::Failed(ProxyError::PayloadTooLarge {
+                    limit: self.max_body_bytes,
+                })
+            }
+            Failure::RequestBody(error) => {
+                tracing::debug!(deployment = deployment.name(), %instance, %error, "request body failed");
+                Exchange::Failed(ProxyError::RequestBody)
+            }
+            Failure::Upstream(error) => {
+                tracing::debug!(deployment = deployment.name(), %instance, %error, "upstream request failed");
+                Exchange::Failed(ProxyError::UpstreamFailed {
+                    deployment: deployment.name().to_string(),
+                })
+            }
+        })
+    }
+
+    async fn exchange_http1(
+        &self,
+        outgoing: &mut Outgoing,
+        instance: &Instance,
+    ) -> Result<Answer, Failure> {
+        let addr = instance.addr();
+        let target = http1::Target {
+            connect: instance.target(),
+            tls_name: (addr.scheme == http::uri::Scheme::HTTPS).then(|| addr.authority.host()),
+            host: addr.authority.as_str(),
+        };
+        let request = http1::Request {
+            method: &outgoing.method,
+            path: &outgoing.path_and_query,
+            headers: &outgoing.headers,
+            body: outgoing.body.attempt(self.max_body_bytes),
+        };
+        match http1::send(instance.pool(), &self.http1, target, request).await {
+            Ok((head, body)) => Ok(Answer::Http1(head, body)),
+            Err(http1::Error::Connect(error)) => Err(Failure::Connect(error.into())),
+            Err(http1::Error::RequestBody(error)) => Err(Failure::RequestBody(error)),
+            Err(error) => Err(Failure::Upstream(error.into())),
+        }
+    }
+
+    async fn exchange_http2(
+        &self,
+        outgoing: &mut Outgoing,
+        instance: &Instance,
+    ) -> Result<Answer, Failure> {
+        let request = outgoing.http2_request(instance, self.max_body_bytes);
+        match self.http2.request(request).await {
+            Ok(response) => Ok(Answer::Http2(response)),
+            Err(error) if error.is_connect() => Err(Failure::Connect(error.into())),
+            Err(error) if is_body_too_large(&error) => Err(Failure::RequestBody(error.into())),
+            Err(error) => Err(Failure::Upstream(error.into())),
         }
     }
 }
 
-/// Answers an accepted upgrade with the instance's 101 and, once both sides have switched, copies
-/// bytes both ways until either closes. The lease keeps the tunnel counted as in flight.
+/// An instance's response head, with its body still to come.
+enum Answer {
+    Http1(http1::ResponseHead, http1::ResponseBody<UpstreamBody>),
+    Http2(Response<Incoming>),
+}
+
+impl Answer {
+    fn status(&self) -> StatusCode {
+        match self {
+            Answer::Http1(head, _) => head.status,
+            Answer::Http2(response) => response.status(),
+        }
+    }
+}
+
+/// Why an attempt failed, before it is judged.
+enum Failure {
+    /// No connection could be made.
+    Connect(BoxError),
+    /// The client's body failed (too large, malformed, or the client left).
+    RequestBody(BoxError),
+    /// The instance or the connection to it failed.
+    Upstream(BoxError),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Answers an accepted upgrade with the instance's 101 and, once the client has switched too,
+/// copies bytes both ways until either closes. The lease keeps the tunnel counted as in flight.
 fn splice(
     client: hyper::upgrade::OnUpgrade,
-    response: &mut Response<Incoming>,
+    head: http1::ResponseHead,
+    body: http1::ResponseBody<UpstreamBody>,
     lease: InFlight,
 ) -> Response<ProxyBody> {
-    let upstream = hyper::upgrade::on(&mut *response);
+    let upstream = body.into_upgraded();
     tokio::spawn(async move {
         let _lease = lease;
-        match tokio::try_join!(client, upstream) {
-            Ok((client, upstream)) => {
-                let mut client = hyper_util::rt::TokioIo::new(client);
-                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                {
-                    tracing::debug!(%error, "upgraded connection ended with an error");
-                }
-            }
-            Err(error) => tracing::debug!(%error, "upgrade did not complete"),
+        let Some((mut upstream, early)) = upstream else {
+            return;
+        };
+        let tunnel = async {
+            let mut client = hyper_util::rt::TokioIo::new(client.await.map_err(io::Error::other)?);
+            // Bytes the instance sent right after its 101 belong to the new protocol.
+            client.write_all(&early).await?;
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+        };
+        if let Err(error) = tunnel.await {
+            tracing::debug!(%error, "upgraded connection ended with an error");
         }
     });
-    let mut switched = Response::new(ProxyBody::Local(Full::default()));
-    *switched.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let mut upstream_headers = std::mem::take(response.headers_mut());
+    let mut upstream_headers = head.headers;
     let upgrade = upstream_headers.remove(header::UPGRADE);
     headers::strip_hop_by_hop(&mut upstream_headers);
+    let mut switched = Response::new(ProxyBody::empty());
+    *switched.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *switched.headers_mut() = upstream_headers;
     switched.headers_mut().insert(
         header::CONNECTION,
@@ -421,6 +498,7 @@ impl Outgoing {
         connection: Connection,
         request_id: &http::HeaderValue,
         retryable: bool,
+        upgrade: Option<http::HeaderValue>,
     ) -> Self {
         let (parts, body) = request.into_parts();
         let mut headers = parts.headers;
@@ -437,6 +515,13 @@ impl Outgoing {
         headers::strip_hop_by_hop(&mut headers);
         headers::set_forwarded(&mut headers, connection.peer, connection.tls, host);
         headers.insert(REQUEST_ID.clone(), request_id.clone());
+        if let Some(upgrade) = upgrade {
+            headers.insert(
+                header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            );
+            headers.insert(header::UPGRADE, upgrade);
+        }
         Outgoing {
             method: parts.method,
             path_and_query: parts
@@ -447,17 +532,11 @@ impl Outgoing {
             headers,
             body: RequestBody::new(body, retryable),
             wants_trailers,
-            upgrade: None,
         }
     }
 
-    /// The request for one attempt at `instance`.
-    fn request_for(
-        &mut self,
-        instance: &Instance,
-        protocol: UpstreamProtocol,
-        max_body_bytes: u64,
-    ) -> Request<UpstreamBody> {
+    /// The request for one attempt at an HTTP/2 `instance`.
+    fn http2_request(&mut self, instance: &Instance, max_body_bytes: u64) -> Request<UpstreamBody> {
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(instance.addr().scheme.clone());
         uri.authority = Some(instance.target().clone());
@@ -468,36 +547,21 @@ impl Outgoing {
         if let Ok(uri) = Uri::from_parts(uri) {
             *request.uri_mut() = uri;
         }
-        // Instances speak their configured version, whatever the client spoke.
+        *request.version_mut() = Version::HTTP_2;
         *request.headers_mut() = match self.body {
             // A retry needs the headers again.
             RequestBody::Retryable(_) => self.headers.clone(),
             RequestBody::Once(_) => std::mem::take(&mut self.headers),
         };
+        let headers = request.headers_mut();
         if instance.is_resolved() {
             // Connected by address; the model server still sees the name from the config.
             if let Ok(host) = http::HeaderValue::from_str(instance.addr().authority.as_str()) {
-                request.headers_mut().insert(header::HOST, host);
+                headers.insert(header::HOST, host);
             }
         }
-        if let Some(upgrade) = &self.upgrade {
-            let headers = request.headers_mut();
-            headers.insert(
-                header::CONNECTION,
-                http::HeaderValue::from_static("upgrade"),
-            );
-            headers.insert(header::UPGRADE, upgrade.clone());
-        }
-        match protocol {
-            UpstreamProtocol::Http1 => *request.version_mut() = Version::HTTP_11,
-            UpstreamProtocol::Http2 => {
-                *request.version_mut() = Version::HTTP_2;
-                if self.wants_trailers {
-                    request
-                        .headers_mut()
-                        .insert(header::TE, http::HeaderValue::from_static("trailers"));
-                }
-            }
+        if self.wants_trailers {
+            headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
         }
         request
     }

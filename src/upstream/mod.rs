@@ -24,9 +24,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::{
     DeploymentConfig, InstanceAddr, ReadinessProbe, RequestSettings, UpstreamProtocol,
 };
+use crate::http1;
 use crate::metrics::{DeploymentMetrics, Metrics};
 use health::{Health, Outcome};
 use resolve::Resolved;
+
+/// Most idle connections kept per instance.
+const MAX_IDLE_CONNECTIONS: usize = 1024;
 
 /// One deployment of the model: a name, the model it serves, its settings and instances.
 #[derive(Debug)]
@@ -56,6 +60,8 @@ pub struct Instance {
     /// One permit per request the instance may serve at once.
     permits: Arc<Semaphore>,
     health: Health,
+    /// Idle HTTP/1.1 connections to it.
+    pool: http1::Pool,
 }
 
 /// Why a deployment would not take a request.
@@ -263,6 +269,8 @@ impl Instance {
             in_flight: AtomicUsize::new(0),
             permits: Arc::new(Semaphore::new(permits)),
             health: Health::new(config.readiness_probe.is_some()),
+            // More idle connections than requests allowed at once would never be used.
+            pool: http1::Pool::new(permits.min(MAX_IDLE_CONNECTIONS)),
         });
         if let Some(probe) = &config.readiness_probe {
             health::spawn_probe(&instance, probe.clone());
@@ -302,6 +310,11 @@ impl Instance {
     /// Its health state.
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// Its idle HTTP/1.1 connections.
+    pub(crate) fn pool(&self) -> &http1::Pool {
+        &self.pool
     }
 
     /// What the balancer compares: outstanding requests, weighted up by recent errors.

@@ -1,0 +1,693 @@
+//! HTTP/1.1 on the wire, client side: request heads out, response heads and bodies in
+//! (RFC 9112). Pure functions over buffers, so every framing rule is tested without a socket.
+
+use std::io::Write as _;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, StatusCode, Version};
+
+/// Largest response head accepted from an instance.
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header lines a response head may have.
+const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line (size plus extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// A response an instance sent that cannot be read as HTTP/1.1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid response from the instance: {0}")]
+pub(crate) struct Malformed(pub(crate) &'static str);
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestFraming {
+    /// No body and no framing header (a GET, say).
+    Empty,
+    /// `content-length: n`.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked,
+}
+
+/// Writes the request line and headers. `host` is the instance's authority as configured;
+/// framing headers come from `framing`, never from `headers`.
+pub(crate) fn encode_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path: &PathAndQuery,
+    host: &str,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if is_framing_header(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Empty => {}
+        RequestFraming::Length(length) => {
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "content-length: {length}\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Headers the encoder writes itself, or that the gateway settles with the client (`expect`).
+fn is_framing_header(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::HOST
+        || name == header::EXPECT
+}
+
+/// Appends one chunk's size line; the data and its closing CRLF follow.
+pub(crate) fn encode_chunk_size(out: &mut Vec<u8>, size: usize) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{size:x}\r\n");
+}
+
+/// Appends the last chunk, the trailers if any, and the final CRLF.
+pub(crate) fn encode_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    /// How the body that follows is delimited.
+    pub(crate) body: BodyFraming,
+    /// Whether the connection may carry another request once the body ends.
+    pub(crate) keep_alive: bool,
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFraming {
+    /// No body: a HEAD request, or a 204 or 304.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Everything until the instance closes the connection.
+    UntilClose,
+    /// `101 Switching Protocols`: the connection now carries another protocol.
+    Upgrade,
+}
+
+/// Parses a response head at the start of `buf`, consuming it. `Ok(None)` means more bytes are
+/// needed. Interim (1xx) responses other than 101 are consumed and skipped.
+pub(crate) fn parse_response_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, Malformed> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut slots);
+        let length = match response.parse(buf) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > MAX_HEAD_BYTES {
+                    return Err(Malformed("response head larger than 64 KiB"));
+                }
+                return Ok(None);
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Malformed("more than 128 response header lines"));
+            }
+            Err(_) => return Err(Malformed("response head is not valid HTTP/1.1")),
+        };
+        let code = response.code.unwrap_or(0);
+        let status =
+            StatusCode::from_u16(code).map_err(|_| Malformed("status code out of range"))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // 100 Continue, 103 Early Hints: the final response follows.
+            buf.advance(length);
+            continue;
+        }
+        let version = if response.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Note where each name and value sits, then take the head out of the buffer: header
+        // values keep pointing into those bytes, nothing is copied.
+        let start = buf.as_ptr() as usize;
+        // (name start, name end, value start, value end)
+        let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+        let count = response.headers.len();
+        for (span, slot) in spans.iter_mut().zip(response.headers.iter()) {
+            let name = slot.name.as_ptr() as usize - start;
+            let value = slot.value.as_ptr() as usize - start;
+            *span = (
+                name,
+                name + slot.name.len(),
+                value,
+                value + slot.value.len(),
+            );
+        }
+        let head = buf.split_to(length).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[name_start..name_end])
+                .map_err(|_| Malformed("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+                .map_err(|_| Malformed("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let body = body_framing(status, method, &headers)?;
+        let keep_alive = body != BodyFraming::UntilClose
+            && body != BodyFraming::Upgrade
+            && wants_keep_alive(version, &headers);
+        return Ok(Some(ResponseHead {
+            status,
+            headers,
+            body,
+            keep_alive,
+        }));
+    }
+}
+
+/// RFC 9112, section 6.3.
+fn body_framing(
+    status: StatusCode,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<BodyFraming, Malformed> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(BodyFraming::Upgrade);
+    }
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(BodyFraming::Empty);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked must be the last coding; anything else runs until the connection closes.
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .rfind(|coding| !coding.is_empty());
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => BodyFraming::Chunked,
+            _ => BodyFraming::UntilClose,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let parsed = parse_decimal(part.trim_ascii())
+                .ok_or(Malformed("content-length is not a number"))?;
+            if length.is_some_and(|earlier| earlier != parsed) {
+                return Err(Malformed("conflicting content-length values"));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(match length {
+        Some(0) => BodyFraming::Empty,
+        Some(length) => BodyFraming::Length(length),
+        None => BodyFraming::UntilClose,
+    })
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |total, &digit| {
+        digit
+            .is_ascii_digit()
+            .then(|| total * 10 + u64::from(digit - b'0'))
+    })
+}
+
+fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match version {
+        Version::HTTP_10 => has("keep-alive"),
+        _ => !has("close"),
+    }
+}
+
+/// Reads a response body out of the connection's buffer, one step at a time.
+#[derive(Debug)]
+pub(crate) struct BodyDecoder {
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    UntilClose,
+    /// Expecting a chunk-size line.
+    ChunkSize,
+    /// Inside a chunk, this many bytes left.
+    ChunkData(u64),
+    /// Expecting the CRLF that closes a chunk's data.
+    ChunkEnd,
+    /// Expecting trailer lines or the final CRLF.
+    Trailers,
+    Done,
+}
+
+/// What one decoding step found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The body ended, with trailers if the instance sent any.
+    End(Option<HeaderMap>),
+    /// More bytes must be read first.
+    NeedMore,
+}
+
+impl BodyDecoder {
+    /// A decoder for a body framed as `framing`.
+    pub(crate) fn new(framing: BodyFraming) -> Self {
+        let state = match framing {
+            BodyFraming::Empty | BodyFraming::Upgrade | BodyFraming::Length(0) => State::Done,
+            BodyFraming::Length(length) => State::Length(length),
+            BodyFraming::Chunked => State::ChunkSize,
+            BodyFraming::UntilClose => State::UntilClose,
+        };
+        BodyDecoder { state }
+    }
+
+    /// True once the whole body was decoded.
+    pub(crate) fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Bytes still expected, when the framing says.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(length) => Some(length),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Takes the next piece of the body out of `buf`.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
+        loop {
+            match self.state {
+                State::Done => return Ok(Decoded::End(None)),
+                State::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        State::Done
+                    } else {
+                        State::Length(left)
+                    };
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                State::UntilClose => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
+                State::ChunkSize => {
+                    let Some(line_end) = find_crlf(buf) else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(Malformed("chunk-size line too long"));
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = parse_chunk_size(&buf[..line_end])?;
+                    buf.advance(line_end + 2);
+                    self.state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::ChunkData(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        State::ChunkEnd
+                    } else {
+                        State::ChunkData(left)
+                    };
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                State::ChunkEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(Malformed("chunk data not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        self.state = State::Done;
+                        return Ok(Decoded::End(None));
+                    }
+                    let Some(end) = find(buf, b"\r\n\r\n") else {
+                        if buf.len() > MAX_HEAD_BYTES {
+                            return Err(Malformed("trailers larger than 64 KiB"));
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let trailers = parse_trailers(&buf[..end + 4])?;
+                    buf.advance(end + 4);
+                    self.state = State::Done;
+                    return Ok(Decoded::End(Some(trailers)));
+                }
+            }
+        }
+    }
+
+    /// The connection closed: the end of an until-close body, an error for any other.
+    pub(crate) fn on_close(&mut self) -> Result<(), Malformed> {
+        match self.state {
+            State::UntilClose | State::Done => {
+                self.state = State::Done;
+                Ok(())
+            }
+            _ => Err(Malformed("the instance closed the connection mid-body")),
+        }
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    find(buf, b"\r\n")
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+fn parse_chunk_size(line: &[u8]) -> Result<u64, Malformed> {
+    // Extensions after `;` carry nothing the gateway uses.
+    let size = line.split(|&b| b == b';').next().unwrap_or_default();
+    let size = size.trim_ascii();
+    if size.is_empty() || size.len() > 15 {
+        return Err(Malformed("invalid chunk size"));
+    }
+    size.iter().try_fold(0u64, |total, &digit| {
+        let value = (digit as char)
+            .to_digit(16)
+            .ok_or(Malformed("invalid chunk size"))?;
+        Ok(total * 16 + u64::from(value))
+    })
+}
+
+fn parse_trailers(block: &[u8]) -> Result<HeaderMap, Malformed> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let parsed = match httparse::parse_headers(block, &mut slots) {
+        Ok(httparse::Status::Complete((_, parsed))) => parsed,
+        _ => return Err(Malformed("invalid trailers")),
+    };
+    let mut trailers = HeaderMap::with_capacity(parsed.len());
+    for slot in parsed {
+        let name = HeaderName::from_bytes(slot.name.as_bytes())
+            .map_err(|_| Malformed("invalid trailer name"))?;
+        let value =
+            HeaderValue::from_bytes(slot.value).map_err(|_| Malformed("invalid trailer value"))?;
+        trailers.append(name, value);
+    }
+    Ok(trailers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, method: &Method) -> Result<Option<ResponseHead>, Malformed> {
+        parse_response_head(&mut BytesMut::from(text), method)
+    }
+
+    fn framing(text: &str) -> BodyFraming {
+        head(text, &Method::POST)
+            .expect("valid")
+            .expect("complete")
+            .body
+    }
+
+    /// Feeds `wire` to a decoder in pieces of `step` bytes and collects the body.
+    fn decode_all(framing: BodyFraming, wire: &[u8], step: usize) -> (Vec<u8>, Option<HeaderMap>) {
+        let mut decoder = BodyDecoder::new(framing);
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut pieces = wire.chunks(step);
+        loop {
+            match decoder.decode(&mut buf).expect("valid body") {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::End(trailers) => return (body, trailers),
+                Decoded::NeedMore => match pieces.next() {
+                    Some(piece) => buf.extend_from_slice(piece),
+                    None => {
+                        decoder.on_close().expect("ends at close");
+                        return (body, None);
+                    }
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_head_carries_the_instance_host_and_its_own_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        let mut out = Vec::new();
+        encode_request_head(
+            &mut out,
+            &Method::POST,
+            &PathAndQuery::from_static("/score?x=1"),
+            "10.0.0.5:5001",
+            &headers,
+            RequestFraming::Length(42),
+        );
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "POST /score?x=1 HTTP/1.1\r\nhost: 10.0.0.5:5001\r\ncontent-type: application/json\r\n\
+             content-length: 42\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn chunked_request_bodies_end_with_the_last_chunk_and_trailers() {
+        let mut out = Vec::new();
+        encode_chunk_size(&mut out, 26);
+        out.extend_from_slice(b"abcdefghijklmnopqrstuvwxyz\r\n");
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        encode_last_chunk(&mut out, Some(&trailers));
+        assert_eq!(
+            out,
+            b"1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\ngrpc-status: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_head_split_across_reads_is_parsed_once_complete() {
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-len");
+        assert!(matches!(
+            parse_response_head(&mut buf, &Method::GET),
+            Ok(None)
+        ));
+        buf.extend_from_slice(b"gth: 2\r\nx-model: m\r\n\r\nokNEXT");
+        let parsed = parse_response_head(&mut buf, &Method::GET)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(parsed.status, StatusCode::OK);
+        assert_eq!(parsed.headers["x-model"], "m");
+        assert_eq!(parsed.body, BodyFraming::Length(2));
+        assert!(parsed.keep_alive);
+        assert_eq!(&buf[..], b"okNEXT", "only the head is consumed");
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let parsed = head(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+             HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+            &Method::POST,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(parsed.status, StatusCode::CREATED);
+        assert!(!parsed.headers.contains_key("link"));
+    }
+
+    #[test]
+    fn body_framing_follows_rfc_9112() {
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n"
+            ),
+            BodyFraming::Chunked,
+            "transfer-encoding wins over content-length"
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+            BodyFraming::UntilClose
+        );
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), BodyFraming::UntilClose);
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\n\r\n"),
+            BodyFraming::Empty
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\n\r\n"),
+            BodyFraming::Length(7)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n"),
+            BodyFraming::Upgrade
+        );
+        let to_head = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+            &Method::HEAD,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(
+            to_head.body,
+            BodyFraming::Empty,
+            "a HEAD answer has no body"
+        );
+    }
+
+    #[test]
+    fn bad_heads_are_malformed_not_panics() {
+        for text in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\n",
+            "SMTP 220 hello\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+        ] {
+            assert!(head(text, &Method::GET).is_err(), "{text:?}");
+        }
+        let endless = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(
+            head(&endless, &Method::GET).err(),
+            Some(Malformed("response head larger than 64 KiB"))
+        );
+    }
+
+    #[test]
+    fn keep_alive_depends_on_version_connection_and_framing() {
+        let alive = |text: &str| {
+            head(text, &Method::GET)
+                .expect("valid")
+                .expect("complete")
+                .keep_alive
+        };
+        assert!(alive("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!alive(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(!alive("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(alive(
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(!alive("HTTP/1.1 200 OK\r\n\r\n"), "read-until-close");
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_sizes() {
+        let wire = b"5\r\nhello\r\n1;ext=1\r\n \r\nC\r\nworld, again\r\n0\r\nx-checksum: 9\r\n\r\n";
+        for step in [1, 2, 3, 7, wire.len()] {
+            let (body, trailers) = decode_all(BodyFraming::Chunked, wire, step);
+            assert_eq!(body, b"hello world, again", "step {step}");
+            assert_eq!(trailers.expect("trailers")["x-checksum"], "9");
+        }
+        let (body, trailers) = decode_all(BodyFraming::Chunked, b"3\r\nabc\r\n0\r\n\r\n", 1);
+        assert_eq!(body, b"abc");
+        assert!(trailers.is_none());
+    }
+
+    #[test]
+    fn length_bodies_stop_at_the_length_and_leave_the_rest() {
+        let mut decoder = BodyDecoder::new(BodyFraming::Length(3));
+        let mut buf = BytesMut::from("abcHTTP/1.1");
+        assert_eq!(
+            decoder.decode(&mut buf),
+            Ok(Decoded::Data(Bytes::from_static(b"abc")))
+        );
+        assert_eq!(decoder.decode(&mut buf), Ok(Decoded::End(None)));
+        assert_eq!(&buf[..], b"HTTP/1.1");
+        let (body, _) = decode_all(BodyFraming::UntilClose, b"all of it", 4);
+        assert_eq!(body, b"all of it");
+    }
+
+    #[test]
+    fn truncated_and_malformed_chunks_are_errors() {
+        let mut decoder = BodyDecoder::new(BodyFraming::Length(10));
+        let mut buf = BytesMut::from("short");
+        assert!(matches!(decoder.decode(&mut buf), Ok(Decoded::Data(_))));
+        assert!(decoder.on_close().is_err(), "closed before the length");
+        for wire in ["zz\r\n", "5\r\nhelloXX", "12345678901234567\r\n"] {
+            let mut decoder = BodyDecoder::new(BodyFraming::Chunked);
+            let mut buf = BytesMut::from(wire);
+            let result = loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Decoded::Data(_)) => continue,
+                    other => break other,
+                }
+            };
+            assert!(result.is_err(), "{wire:?}: {result:?}");
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The gateway's HTTP/1.1 connections to instances: kept alive and reused, given up when the
+//! instance closes them or says so, and framed right for answers without a body and for answers
+//! that come before the request body is sent.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A request as an instance received it.
+struct Received {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// What the instance does after answering.
+#[derive(Clone, Copy, PartialEq)]
+enum Then {
+    /// Wait for the next request on the connection.
+    KeepOpen,
+    /// Close the connection without saying so in the answer.
+    Close,
+}
+
+/// An instance speaking raw HTTP/1.1: for each request, `answer` gives the bytes to send back and
+/// what to do next. Returns its URL and a count of the connections it accepted.
+async fn instance(
+    answer: impl Fn(&Received) -> (String, Then) + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind(loopback()).await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let answer = Arc::clone(&answer);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                while let Some(request) = read_request(&mut stream, &mut buffer).await {
+                    let (bytes, then) = answer(&request);
+                    if stream.write_all(bytes.as_bytes()).await.is_err() || then == Then::Close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+/// Reads one request with a Content-Length body (or none); `None` when the connection closed.
+async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Received> {
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .map_or(0, |n| n.trim().parse::<usize>().expect("length"));
+    while buffer.len() < head_end + length {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    let body = buffer[head_end..head_end + length].to_vec();
+    buffer.drain(..head_end + length);
+    Some(Received { head, body })
+}
+
+fn ok(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+async fn post(
+    client: &TestClient,
+    gateway: std::net::SocketAddr,
+    body: &str,
+) -> (StatusCode, Bytes) {
+    let request = Request::post(format!("http://{gateway}/score"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let response = client.request(request).await.expect("answer");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
+
+#[tokio::test]
+async fn one_connection_carries_request_after_request() {
+    let (url, accepted) =
+        instance(|request| (ok(&request.body.len().to_string()), Then::KeepOpen)).await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&url])]));
+    let gateway = gateway(&file.path).await;
+    let client = client();
+    for n in 0..20 {
+        let body = "x".repeat(n);
+        let (status, answer) = post(&client, gateway.addr(), &body).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer, n.to_string(), "request {n} got its own answer");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "sequential requests share one kept-alive connection"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_that_closes_after_each_answer_costs_no_request() {
+    // It never says `connection: close`; the gateway must notice the closed connection itself.
+    let (url, accepted) = instance(|_| (ok("done"), Then::Close)).await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&url])]));
+    let gateway = gateway(&file.path).await;
+    let client = client();
+    for _ in 0..20 {
+        let (status, answer) = post(&client, gateway.addr(), "{}").await;
+        assert_eq!((status, &answer[..]), (StatusCode::OK, &b"done"[..]));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 20);
+}
+
+#[tokio::test]
+async fn connection_close_in_an_answer_is_honoured() {
+    let (url, accepted) = instance(|_| {
+        (
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok".to_string(),
+            Then::KeepOpen,
+        )
+    })
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&url])]));
+    let gateway = gateway(&file.path).await;
+    let client = client();
+    for _ in 0..3 {
+        let (status, answer) = post(&client, gateway.addr(), "{}").await;
+        assert_eq!((status, &answer[..]), (StatusCode::OK, &b"ok"[..]));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "each answer said close, so each request needed a new connection"
+    );
+}
+
+#[tokio::test]
+async fn answers_without_a_body_do_not_wait_for_one() {
+    let (url, accepted) = instance(|request| {
+        let answer = if request.head.starts_with("HEAD ") {
+            // A HEAD answer announces the length of a body it does not send.
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"
+        } else if request.head.starts_with("DELETE ") {
+            "HTTP/1.1 204 No Content\r\n\r\n"
+        } else {
+            "HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\n\r\n"
+        };
+        (answer.to_string(), Then::KeepOpen)
+    })
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&url])]));
+    let gateway = gateway(&file.path).await;
+    let client = client();
+    for (method, status) in [
+        (Method::HEAD, StatusCode::OK),
+        (Method::DELETE, StatusCode::NO_CONTENT),
+        (Method::GET, StatusCode::NOT_MODIFIED),
+        (Method::HEAD, StatusCode::OK),
+    ] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{}/score", gateway.addr()))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let response = tokio::time::timeout(PATIENCE, async {
+            let response = client.request(request).await.expect("answer");
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            (status, body)
+        })
+        .await
+        .expect("no body is waited for");
+        assert_eq!(response, (status, Bytes::new()), "{method}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "and the connection stays usable"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_that_comes_before_the_whole_body_reaches_the_client() {
+    // The instance refuses on sight of the head: it never reads the 4 MiB body.
+    let listener = TcpListener::bind(loopback()).await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let refusal = "HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\n\
+                               content-length: 8\r\n\r\ntoo much";
+                let _ = stream.write_all(refusal.as_bytes()).await;
+                // Keep the connection open a while without reading, like a busy server.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            });
+        }
+    });
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&url])]));
+    let gateway = gateway(&file.path).await;
+    let big = "y".repeat(4 * 1024 * 1024);
+    let (status, answer) = tokio::time::timeout(PATIENCE, post(&client(), gateway.addr(), &big))
+        .await
+        .expect("the early answer is not stuck behind the body");
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(&answer[..], b"too much");
+}
