@@ -60,12 +60,24 @@ impl std::fmt::Debug for ServeOptions {
 }
 
 /// What the handler knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Connection {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's IP address as a header value, made once for all the connection's requests.
+    pub peer_ip: http::HeaderValue,
     /// Whether the connection is TLS.
     pub tls: bool,
+}
+
+impl Connection {
+    /// A connection from `peer`.
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        // An IP address is always a valid header value.
+        let peer_ip = http::HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+        Connection { peer, peer_ip, tls }
+    }
 }
 
 /// Serves connections from `listener` with `handler` until `shutdown` resolves, then stops
@@ -127,12 +139,9 @@ pub async fn serve<F, Fut, B>(
             tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
         }
         let handler = handler.clone();
-        let connection = Connection {
-            peer,
-            tls: options.tls.is_some(),
-        };
+        let connection = Connection::new(peer, options.tls.is_some());
         let service = service_fn(move |request| {
-            let response = handler(request, connection);
+            let response = handler(request, connection.clone());
             async move { Ok::<_, Infallible>(response.await) }
         });
         // The TLS handshake, if any, runs in the connection's task, so a slow client cannot hold

@@ -2,6 +2,7 @@
 //! (RFC 9112). Pure functions over buffers, so every framing rule is tested without a socket.
 
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -126,27 +127,34 @@ pub(crate) fn parse_response_head(
     method: &Method,
 ) -> Result<Option<ResponseHead>, Malformed> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut slots);
-        let length = match response.parse(buf) {
-            Ok(httparse::Status::Complete(length)) => length,
-            Ok(httparse::Status::Partial) => {
-                if buf.len() > MAX_HEAD_BYTES {
-                    return Err(Malformed("response head larger than 64 KiB"));
-                }
-                return Ok(None);
+        let Some(length) = head_length(buf) else {
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(Malformed("response head larger than 64 KiB"));
             }
+            return Ok(None);
+        };
+        // Take the head out of the buffer first: header values then point into these bytes
+        // and nothing is copied.
+        let head = buf.split_to(length).freeze();
+        let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            &head,
+            &mut slots,
+        ) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => return Err(Malformed("response head is incomplete")),
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(Malformed("more than 128 response header lines"));
             }
             Err(_) => return Err(Malformed("response head is not valid HTTP/1.1")),
-        };
+        }
         let code = response.code.unwrap_or(0);
         let status =
             StatusCode::from_u16(code).map_err(|_| Malformed("status code out of range"))?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             // 100 Continue, 103 Early Hints: the final response follows.
-            buf.advance(length);
             continue;
         }
         let version = if response.version == Some(0) {
@@ -154,28 +162,11 @@ pub(crate) fn parse_response_head(
         } else {
             Version::HTTP_11
         };
-        // Note where each name and value sits, then take the head out of the buffer: header
-        // values keep pointing into those bytes, nothing is copied.
-        let start = buf.as_ptr() as usize;
-        // (name start, name end, value start, value end)
-        let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
-        let count = response.headers.len();
-        for (span, slot) in spans.iter_mut().zip(response.headers.iter()) {
-            let name = slot.name.as_ptr() as usize - start;
-            let value = slot.value.as_ptr() as usize - start;
-            *span = (
-                name,
-                name + slot.name.len(),
-                value,
-                value + slot.value.len(),
-            );
-        }
-        let head = buf.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(name_start, name_end, value_start, value_end) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[name_start..name_end])
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        for slot in response.headers.iter() {
+            let name = HeaderName::from_bytes(slot.name.as_bytes())
                 .map_err(|_| Malformed("invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+            let value = HeaderValue::from_maybe_shared(head.slice_ref(slot.value))
                 .map_err(|_| Malformed("invalid header value"))?;
             headers.append(name, value);
         }
@@ -190,6 +181,21 @@ pub(crate) fn parse_response_head(
             keep_alive,
         }));
     }
+}
+
+/// The length of the head at the start of `buf`, through the empty line that ends it (lines end
+/// in CRLF or, leniently, LF alone); `None` while that line has not arrived.
+fn head_length(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(offset) = buf[from..].iter().position(|&b| b == b'\n') {
+        let after = from + offset + 1;
+        match buf.get(after..) {
+            Some([b'\n', ..]) => return Some(after + 1),
+            Some([b'\r', b'\n', ..]) => return Some(after + 2),
+            _ => from = after,
+        }
+    }
+    None
 }
 
 /// RFC 9112, section 6.3.

@@ -38,8 +38,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const GATHER_BODY_BYTES: u64 = 64 * 1024;
 /// A streaming body is written once this much is buffered, even if more is ready.
 const FLUSH_BYTES: usize = 64 * 1024;
-/// How much room each read from an instance asks for.
+/// The read buffer's size, and how much room a read gets at least.
 const READ_SIZE: usize = 16 * 1024;
+const MIN_READ_ROOM: usize = 4 * 1024;
 /// Buffers that grew past this for one large request are not kept on an idle connection.
 const KEEP_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -463,7 +464,7 @@ impl Connection {
             if let Some(head) = codec::parse_response_head(&mut self.read_buf, method)? {
                 return Poll::Ready(Ok(head));
             }
-            self.read_buf.reserve(READ_SIZE);
+            make_read_room(&mut self.read_buf);
             match pin!(self.io.read_buf(&mut self.read_buf)).poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) if !*received => return Poll::Ready(Err(Error::Closed)),
@@ -480,6 +481,15 @@ impl Connection {
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
             }
         }
+    }
+}
+
+/// Room to read into. Answers are cut out of the buffer and handed on as they are, so its
+/// front is often still in use: keep reading into what is left, and only ask for a new buffer
+/// when little is (by then the old one is usually free again and is reused whole).
+fn make_read_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < MIN_READ_ROOM {
+        buf.reserve(READ_SIZE);
     }
 }
 
@@ -591,7 +601,7 @@ where
                 Ok(Decoded::NeedMore) => {}
                 Err(error) => return self.fail(error.into()),
             }
-            connection.read_buf.reserve(READ_SIZE);
+            make_read_room(&mut connection.read_buf);
             match pin!(connection.io.read_buf(&mut connection.read_buf)).poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {

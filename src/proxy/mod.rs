@@ -513,7 +513,7 @@ impl Outgoing {
                 .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
         });
         headers::strip_hop_by_hop(&mut headers);
-        headers::set_forwarded(&mut headers, connection.peer, connection.tls, host);
+        headers::set_forwarded(&mut headers, &connection.peer_ip, connection.tls, host);
         headers.insert(REQUEST_ID.clone(), request_id.clone());
         if let Some(upgrade) = upgrade {
             headers.insert(
