@@ -90,6 +90,7 @@ pub struct Metrics {
     generation: IntGauge,
     reloads_applied: IntCounter,
     reloads_rejected: IntCounter,
+    reloads_unchanged: IntCounter,
     applied_time: Gauge,
     rejected: IntGauge,
 }
@@ -180,7 +181,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let reloads = IntCounterVec::new(
-            Opts::new(names::CONFIG_RELOADS, "Reload attempts by result."),
+            Opts::new(
+                names::CONFIG_RELOADS,
+                "Reload attempts by result: applied, rejected, or unchanged (the file was read \
+                 and found as applied).",
+            ),
             &["result"],
         )
         .expect("valid metric");
@@ -226,6 +231,7 @@ impl Metrics {
             generation,
             reloads_applied: reloads.with_label_values(&["applied"]),
             reloads_rejected: reloads.with_label_values(&["rejected"]),
+            reloads_unchanged: reloads.with_label_values(&["unchanged"]),
             applied_time,
             rejected,
         }
@@ -312,6 +318,11 @@ impl Metrics {
         self.instances_ready
             .with_label_values(&[deployment])
             .set(ready as i64);
+    }
+
+    /// Records a check that found the applied files unchanged.
+    pub fn reload_unchanged(&self) {
+        self.reloads_unchanged.inc();
     }
 
     /// Records a rejected reload.

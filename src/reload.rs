@@ -190,6 +190,7 @@ impl Reloader {
         if sources == state.applied {
             // Back to the applied files: a rejection since is no longer relevant.
             state.rejected = None;
+            self.metrics.reload_unchanged();
             return ReloadOutcome::Unchanged { generation };
         }
         if let (Some((rejected, error)), false) = (&state.rejected, report_repeats) {
@@ -431,7 +432,9 @@ fn watch_directories(
     wake: Arc<Notify>,
 ) -> Result<RecommendedWatcher, notify::Error> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Opening and reading a file is an event too, and the reload itself reads the file:
+        // waking on those would reload forever.
+        if event.is_ok_and(|event| !matches!(event.kind, notify::EventKind::Access(_))) {
             wake.notify_one();
         }
     })?;

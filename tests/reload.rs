@@ -279,3 +279,27 @@ async fn rewriting_the_same_text_is_not_a_new_generation() {
         ReloadOutcome::Unchanged { generation: 1 }
     ));
 }
+
+#[tokio::test]
+async fn reading_the_file_is_not_itself_a_change() {
+    // The watcher sees the directory's events; the reload's own read of the file is one. If it
+    // woke the watcher, the file would be re-read every debounce period, forever.
+    let servers = BlueGreen::start().await;
+    let file = EndpointFile::new(&servers.split(100, 0));
+    let gateway = gateway(&file.path).await;
+    let idle = Duration::from_millis(1500);
+    tokio::time::sleep(idle).await;
+    let metrics = gateway.metrics().render();
+    let checks: u64 = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("switchyard_config_reloads_total{result=\"unchanged\"} ")
+        })
+        .map_or(0, |n| n.parse().expect("a count"));
+    // The 1 s poll checks once or twice in 1.5 s; a feedback loop would check ~60 times.
+    assert!(
+        checks <= 3,
+        "the file was checked {checks} times in {idle:?} with no change"
+    );
+    assert_eq!(gateway.generation(), 1);
+}
