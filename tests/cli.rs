@@ -78,7 +78,13 @@ struct Served {
 
 impl Served {
     fn start(config: &std::path::Path) -> Self {
+        Self::start_with(&[], config)
+    }
+
+    /// With global options (`--log-format json`, say) before the subcommand.
+    fn start_with(global: &[&str], config: &std::path::Path) -> Self {
         let mut child = Command::new(BINARY)
+            .args(global)
             .args([
                 "serve",
                 "--config",
@@ -128,11 +134,18 @@ impl Served {
     }
 }
 
-/// The `addr=` field of a log line.
+/// The `addr` field of a log line, text (`addr=...`) or JSON (`"addr":"..."`).
 fn address_in(line: &str) -> std::net::SocketAddr {
-    line.split("addr=")
+    let text = line
+        .split("addr=")
         .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|rest| rest.split_whitespace().next());
+    let json = || {
+        line.split("\"addr\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+    };
+    text.or_else(json)
         .expect("addr in log line")
         .parse()
         .expect("socket address")
@@ -263,4 +276,21 @@ fn diff_refuses_an_invalid_new_file() {
         .expect("run");
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("did you mean `traffic`?"));
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_access_fields_on_top() {
+    let blue = model_server(Model::Diabetes, "blue-1").await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&blue.url()])]));
+    let served = Served::start_with(&["--log-format", "json"], &file.path);
+    let answer = score(&client(), served.addr, None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+
+    let line = served.wait_for_line("switchyard::access");
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON object");
+    assert_eq!(entry["target"], "switchyard::access");
+    assert_eq!(entry["deployment"], "blue");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["route"], "weighted");
+    assert!(entry["duration_ms"].as_f64().is_some(), "{entry}");
 }
