@@ -21,6 +21,7 @@ pub mod routing;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::admin::AdminState;
@@ -70,6 +71,9 @@ pub struct GatewayOptions {
     pub resolver: Arc<dyn upstream::resolve::Resolve>,
     /// How often instance host names are resolved again.
     pub resolve_interval: Duration,
+    /// Serve on this many threads of their own, each with its own listening socket on the same
+    /// port (see [`workers`]). `None` serves on the caller's runtime.
+    pub workers: Option<usize>,
 }
 
 /// A PEM certificate chain and its private key.
@@ -96,6 +100,7 @@ impl GatewayOptions {
             upstream_ca_file: None,
             resolver: Arc::new(upstream::resolve::SystemResolver),
             resolve_interval: reload::DEFAULT_RESOLVE_INTERVAL,
+            workers: None,
         }
     }
 }
@@ -132,8 +137,7 @@ pub struct Gateway {
     reloader: Arc<Reloader>,
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
+    serving: Serving,
     admin: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     watcher: JoinHandle<()>,
     cert_reloader: Option<JoinHandle<()>>,
@@ -158,9 +162,9 @@ impl Gateway {
             }
             None => (None, None),
         };
-        let (listener, addr) = bind(options.listen).await?;
+        let (listeners, addr) = bind(options.listen, options.workers).await?;
         let admin_listener = match options.admin_listen {
-            Some(admin_listen) => Some(bind(admin_listen).await?),
+            Some(admin_listen) => Some(bind_one(admin_listen).await?),
             None => None,
         };
         let watcher = reload::spawn_watcher(
@@ -181,20 +185,37 @@ impl Gateway {
             let proxy = Arc::clone(&proxy);
             async move { proxy.handle(request, connection).await }
         };
-        let (shutdown, stop) = oneshot::channel();
         let serve_options = server::ServeOptions {
             drain: options.drain_timeout,
             tls: acceptor,
-            max_connections: options.max_connections,
+            connection_slots: Arc::new(Semaphore::new(options.max_connections)),
         };
-        let server = tokio::spawn(server::serve(
-            listener,
-            handler,
-            async {
-                let _ = stop.await;
-            },
-            serve_options,
-        ));
+        let serving = match listeners {
+            Listeners::Here(listener) => {
+                let (stop, stopped) = oneshot::channel();
+                let stopped = async {
+                    let _ = stopped.await;
+                };
+                let task = tokio::spawn(server::serve(listener, handler, stopped, serve_options));
+                Serving::Task {
+                    stop: Some(stop),
+                    task,
+                }
+            }
+            Listeners::Threads(listeners) => {
+                let serve = move |listener, stop: workers::StopSignal| {
+                    server::serve(
+                        listener,
+                        handler.clone(),
+                        stop.stopped(),
+                        serve_options.clone(),
+                    )
+                };
+                let workers = workers::Workers::spawn(listeners, serve)
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                Serving::Threads(Some(workers))
+            }
+        };
 
         let admin = admin_listener.map(|(listener, admin_addr)| {
             let router = admin::router(AdminState {
@@ -232,8 +253,7 @@ impl Gateway {
             reloader,
             metrics,
             draining,
-            shutdown: Some(shutdown),
-            server,
+            serving,
             admin,
             watcher,
             cert_reloader,
@@ -271,10 +291,19 @@ impl Gateway {
     /// stays up until the drain is over.
     pub async fn shutdown(mut self) {
         self.draining.store(true, Ordering::SeqCst);
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
+        match &mut self.serving {
+            Serving::Task { stop, task } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+                let _ = task.await;
+            }
+            Serving::Threads(workers) => {
+                if let Some(workers) = workers.take() {
+                    workers.stop().await;
+                }
+            }
         }
-        let _ = (&mut self.server).await;
         self.watcher.abort();
         if let Some(task) = &self.cert_reloader {
             task.abort();
@@ -288,7 +317,10 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        self.server.abort();
+        // Serving threads stop (and drain) once their `Workers` is dropped with this.
+        if let Serving::Task { task, .. } = &self.serving {
+            task.abort();
+        }
         self.watcher.abort();
         if let Some(task) = &self.cert_reloader {
             task.abort();
@@ -299,7 +331,45 @@ impl Drop for Gateway {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+/// Where the gateway accepts connections.
+enum Listeners {
+    /// One listener served on the caller's runtime.
+    Here(TcpListener),
+    /// One listener per serving thread, all on the same port.
+    Threads(Vec<std::net::TcpListener>),
+}
+
+/// How the gateway serves, and how to stop it.
+#[derive(Debug)]
+enum Serving {
+    /// A task on the caller's runtime.
+    Task {
+        stop: Option<oneshot::Sender<()>>,
+        task: JoinHandle<()>,
+    },
+    /// Threads of their own; `None` once stopped.
+    Threads(Option<workers::Workers>),
+}
+
+async fn bind(
+    addr: SocketAddr,
+    threads: Option<usize>,
+) -> Result<(Listeners, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    match threads {
+        None => {
+            let (listener, local) = bind_one(addr).await?;
+            Ok((Listeners::Here(listener), local))
+        }
+        Some(count) => {
+            let listeners = workers::bind(addr, count).map_err(bind_error)?;
+            let local = listeners[0].local_addr().map_err(bind_error)?;
+            Ok((Listeners::Threads(listeners), local))
+        }
+    }
+}
+
+async fn bind_one(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
     let bind_error = |source| StartError::Bind { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;

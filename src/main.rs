@@ -23,9 +23,10 @@ struct Cli {
     /// Log format on stderr: `text` or `json` (one JSON object per line).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Worker threads for request handling (default: one per CPU core).
-    #[arg(long, global = true, value_name = "N")]
-    workers: Option<usize>,
+    /// Threads serving requests, each with its own listening socket on the port (default: one
+    /// per CPU core).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -155,17 +156,24 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` handles requests on threads of its own (`--workers`); this runtime keeps the
+    // admin API, the config watcher and readiness probes.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.command, Command::Serve { .. }) {
+        runtime.worker_threads(1);
+    }
+    let workers = cli.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, workers)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -179,7 +187,7 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<EndpointConfig> {
     EndpointConfig::load(path).map_err(|error| anyhow::anyhow!("{}", error.render().trim_end()))
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command, workers: usize) -> anyhow::Result<()> {
     match command {
         Command::Validate { path } => {
             let config = load_config(&path)?;
@@ -198,6 +206,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             max_connections,
         } => {
             let mut options = GatewayOptions::new(config, listen);
+            options.workers = Some(workers);
             options.admin_listen = Some(admin_listen);
             options.drain_timeout = drain_timeout;
             options.max_body_bytes = max_body_bytes;

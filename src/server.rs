@@ -34,8 +34,9 @@ pub struct ServeOptions {
     pub drain: Duration,
     /// Terminate TLS with this acceptor, if set.
     pub tls: Option<TlsAcceptor>,
-    /// At most this many client connections at once; past it, new ones wait in the backlog.
-    pub max_connections: usize,
+    /// One slot per client connection allowed at once; past it, new ones wait in the backlog.
+    /// Clones share the slots, so listeners on several threads keep one limit.
+    pub connection_slots: Arc<Semaphore>,
 }
 
 impl ServeOptions {
@@ -44,7 +45,7 @@ impl ServeOptions {
         ServeOptions {
             drain,
             tls: None,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
+            connection_slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
         }
     }
 }
@@ -54,7 +55,10 @@ impl std::fmt::Debug for ServeOptions {
         f.debug_struct("ServeOptions")
             .field("drain", &self.drain)
             .field("tls", &self.tls.is_some())
-            .field("max_connections", &self.max_connections)
+            .field(
+                "free_connection_slots",
+                &self.connection_slots.available_permits(),
+            )
             .finish()
     }
 }
@@ -106,7 +110,7 @@ pub async fn serve<F, Fut, B>(
         .max_header_list_size(MAX_HEADER_BYTES as u32);
 
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(options.max_connections));
+    let connections = Arc::clone(&options.connection_slots);
     let mut accept_backoff = AcceptBackoff::default();
     tokio::pin!(shutdown);
     loop {

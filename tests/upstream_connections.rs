@@ -253,3 +253,43 @@ async fn an_answer_that_comes_before_the_whole_body_reaches_the_client() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(&answer[..], b"too much");
 }
+
+#[tokio::test]
+async fn serving_threads_share_the_port_and_reuse_their_upstream_connections() {
+    let (url, accepted) = instance(|_| (ok("x"), Then::KeepOpen)).await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&url])]));
+    let mut options = switchyard::GatewayOptions::new(&file.path, loopback());
+    options.workers = Some(2);
+    let gateway = switchyard::Gateway::start(options)
+        .await
+        .expect("start the gateway");
+    let addr = gateway.addr();
+    // 8 clients at once, 10 requests each, each client on its own connection.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let client = client();
+                let mut statuses = Vec::new();
+                for _ in 0..10 {
+                    statuses.push(post(&client, addr, "{}").await.0);
+                }
+                statuses
+            })
+        })
+        .collect();
+    for client in clients {
+        let statuses = client.await.expect("client task");
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::OK),
+            "{statuses:?}"
+        );
+    }
+    // At most one request per client is in flight, so at most 8 upstream connections are ever
+    // needed; each thread reuses its own.
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=8).contains(&opened),
+        "{opened} upstream connections for 80 requests"
+    );
+    gateway.shutdown().await;
+}

@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::workers;
 pub(crate) use codec::ResponseHead;
 use codec::{BodyDecoder, BodyFraming, Decoded, Malformed, RequestFraming};
 
@@ -119,13 +120,18 @@ pub(crate) enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// The idle connections to one instance, newest last: the newest is reused first, so the older
-/// ones age out when traffic drops.
+/// The idle connections to one instance, one stack per serving thread: a connection is polled
+/// by the thread whose runtime registered it, so it goes back where it came from. On each stack
+/// the newest is reused first, so the older ones age out when traffic drops.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    idle: Mutex<VecDeque<Idle>>,
+    shards: Box<[Mutex<VecDeque<Idle>>]>,
+    /// Per stack.
     max_idle: usize,
 }
+
+/// Stacks per pool; serving threads beyond this many share stacks.
+const POOL_SHARDS: usize = 64;
 
 #[derive(Debug)]
 struct Idle {
@@ -499,13 +505,16 @@ impl Pool {
     /// A pool keeping at most `max_idle` idle connections.
     pub(crate) fn new(max_idle: usize) -> Self {
         Pool {
-            idle: Mutex::new(VecDeque::new()),
+            shards: (0..POOL_SHARDS)
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
             max_idle: max_idle.max(1),
         }
     }
 
+    /// This thread's stack.
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        self.idle
+        self.shards[workers::current() % POOL_SHARDS]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
