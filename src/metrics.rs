@@ -2,6 +2,7 @@
 //! from config names and small closed sets.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
@@ -114,8 +115,13 @@ impl RequestCounts {
 /// The metrics of one deployment, resolved once so the request path skips the label lookup.
 #[derive(Debug, Clone)]
 pub struct DeploymentMetrics {
+    name: Arc<str>,
     duration: prometheus::Histogram,
     in_flight: IntGauge,
+    requests: IntCounterVec,
+    /// The `200` series, weighted and pinned: nearly every answer. Made on first use, so a
+    /// series that never happened does not show.
+    answered_ok: [OnceLock<IntCounter>; 2],
 }
 
 // === impl Metrics ===
@@ -240,8 +246,11 @@ impl Metrics {
     /// The handles for one deployment's per-request metrics.
     pub fn deployment(&self, name: &str) -> DeploymentMetrics {
         DeploymentMetrics {
+            name: name.into(),
             duration: self.duration.with_label_values(&[name]),
             in_flight: self.in_flight.with_label_values(&[name]),
+            requests: self.requests.clone(),
+            answered_ok: [OnceLock::new(), OnceLock::new()],
         }
     }
 
@@ -363,6 +372,22 @@ impl DeploymentMetrics {
     /// Records how long the response head took.
     pub fn observe(&self, elapsed: Duration) {
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one answered request of this deployment.
+    pub fn count(&self, status: http::StatusCode, route: RouteLabel) {
+        let slot = match (status, route) {
+            (http::StatusCode::OK, RouteLabel::Weighted) => Some(0),
+            (http::StatusCode::OK, RouteLabel::Pinned) => Some(1),
+            _ => None,
+        };
+        let labels = [&*self.name, status.as_str(), route.as_str()];
+        match slot {
+            Some(slot) => self.answered_ok[slot]
+                .get_or_init(|| self.requests.with_label_values(&labels))
+                .inc(),
+            None => self.requests.with_label_values(&labels).inc(),
+        }
     }
 }
 

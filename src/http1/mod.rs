@@ -217,8 +217,12 @@ where
 {
     let (mut connection, reused) = match pool.checkout() {
         Some(connection) => (connection, true),
+        // Boxed: connecting (TLS included) is rare and its state large; the request's state
+        // stays small without it.
         None => (
-            connector.connect(target).await.map_err(Error::Connect)?,
+            Box::pin(connector.connect(target))
+                .await
+                .map_err(Error::Connect)?,
             false,
         ),
     };
@@ -268,7 +272,7 @@ where
         Err(WriteError::Body(error)) => return Err(Error::RequestBody(error)),
     }
     // The instance closed the pooled connection; the whole request is still in the buffer.
-    let mut fresh = connector.connect(target).await?;
+    let mut fresh = Box::pin(connector.connect(target)).await?;
     std::mem::swap(&mut fresh.write_buf, &mut connection.write_buf);
     fresh.io.write_all(&fresh.write_buf).await?;
     fresh.io.flush().await?;

@@ -145,13 +145,17 @@ impl Proxy {
             .deployment
             .as_ref()
             .map_or(NO_DEPLOYMENT, |d| d.name());
-        self.metrics
-            .count_request(deployment_name, status, trace.route);
-        if let Some(deployment) = &trace.deployment {
-            deployment.metrics().observe(elapsed);
-            response
-                .headers_mut()
-                .insert(PIN.clone(), deployment.header_value().clone());
+        match &trace.deployment {
+            Some(deployment) => {
+                deployment.metrics().count(status, trace.route);
+                deployment.metrics().observe(elapsed);
+                response
+                    .headers_mut()
+                    .insert(PIN.clone(), deployment.header_value().clone());
+            }
+            None => self
+                .metrics
+                .count_request(NO_DEPLOYMENT, status, trace.route),
         }
         tracing::info!(
             target: "switchyard::access",
@@ -316,7 +320,10 @@ impl Proxy {
         let attempt = async {
             match deployment.protocol() {
                 UpstreamProtocol::Http1 => self.exchange_http1(outgoing, lease.instance()).await,
-                UpstreamProtocol::Http2 => self.exchange_http2(outgoing, lease.instance()).await,
+                // Boxed: hyper's client future is large, and HTTP/2 instances are the rarer kind.
+                UpstreamProtocol::Http2 => {
+                    Box::pin(self.exchange_http2(outgoing, lease.instance())).await
+                }
             }
         };
         // Dropping the attempt cancels the upstream request.
