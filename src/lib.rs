@@ -23,6 +23,12 @@ pub mod tls;
 pub mod upstream;
 pub mod workers;
 
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http1::codec::read_response_in_steps;
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
