@@ -33,13 +33,15 @@ pub(crate) enum RequestFraming {
 }
 
 /// Writes the request line and headers. `host` is the instance's authority as configured;
-/// framing headers come from `framing`, never from `headers`.
+/// framing headers come from `framing`, never from `headers`; each of `added` replaces any
+/// header of its name in `headers`.
 pub(crate) fn encode_request_head(
     out: &mut Vec<u8>,
     method: &Method,
     path: &PathAndQuery,
     host: &str,
     headers: &HeaderMap,
+    added: &[(HeaderName, HeaderValue)],
     framing: RequestFraming,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -48,10 +50,11 @@ pub(crate) fn encode_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        if is_framing_header(name) {
-            continue;
-        }
+    let replaced = |name: &HeaderName| added.iter().any(|(added, _)| added == name);
+    let kept = headers
+        .iter()
+        .filter(|(name, _)| !is_framing_header(name) && !replaced(name));
+    for (name, value) in kept.chain(added.iter().map(|(name, value)| (name, value))) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -162,7 +165,8 @@ pub(crate) fn parse_response_head(
         } else {
             Version::HTTP_11
         };
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        // Room for the two headers the gateway adds to every answer, so they never regrow it.
+        let mut headers = HeaderMap::with_capacity(response.headers.len() + 2);
         for slot in response.headers.iter() {
             let name = HeaderName::from_bytes(slot.name.as_bytes())
                 .map_err(|_| Malformed("invalid header name"))?;
@@ -560,6 +564,7 @@ mod tests {
         );
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
         headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        headers.insert("x-request-id", HeaderValue::from_static("from-the-client"));
         let mut out = Vec::new();
         encode_request_head(
             &mut out,
@@ -567,12 +572,16 @@ mod tests {
             &PathAndQuery::from_static("/score?x=1"),
             "10.0.0.5:5001",
             &headers,
+            &[(
+                HeaderName::from_static("x-request-id"),
+                HeaderValue::from_static("id-7"),
+            )],
             RequestFraming::Length(42),
         );
         assert_eq!(
             String::from_utf8(out).expect("ascii"),
             "POST /score?x=1 HTTP/1.1\r\nhost: 10.0.0.5:5001\r\ncontent-type: application/json\r\n\
-             content-length: 42\r\n\r\n"
+             x-request-id: id-7\r\ncontent-length: 42\r\n\r\n"
         );
     }
 

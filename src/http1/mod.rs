@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::Method;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http_body::{Body, Frame, SizeHint};
 use rustls_pki_types::ServerName;
@@ -96,6 +96,8 @@ pub(crate) struct Request<'a, B> {
     pub(crate) method: &'a Method,
     pub(crate) path: &'a PathAndQuery,
     pub(crate) headers: &'a HeaderMap,
+    /// Headers the gateway adds; each replaces any of that name in `headers`.
+    pub(crate) added: &'a [(HeaderName, HeaderValue)],
     pub(crate) body: B,
 }
 
@@ -236,6 +238,7 @@ where
         request.path,
         target.host,
         request.headers,
+        request.added,
         framing,
     );
     let mut pump = Some(Pump::new(request.body, framing));

@@ -114,28 +114,58 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets `X-Forwarded-For` (appending the client's address), `-Proto` and `-Host`.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    client_ip: &HeaderValue,
-    tls: bool,
-    host: Option<HeaderValue>,
-) {
-    let earlier = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
-    let forwarded_for = match earlier {
-        Some(earlier) => {
-            let ip = client_ip.to_str().unwrap_or_default();
-            HeaderValue::from_str(&format!("{earlier}, {ip}")).ok()
+/// What the gateway adds to each request it forwards: `X-Forwarded-For` (the client appended to
+/// any earlier hops), `-Proto`, `-Host` and the request id. Kept beside the client's headers
+/// rather than inserted into them, so the HTTP/1.1 encoder writes them straight out.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    entries: [(HeaderName, HeaderValue); 4],
+    /// 3 without a host to pass on, else 4.
+    len: usize,
+}
+
+impl Forwarded {
+    /// The headers for a request from `client_ip` with the client's `headers`.
+    pub fn new(
+        headers: &HeaderMap,
+        client_ip: &HeaderValue,
+        tls: bool,
+        host: Option<HeaderValue>,
+        request_id: HeaderValue,
+    ) -> Self {
+        let earlier = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+        let forwarded_for = earlier
+            .and_then(|earlier| {
+                let ip = client_ip.to_str().unwrap_or_default();
+                HeaderValue::from_str(&format!("{earlier}, {ip}")).ok()
+            })
+            .unwrap_or_else(|| client_ip.clone());
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        let len = if host.is_some() { 4 } else { 3 };
+        Forwarded {
+            entries: [
+                (X_FORWARDED_FOR.clone(), forwarded_for),
+                (X_FORWARDED_PROTO.clone(), proto),
+                (REQUEST_ID.clone(), request_id),
+                (
+                    X_FORWARDED_HOST.clone(),
+                    host.unwrap_or_else(|| HeaderValue::from_static("")),
+                ),
+            ],
+            len,
         }
-        None => Some(client_ip.clone()),
-    };
-    if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    let proto = if tls { "https" } else { "http" };
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+
+    /// The headers, each replacing any the client sent under that name.
+    pub fn as_slice(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.entries[..self.len]
+    }
+
+    /// Sets them in `headers`.
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.as_slice() {
+            headers.insert(name.clone(), value.clone());
+        }
     }
 }
 
@@ -216,14 +246,38 @@ mod tests {
     fn forwarded_for_appends_to_an_earlier_proxys_value() {
         let mut headers = HeaderMap::new();
         headers.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
-        set_forwarded(
-            &mut headers,
+        let forwarded = Forwarded::new(
+            &headers,
             &HeaderValue::from_static("127.0.0.1"),
             false,
             Some(HeaderValue::from_static("gw:8080")),
+            HeaderValue::from_static("id-1"),
         );
+        forwarded.insert_into(&mut headers);
         assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");
         assert_eq!(headers[&X_FORWARDED_PROTO], "http");
         assert_eq!(headers[&X_FORWARDED_HOST], "gw:8080");
+        assert_eq!(headers[&REQUEST_ID], "id-1");
+    }
+
+    #[test]
+    fn without_a_host_there_is_no_forwarded_host() {
+        let forwarded = Forwarded::new(
+            &HeaderMap::new(),
+            &HeaderValue::from_static("::1"),
+            true,
+            None,
+            HeaderValue::from_static("id-2"),
+        );
+        let names: Vec<&str> = forwarded
+            .as_slice()
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["x-forwarded-for", "x-forwarded-proto", "x-request-id"]
+        );
+        assert_eq!(forwarded.as_slice()[1].1, "https");
     }
 }

@@ -22,7 +22,7 @@ use tokio::io::{self as io, AsyncWriteExt};
 
 pub use body::{ProxyBody, UpstreamBody};
 use body::{RequestBody, is_body_too_large};
-use headers::{PIN, REQUEST_ID};
+use headers::{Forwarded, PIN, REQUEST_ID};
 
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
@@ -73,7 +73,10 @@ impl Trace {
 struct Outgoing {
     method: Method,
     path_and_query: PathAndQuery,
+    /// The client's headers, hop-by-hop ones removed.
     headers: HeaderMap,
+    /// What the gateway adds (X-Forwarded-*, request id).
+    forwarded: Forwarded,
     body: RequestBody,
     /// The client sent `te: trailers` (gRPC does), which HTTP/2 instances need to see.
     wants_trailers: bool,
@@ -376,6 +379,7 @@ impl Proxy {
             method: &outgoing.method,
             path: &outgoing.path_and_query,
             headers: &outgoing.headers,
+            added: outgoing.forwarded.as_slice(),
             body: outgoing.body.attempt(self.max_body_bytes),
         };
         match http1::send(instance.pool(), &self.http1, target, request).await {
@@ -512,16 +516,21 @@ impl Outgoing {
         let wants_trailers = headers
             .get(header::TE)
             .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        // Instances see the client's host as X-Forwarded-Host; hyper sets Host from the URI.
-        let host = headers.remove(header::HOST).or_else(|| {
+        // Instances see the client's host as X-Forwarded-Host; their Host is their own address.
+        let host = headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
                 .authority()
                 .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
         });
         headers::strip_hop_by_hop(&mut headers);
-        headers::set_forwarded(&mut headers, &connection.peer_ip, connection.tls, host);
-        headers.insert(REQUEST_ID.clone(), request_id.clone());
+        let forwarded = Forwarded::new(
+            &headers,
+            &connection.peer_ip,
+            connection.tls,
+            host,
+            request_id.clone(),
+        );
         if let Some(upgrade) = upgrade {
             headers.insert(
                 header::CONNECTION,
@@ -537,6 +546,7 @@ impl Outgoing {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             headers,
+            forwarded,
             body: RequestBody::new(body, retryable),
             wants_trailers,
         }
@@ -561,6 +571,9 @@ impl Outgoing {
             RequestBody::Once(_) => std::mem::take(&mut self.headers),
         };
         let headers = request.headers_mut();
+        // hyper sets Host from the URI, which holds the address connected to.
+        headers.remove(header::HOST);
+        self.forwarded.insert_into(headers);
         if instance.is_resolved() {
             // Connected by address; the model server still sees the name from the config.
             if let Ok(host) = http::HeaderValue::from_str(instance.addr().authority.as_str()) {
