@@ -372,7 +372,8 @@ impl Proxy {
         let addr = instance.addr();
         let target = http1::Target {
             connect: instance.target(),
-            tls_name: (addr.scheme == http::uri::Scheme::HTTPS).then(|| addr.authority.host()),
+            tls_name: (addr.scheme == http::uri::Scheme::HTTPS)
+                .then(|| tls_server_name(addr.authority.host())),
             host: addr.authority.as_str(),
         };
         let request = http1::Request {
@@ -403,6 +404,13 @@ impl Proxy {
             Err(error) => Err(Failure::Upstream(error.into())),
         }
     }
+}
+
+/// The name a certificate must carry for `host`: an IPv6 literal without its URL brackets.
+fn tls_server_name(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(host)
 }
 
 /// An instance's response head, with its body still to come.
@@ -584,5 +592,21 @@ impl Outgoing {
             headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
         }
         request
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_are_checked_against_the_bare_host() {
+        let host = |url: &str| {
+            let uri: Uri = url.parse().expect("uri");
+            tls_server_name(uri.host().expect("host")).to_string()
+        };
+        assert_eq!(host("https://models.internal:8443/"), "models.internal");
+        assert_eq!(host("https://10.0.0.7:8443/"), "10.0.0.7");
+        assert_eq!(host("https://[::1]:8443/"), "::1");
     }
 }
