@@ -187,10 +187,7 @@ impl Gateway {
             options.max_body_bytes,
             upstream_tls,
         ));
-        let handler = move |request, connection| {
-            let proxy = Arc::clone(&proxy);
-            async move { proxy.handle(request, connection).await }
-        };
+        let handler = move |request, connection| Arc::clone(&proxy).handle(request, connection);
         let serve_options = server::ServeOptions {
             drain: options.drain_timeout,
             tls: acceptor,

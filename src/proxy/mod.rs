@@ -118,7 +118,7 @@ impl Proxy {
     /// Answers one request: forwards it, or turns the failure into its JSON error response.
     /// Counts it once and logs it once, whatever happened.
     pub async fn handle(
-        &self,
+        self: Arc<Self>,
         request: Request<Incoming>,
         connection: Connection,
     ) -> Response<ProxyBody> {
