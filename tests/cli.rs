@@ -294,3 +294,26 @@ async fn json_logs_are_one_object_per_line_with_the_access_fields_on_top() {
     assert_eq!(entry["route"], "weighted");
     assert!(entry["duration_ms"].as_f64().is_some(), "{entry}");
 }
+
+#[tokio::test]
+async fn workers_sets_the_number_of_serving_threads() {
+    let blue = model_server(Model::Diabetes, "blue-1").await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&blue.url()])]));
+    let served = Served::start_with(&["--workers", "3"], &file.path);
+    // Linux names threads after the first 15 bytes of `switchyard-worker-N`.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", served.child.id())).expect("/proc");
+    let serving = tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .filter(|name| name.trim() == "switchyard-work")
+        .count();
+    assert_eq!(serving, 3);
+    // And they all answer on the one port.
+    let client = client();
+    for _ in 0..6 {
+        assert_eq!(
+            score(&client, served.addr, None).await.status,
+            StatusCode::OK
+        );
+    }
+}
