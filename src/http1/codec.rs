@@ -339,17 +339,15 @@ impl BodyDecoder {
             match self.state {
                 State::Done => return Ok(Decoded::End(None)),
                 State::Length(left) => {
-                    if buf.is_empty() {
+                    let Some((data, left)) = take_at_most(buf, left) else {
                         return Ok(Decoded::NeedMore);
-                    }
-                    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let left = left - take as u64;
+                    };
                     self.state = if left == 0 {
                         State::Done
                     } else {
                         State::Length(left)
                     };
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 State::UntilClose => {
                     if buf.is_empty() {
@@ -373,17 +371,15 @@ impl BodyDecoder {
                     };
                 }
                 State::ChunkData(left) => {
-                    if buf.is_empty() {
+                    let Some((data, left)) = take_at_most(buf, left) else {
                         return Ok(Decoded::NeedMore);
-                    }
-                    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let left = left - take as u64;
+                    };
                     self.state = if left == 0 {
                         State::ChunkEnd
                     } else {
                         State::ChunkData(left)
                     };
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 State::ChunkEnd => {
                     if buf.len() < 2 {
@@ -429,6 +425,16 @@ impl BodyDecoder {
             _ => Err(Malformed("the instance closed the connection mid-body")),
         }
     }
+}
+
+/// Up to `left` bytes from the front of `buf`, and how many are still to come; `None` while
+/// `buf` is empty.
+fn take_at_most(buf: &mut BytesMut, left: u64) -> Option<(Bytes, u64)> {
+    if buf.is_empty() {
+        return None;
+    }
+    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    Some((buf.split_to(take).freeze(), left - take as u64))
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {

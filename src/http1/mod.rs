@@ -465,6 +465,19 @@ impl Connection {
         Poll::Ready(Ok(()))
     }
 
+    /// Reads what the instance sent next onto the end of the read buffer; `Ok(0)` when it
+    /// closed the connection.
+    ///
+    /// Answers are cut out of the buffer and handed on as they are, so its front is often still
+    /// in use: keep reading into what is left, and only ask for a new buffer when little is (by
+    /// then the old one is usually free again and is reused whole).
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_buf.capacity() - self.read_buf.len() < MIN_READ_ROOM {
+            self.read_buf.reserve(READ_SIZE);
+        }
+        pin!(self.io.read_buf(&mut self.read_buf)).poll(cx)
+    }
+
     /// Reads until a whole response head is in, skipping interim responses. `received` notes
     /// whether any byte came, to tell a connection closed under the request from a failure.
     fn poll_head(
@@ -477,8 +490,7 @@ impl Connection {
             if let Some(head) = codec::parse_response_head(&mut self.read_buf, method)? {
                 return Poll::Ready(Ok(head));
             }
-            make_read_room(&mut self.read_buf);
-            match pin!(self.io.read_buf(&mut self.read_buf)).poll(cx) {
+            match self.poll_read_more(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) if !*received => return Poll::Ready(Err(Error::Closed)),
                 Poll::Ready(Ok(0)) => {
@@ -494,15 +506,6 @@ impl Connection {
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
             }
         }
-    }
-}
-
-/// Room to read into. Answers are cut out of the buffer and handed on as they are, so its
-/// front is often still in use: keep reading into what is left, and only ask for a new buffer
-/// when little is (by then the old one is usually free again and is reused whole).
-fn make_read_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < MIN_READ_ROOM {
-        buf.reserve(READ_SIZE);
     }
 }
 
@@ -617,8 +620,7 @@ where
                 Ok(Decoded::NeedMore) => {}
                 Err(error) => return self.fail(error.into()),
             }
-            make_read_room(&mut connection.read_buf);
-            match pin!(connection.io.read_buf(&mut connection.read_buf)).poll(cx) {
+            match connection.poll_read_more(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     if let Err(error) = self.decoder.on_close() {
