@@ -300,14 +300,21 @@ async fn workers_sets_the_number_of_serving_threads() {
     let blue = model_server(Model::Diabetes, "blue-1").await;
     let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&blue.url()])]));
     let served = Served::start_with(&["--workers", "3"], &file.path);
-    // Linux names threads after the first 15 bytes of `switchyard-worker-N`.
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", served.child.id())).expect("/proc");
-    let serving = tasks
-        .filter_map(Result::ok)
-        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
-        .filter(|name| name.trim() == "switchyard-work")
-        .count();
-    assert_eq!(serving, 3);
+    // Linux names threads after the first 15 bytes of `switchyard-worker-N`. A thread names
+    // itself once it runs, so a busy machine may show it unnamed for a moment.
+    let serving = || {
+        std::fs::read_dir(format!("/proc/{}/task", served.child.id()))
+            .expect("/proc")
+            .filter_map(Result::ok)
+            .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+            .filter(|name| name.trim() == "switchyard-work")
+            .count()
+    };
+    let started = std::time::Instant::now();
+    while serving() < 3 && started.elapsed() < PATIENCE {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(serving(), 3);
     // And they all answer on the one port.
     let client = client();
     for _ in 0..6 {
