@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -27,6 +28,8 @@ enum Then {
     KeepOpen,
     /// Close the connection without saying so in the answer.
     Close,
+    /// Wait this long for the next request, then close (an idle timeout).
+    IdleFor(Duration),
 }
 
 /// An instance speaking raw HTTP/1.1: for each request, `answer` gives the bytes to send back and
@@ -45,10 +48,23 @@ async fn instance(
             let answer = Arc::clone(&answer);
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
-                while let Some(request) = read_request(&mut stream, &mut buffer).await {
+                let mut idle = None;
+                loop {
+                    let next = read_request(&mut stream, &mut buffer);
+                    let request = match idle {
+                        Some(limit) => match tokio::time::timeout(limit, next).await {
+                            Ok(request) => request,
+                            Err(_) => return,
+                        },
+                        None => next.await,
+                    };
+                    let Some(request) = request else { return };
                     let (bytes, then) = answer(&request);
                     if stream.write_all(bytes.as_bytes()).await.is_err() || then == Then::Close {
                         return;
+                    }
+                    if let Then::IdleFor(limit) = then {
+                        idle = Some(limit);
                     }
                 }
             });
@@ -292,4 +308,64 @@ async fn serving_threads_share_the_port_and_reuse_their_upstream_connections() {
         "{opened} upstream connections for 80 requests"
     );
     gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_still_arriving_when_the_pooled_connection_idles_out_moves_to_a_new_one() {
+    // The instance closes a connection it has waited on for 100 ms. The second request takes
+    // the pooled connection, then its body arrives slowly: the instance closes meanwhile, having
+    // seen none of it.
+    let (url, accepted) = instance(|request| {
+        (
+            ok(&String::from_utf8_lossy(&request.body)),
+            Then::IdleFor(Duration::from_millis(100)),
+        )
+    })
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&url])]));
+    let gateway = gateway(&file.path).await;
+    let client = client();
+    assert_eq!(
+        post(&client, gateway.addr(), "first").await.0,
+        StatusCode::OK
+    );
+
+    let (mut body_tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    let request = Request::post(format!("http://{}/score", gateway.addr()))
+        .header("content-length", "10")
+        .body(body)
+        .expect("request");
+    let streaming_client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let response = tokio::spawn(streaming_client.request(request));
+    body_tx
+        .send_data(Bytes::from_static(b"hello"))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    body_tx
+        .send_data(Bytes::from_static(b"world"))
+        .await
+        .expect("send");
+    drop(body_tx);
+    let response = tokio::time::timeout(PATIENCE, response)
+        .await
+        .expect("an answer")
+        .expect("task")
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let echoed = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(
+        &echoed[..],
+        b"helloworld",
+        "the whole body reached the instance"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }

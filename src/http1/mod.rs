@@ -24,7 +24,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http_body::{Body, Frame, SizeHint};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -154,7 +154,8 @@ struct Pump<B> {
     encoded: bool,
     /// Every byte of the request is written.
     sent: bool,
-    /// Nothing was written before the request was complete, so the buffer holds all of it.
+    /// Nothing was written before the request was complete, so the write buffer holds all
+    /// that was taken from the body.
     whole: bool,
 }
 
@@ -205,8 +206,9 @@ impl Connector {
 /// response head. The body follows through the returned [`ResponseBody`].
 ///
 /// A pooled connection the instance closed in the meantime is replaced by a new one and the
-/// request sent again, but only when that cannot run it twice: the write itself failed, or the
-/// method is idempotent (RFC 9110, section 9.2.2).
+/// request moved there, but only when that cannot run it twice: no byte of it was written yet,
+/// the write itself failed with the whole request in one piece, or the whole request was sent
+/// and the method is idempotent (RFC 9110, section 9.2.2).
 pub(crate) async fn send<B>(
     pool: &Pool,
     connector: &Connector,
@@ -217,16 +219,12 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let (mut connection, reused) = match pool.checkout() {
+    // Boxed: connecting (TLS included) is rare and its state large; the request's state stays
+    // small without it.
+    let connect = || Box::pin(connector.connect(target));
+    let (mut connection, mut reused) = match pool.checkout() {
         Some(connection) => (connection, true),
-        // Boxed: connecting (TLS included) is rare and its state large; the request's state
-        // stays small without it.
-        None => (
-            Box::pin(connector.connect(target))
-                .await
-                .map_err(Error::Connect)?,
-            false,
-        ),
+        None => (connect().await.map_err(Error::Connect)?, false),
     };
     let framing = request_framing(&request.body, request.headers);
     connection.write_buf.clear();
@@ -241,47 +239,52 @@ where
         request.added,
         framing,
     );
-    let mut pump = Some(Pump::new(request.body, framing));
-    let mut received = false;
-    // Send the request and watch for the answer at the same time: an instance may answer
-    // before the request body is complete.
-    let exchanged = poll_fn(|cx| {
-        if let Some(sending) = pump.as_mut() {
-            match sending.poll(cx, &mut connection) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => {}
+    let mut pump = Pump::new(request.body, framing);
+    loop {
+        let mut received = false;
+        // Send the request and watch for the answer at the same time: an instance may answer
+        // before the request body is complete.
+        let exchanged = poll_fn(|cx| {
+            if let Poll::Ready(Err(error)) = pump.poll(cx, &mut connection) {
+                return Poll::Ready(Err(error));
             }
-        }
-        connection
-            .poll_head(cx, request.method, &mut received)
-            .map_err(WriteError::Read)
-    })
-    .await;
-    let whole = pump.as_ref().is_none_or(|sending| sending.whole);
-    match exchanged {
-        Ok(head) => {
+            connection
+                .poll_head(cx, request.method, &mut received)
+                .map_err(WriteError::Read)
+        })
+        .await;
+        let error = match exchanged {
             // The body is fully sent only if the pump finished; otherwise it goes on.
-            let pump = pump.filter(|sending| !sending.sent).map(Box::new);
-            return Ok(respond(pool, connection, head, pump));
+            Ok(head) => {
+                let pump = (!pump.sent).then(|| Box::new(pump));
+                return Ok(respond(pool, connection, head, pump));
+            }
+            Err(error) => error,
+        };
+        let movable = reused
+            && pump.whole
+            && match &error {
+                WriteError::Read(Error::Closed) => {
+                    connection.written == 0 || (pump.sent && is_idempotent(request.method))
+                }
+                WriteError::Io(_) => true,
+                WriteError::Body(_) | WriteError::Read(_) => false,
+            };
+        if !movable {
+            return Err(match error {
+                WriteError::Io(error) => Error::Io(error),
+                WriteError::Read(error) => error,
+                WriteError::Body(error) => Error::RequestBody(error),
+            });
         }
-        // A closed connection might have run the request: replay only idempotent ones.
-        Err(WriteError::Read(Error::Closed))
-            if reused && whole && is_idempotent(request.method) => {}
-        // The write failed, so the instance never had the whole request.
-        Err(WriteError::Io(_)) if reused && whole && pump.as_ref().is_some_and(|p| p.encoded) => {}
-        Err(WriteError::Io(error)) => return Err(Error::Io(error)),
-        Err(WriteError::Read(error)) => return Err(error),
-        Err(WriteError::Body(error)) => return Err(Error::RequestBody(error)),
+        // What the buffer holds is all that was taken from the body: the new connection
+        // starts from it, and the pump carries on from where it was.
+        let mut fresh = connect().await?;
+        std::mem::swap(&mut fresh.write_buf, &mut connection.write_buf);
+        pump.sent = false;
+        connection = fresh;
+        reused = false;
     }
-    // The instance closed the pooled connection; the whole request is still in the buffer.
-    let mut fresh = Box::pin(connector.connect(target)).await?;
-    std::mem::swap(&mut fresh.write_buf, &mut connection.write_buf);
-    fresh.io.write_all(&fresh.write_buf).await?;
-    fresh.io.flush().await?;
-    let mut received = false;
-    let head = poll_fn(|cx| fresh.poll_head(cx, request.method, &mut received)).await?;
-    Ok(respond(pool, fresh, head, None))
 }
 
 /// The response body that follows `head` on `connection`.
