@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -118,15 +118,8 @@ async fn post(
     let request = Request::post(format!("http://{gateway}/score"))
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("request");
-    let response = client.request(request).await.expect("answer");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, body)
+    let answer = read(client.request(request).await.expect("answer")).await;
+    (answer.status, answer.body)
 }
 
 #[tokio::test]
@@ -214,20 +207,16 @@ async fn answers_without_a_body_do_not_wait_for_one() {
             .uri(format!("http://{}/score", gateway.addr()))
             .body(Full::new(Bytes::new()))
             .expect("request");
-        let response = tokio::time::timeout(PATIENCE, async {
-            let response = client.request(request).await.expect("answer");
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
-            (status, body)
+        let answer = tokio::time::timeout(PATIENCE, async {
+            read(client.request(request).await.expect("answer")).await
         })
         .await
         .expect("no body is waited for");
-        assert_eq!(response, (status, Bytes::new()), "{method}");
+        assert_eq!(
+            (answer.status, answer.body),
+            (status, Bytes::new()),
+            "{method}"
+        );
     }
     assert_eq!(
         accepted.load(Ordering::SeqCst),
@@ -355,15 +344,10 @@ async fn a_body_still_arriving_when_the_pooled_connection_idles_out_moves_to_a_n
         .expect("an answer")
         .expect("task")
         .expect("response");
-    assert_eq!(response.status(), StatusCode::OK);
-    let echoed = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let answer = read(response).await;
+    assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(
-        &echoed[..],
+        &answer.body[..],
         b"helloworld",
         "the whole body reached the instance"
     );
