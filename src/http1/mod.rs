@@ -515,7 +515,7 @@ impl Connection {
 // === impl Pool ===
 
 impl Pool {
-    /// A pool keeping at most `max_idle` idle connections.
+    /// A pool keeping at most `max_idle` idle connections on each serving thread's stack.
     pub(crate) fn new(max_idle: usize) -> Self {
         Pool {
             shards: (0..POOL_SHARDS)
