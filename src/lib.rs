@@ -77,8 +77,8 @@ pub struct GatewayOptions {
     pub resolver: Arc<dyn upstream::resolve::Resolve>,
     /// How often instance host names are resolved again.
     pub resolve_interval: Duration,
-    /// Serve on this many threads of their own, each with its own listening socket on the same
-    /// port (see [`workers`]). `None` serves on the caller's runtime.
+    /// Serve on this many threads of their own, new connections going to the least loaded
+    /// (see [`workers`]). `None` serves on the caller's runtime.
     pub workers: Option<usize>,
 }
 
@@ -133,6 +133,9 @@ pub enum StartError {
     /// The TLS certificate or key is unusable.
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
+    /// The serving threads could not be started.
+    #[error("cannot start the serving threads: {0} (try fewer with --workers)")]
+    Threads(std::io::Error),
 }
 
 /// A running gateway.
@@ -168,7 +171,7 @@ impl Gateway {
             }
             None => (None, None),
         };
-        let (listeners, addr) = bind(options.listen, options.workers).await?;
+        let (listener, addr) = bind_one(options.listen).await?;
         let admin_listener = match options.admin_listen {
             Some(admin_listen) => Some(bind_one(admin_listen).await?),
             None => None,
@@ -192,12 +195,17 @@ impl Gateway {
             drain: options.drain_timeout,
             tls: acceptor,
             connection_slots: Arc::new(Semaphore::new(options.max_connections)),
+            open_connections: None,
         };
-        let serving = match listeners {
-            Listeners::Here(listener) => {
+        let serving = match options.workers {
+            None => {
                 let (stop, stopped) = oneshot::channel();
                 let stopped = async {
                     let _ = stopped.await;
+                };
+                let serve_options = server::ServeOptions {
+                    open_connections: Some(metrics.client_connections(0)),
+                    ..serve_options
                 };
                 let task = tokio::spawn(server::serve(listener, handler, stopped, serve_options));
                 Serving::Task {
@@ -205,17 +213,22 @@ impl Gateway {
                     task,
                 }
             }
-            Listeners::Threads(listeners) => {
-                let serve = move |listener, stop: workers::StopSignal| {
-                    server::serve(
-                        listener,
+            Some(threads) => {
+                let listener =
+                    server::Listener::new(listener, Arc::clone(&serve_options.connection_slots));
+                let gauges = (0..threads.max(1))
+                    .map(|index| metrics.client_connections(index))
+                    .collect();
+                let serve = move |connections, stop: workers::StopSignal| {
+                    server::serve_connections(
+                        connections,
                         handler.clone(),
                         stop.stopped(),
                         serve_options.clone(),
                     )
                 };
-                let workers = workers::Workers::spawn(listeners, serve)
-                    .map_err(|source| StartError::Bind { addr, source })?;
+                let workers = workers::Workers::spawn(listener, gauges, serve)
+                    .map_err(StartError::Threads)?;
                 Serving::Threads(Some(workers))
             }
         };
@@ -334,14 +347,6 @@ impl Drop for Gateway {
     }
 }
 
-/// Where the gateway accepts connections.
-enum Listeners {
-    /// One listener served on the caller's runtime.
-    Here(TcpListener),
-    /// One listener per serving thread, all on the same port.
-    Threads(Vec<std::net::TcpListener>),
-}
-
 /// How the gateway serves, and how to stop it.
 #[derive(Debug)]
 enum Serving {
@@ -352,24 +357,6 @@ enum Serving {
     },
     /// Threads of their own; `None` once stopped.
     Threads(Option<workers::Workers>),
-}
-
-async fn bind(
-    addr: SocketAddr,
-    threads: Option<usize>,
-) -> Result<(Listeners, SocketAddr), StartError> {
-    let bind_error = |source| StartError::Bind { addr, source };
-    match threads {
-        None => {
-            let (listener, local) = bind_one(addr).await?;
-            Ok((Listeners::Here(listener), local))
-        }
-        Some(count) => {
-            let listeners = workers::bind(addr, count).map_err(bind_error)?;
-            let local = listeners[0].local_addr().map_err(bind_error)?;
-            Ok((Listeners::Threads(listeners), local))
-        }
-    }
 }
 
 async fn bind_one(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {

@@ -36,6 +36,8 @@ pub mod names {
     pub const CONFIG_APPLIED_TIME: &str = "switchyard_config_last_applied_timestamp_seconds";
     /// 1 while the file on disk is rejected and an older config serves, else 0.
     pub const CONFIG_REJECTED: &str = "switchyard_config_last_reload_rejected";
+    /// Open client connections, by serving thread.
+    pub const CLIENT_CONNECTIONS: &str = "switchyard_client_connections";
 }
 
 /// Label value for requests that never reached a deployment.
@@ -94,6 +96,7 @@ pub struct Metrics {
     reloads_unchanged: IntCounter,
     applied_time: Gauge,
     rejected: IntGauge,
+    client_connections: IntGaugeVec,
 }
 
 /// Requests a deployment answered, for status displays.
@@ -200,6 +203,14 @@ impl Metrics {
             "Unix time of the last applied config.",
         )
         .expect("valid metric");
+        let client_connections = IntGaugeVec::new(
+            Opts::new(
+                names::CLIENT_CONNECTIONS,
+                "Open client connections, by serving thread.",
+            ),
+            &["worker"],
+        )
+        .expect("valid metric");
         let rejected = IntGauge::new(
             names::CONFIG_REJECTED,
             "1 while the file on disk is rejected and an older config serves.",
@@ -218,6 +229,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(applied_time.clone()),
             Box::new(rejected.clone()),
+            Box::new(client_connections.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry
@@ -240,7 +252,14 @@ impl Metrics {
             reloads_unchanged: reloads.with_label_values(&["unchanged"]),
             applied_time,
             rejected,
+            client_connections,
         }
+    }
+
+    /// The open-connections gauge of serving thread `worker`.
+    pub fn client_connections(&self, worker: usize) -> IntGauge {
+        self.client_connections
+            .with_label_values(&[worker.to_string().as_str()])
     }
 
     /// The handles for one deployment's per-request metrics.

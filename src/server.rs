@@ -1,5 +1,6 @@
-//! The accept loop shared by the gateway and the demo model server: HTTP/1.1 and HTTP/2 on one
-//! listener, accept errors that back off instead of exiting, and a graceful drain on shutdown.
+//! The serve loop shared by the gateway and the demo model server: HTTP/1.1 and HTTP/2 on one
+//! listener, a cap on open connections, accept errors that back off instead of exiting, and a
+//! graceful drain on shutdown.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -14,8 +15,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use prometheus::IntGauge;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// How long a client may take to send a request head before its connection is closed.
@@ -37,6 +39,8 @@ pub struct ServeOptions {
     /// One slot per client connection allowed at once; past it, new ones wait in the backlog.
     /// Clones share the slots, so listeners on several threads keep one limit.
     pub connection_slots: Arc<Semaphore>,
+    /// Counts the listener's open client connections, if set.
+    pub open_connections: Option<IntGauge>,
 }
 
 impl ServeOptions {
@@ -46,6 +50,7 @@ impl ServeOptions {
             drain,
             tls: None,
             connection_slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
+            open_connections: None,
         }
     }
 }
@@ -98,6 +103,27 @@ pub async fn serve<F, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let listener = Listener::new(listener, Arc::clone(&options.connection_slots));
+    let connections = OwnListener {
+        listener,
+        open: options.open_connections.clone(),
+    };
+    serve_connections(connections, handler, shutdown, options).await
+}
+
+/// Serves the connections `connections` yields, as [`serve`] does those of a listener.
+pub(crate) async fn serve_connections<F, Fut, B>(
+    mut connections: impl Connections,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
+) where
+    F: Fn(Request<Incoming>, Connection) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -110,35 +136,8 @@ pub async fn serve<F, Fut, B>(
         .max_header_list_size(MAX_HEADER_BYTES as u32);
 
     let graceful = GracefulShutdown::new();
-    let connections = Arc::clone(&options.connection_slots);
-    let mut accept_backoff = AcceptBackoff::default();
-    tokio::pin!(shutdown);
-    loop {
-        // Past the connection cap, stop accepting: new clients wait in the kernel's backlog.
-        let slot = tokio::select! {
-            slot = Arc::clone(&connections).acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => {
-                    accept_backoff.reset();
-                    accepted
-                }
-                Err(error) => {
-                    // Usually out of file descriptors: wait for some to free up rather than
-                    // spin or exit.
-                    let pause = accept_backoff.next();
-                    tracing::warn!(%error, ?pause, "accept failed");
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    let start = |accepted: Accepted| {
+        let Accepted { stream, peer, slot } = accepted;
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
         }
@@ -184,15 +183,136 @@ pub async fn serve<F, Fut, B>(
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
         });
+    };
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = connections.next() => match accepted {
+                Some(accepted) => start(accepted),
+                None => break,
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    // Connections already taken in are served like the others: their clients get an answer and
+    // a `connection: close`, not a reset.
+    for accepted in connections.stop() {
+        start(accepted);
     }
 
-    drop(listener);
     let drain = options.drain;
     tokio::select! {
         () = graceful.shutdown() => tracing::debug!("all connections drained"),
         () = tokio::time::sleep(drain) => {
             tracing::warn!(?drain, "drain deadline passed; closing the remaining connections");
         }
+    }
+}
+
+/// A client connection to serve, holding its connection slot.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) slot: Slot,
+}
+
+/// Where a serve loop gets its client connections.
+pub(crate) trait Connections {
+    /// The next connection; `None` when no more will come.
+    fn next(&mut self) -> impl Future<Output = Option<Accepted>>;
+
+    /// Takes no more connections; returns those already taken in but not yet served.
+    fn stop(self) -> Vec<Accepted>;
+}
+
+/// One client connection's share of the connection cap, and its place in an open-connections
+/// gauge; both are given back when the connection ends.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Option<IntGauge>,
+}
+
+impl Slot {
+    pub(crate) fn new(permit: OwnedSemaphorePermit, open: Option<IntGauge>) -> Self {
+        if let Some(open) = &open {
+            open.inc();
+        }
+        Slot {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(open) = &self.open {
+            open.dec();
+        }
+    }
+}
+
+/// A listening socket that accepts only while a connection slot is free.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    backoff: AcceptBackoff,
+}
+
+impl Listener {
+    pub(crate) fn new(listener: TcpListener, slots: Arc<Semaphore>) -> Self {
+        Listener {
+            listener,
+            slots,
+            backoff: AcceptBackoff::default(),
+        }
+    }
+
+    /// The next client connection and its slot; `None` once the slots are closed. Past the
+    /// connection cap it waits for a slot without accepting, so new clients wait in the
+    /// kernel's backlog. Cancel-safe.
+    pub(crate) async fn accept(&mut self) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+        let permit = Arc::clone(&self.slots).acquire_owned().await.ok()?;
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => {
+                    self.backoff.reset();
+                    return Some((stream, peer, permit));
+                }
+                Err(error) => {
+                    // Usually out of file descriptors: wait for some to free up rather than
+                    // spin or exit.
+                    let pause = self.backoff.next();
+                    tracing::warn!(%error, ?pause, "accept failed");
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
+
+/// A listener served by the loop that accepts from it.
+struct OwnListener {
+    listener: Listener,
+    open: Option<IntGauge>,
+}
+
+impl Connections for OwnListener {
+    async fn next(&mut self) -> Option<Accepted> {
+        let (stream, peer, permit) = self.listener.accept().await?;
+        Some(Accepted {
+            stream,
+            peer,
+            slot: Slot::new(permit, self.open.clone()),
+        })
+    }
+
+    fn stop(self) -> Vec<Accepted> {
+        Vec::new()
     }
 }
 
