@@ -15,11 +15,6 @@ use switchyard::ops;
 use switchyard::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Gateway, GatewayOptions};
 use tracing_subscriber::EnvFilter;
 
-// glibc's allocator spent about a tenth of the proxy's CPU time per request (many small,
-// short-lived allocations crossing threads); mimalloc's per-thread free lists cost less.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A gateway for rolling out new versions of ML models: weighted traffic split between
 /// deployments, header pins, and hot reload of a declarative endpoint file.
 #[derive(Debug, Parser)]
