@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Question: on this machine, with the same upstream, the same load and the same 90/10 split, how
-# do Switchyard's throughput and latency compare with nginx and HAProxy? And how much memory
-# does Switchyard hold per idle keep-alive connection?
+# do Switchyard's throughput and latency compare with nginx and HAProxy? How much memory does
+# Switchyard hold per idle keep-alive connection? And does a request fail while the endpoint
+# file is rewritten under full load (the full-scale run of tests/reload_under_load.rs)?
 #
 # Everything runs on loopback ports picked at run time. Rounds alternate between contestants, so
 # drift in the machine's speed hits all of them alike; the table reports medians and ratios.
@@ -9,8 +10,8 @@
 #
 #   bash benches/compare.sh                      # 5 rounds of 10 s per contestant
 #   ROUNDS=3 DURATION=5 bash benches/compare.sh  # quicker
-#   CONTESTANTS=switchyard ROUNDS=1 DURATION=8 IDLE_CONNECTIONS=0 bash benches/compare.sh
-#                                                # one contestant, e.g. while optimising
+#   CONTESTANTS=switchyard ROUNDS=1 DURATION=8 IDLE_CONNECTIONS=0 RELOAD_REWRITES=0 \
+#     bash benches/compare.sh                    # one contestant, e.g. while optimising
 #
 # Needs Debian's nginx, haproxy and wrk (it installs nothing itself):
 #   apt-get install nginx haproxy wrk
@@ -21,6 +22,7 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 WORKERS=${WORKERS:-2}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+RELOAD_REWRITES=${RELOAD_REWRITES:-200}
 
 cd "$(dirname "$0")/.."
 
@@ -206,7 +208,7 @@ EOF
 
 # Memory: resident size of the gateway before and after IDLE_CONNECTIONS keep-alive clients
 # have each sent one request and then gone quiet.
-[ "$IDLE_CONNECTIONS" -gt 0 ] || exit 0
+if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
 ulimit -n $((IDLE_CONNECTIONS * 2 + 1024)) 2>/dev/null || true
 python3 - "$SWITCH" "$SWITCHYARD_PID" "$IDLE_CONNECTIONS" "$BODY" <<'EOF'
 import asyncio, sys
@@ -236,3 +238,13 @@ async def main():
         writer.close()
 asyncio.run(main())
 EOF
+fi
+
+# Reload under load: the endpoint file rewritten RELOAD_REWRITES times while clients send back to
+# back; the test fails on any failed request and prints the delay from write to new split.
+if [ "$RELOAD_REWRITES" -gt 0 ]; then
+  echo
+  echo "reload under load: $RELOAD_REWRITES rewrites"
+  SWITCHYARD_RELOAD_REWRITES=$RELOAD_REWRITES cargo test --release --quiet \
+    --test reload_under_load -- --nocapture 2>&1 | grep -E "rewrites under load|test result|panicked"
+fi
