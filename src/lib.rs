@@ -77,8 +77,9 @@ pub struct GatewayOptions {
     pub resolver: Arc<dyn upstream::resolve::Resolve>,
     /// How often instance host names are resolved again.
     pub resolve_interval: Duration,
-    /// Serve on this many threads of their own, new connections going to the least loaded
-    /// (see [`workers`]). `None` serves on the caller's runtime.
+    /// Serve on this many threads of their own, each with its own listening socket on the same
+    /// port, connections evened out between them (see [`workers`]). `None` serves on the
+    /// caller's runtime.
     pub workers: Option<usize>,
 }
 
@@ -171,7 +172,7 @@ impl Gateway {
             }
             None => (None, None),
         };
-        let (listener, addr) = bind_one(options.listen).await?;
+        let (listeners, addr) = bind(options.listen, options.workers).await?;
         let admin_listener = match options.admin_listen {
             Some(admin_listen) => Some(bind_one(admin_listen).await?),
             None => None,
@@ -197,8 +198,8 @@ impl Gateway {
             connection_slots: Arc::new(Semaphore::new(options.max_connections)),
             open_connections: None,
         };
-        let serving = match options.workers {
-            None => {
+        let serving = match listeners {
+            Listeners::Here(listener) => {
                 let (stop, stopped) = oneshot::channel();
                 let stopped = async {
                     let _ = stopped.await;
@@ -213,10 +214,9 @@ impl Gateway {
                     task,
                 }
             }
-            Some(threads) => {
-                let listener =
-                    server::Listener::new(listener, Arc::clone(&serve_options.connection_slots));
-                let gauges = (0..threads.max(1))
+            Listeners::Threads(listeners) => {
+                let slots = Arc::clone(&serve_options.connection_slots);
+                let gauges = (0..listeners.len())
                     .map(|index| metrics.client_connections(index))
                     .collect();
                 let serve = move |connections, stop: workers::StopSignal| {
@@ -227,7 +227,7 @@ impl Gateway {
                         serve_options.clone(),
                     )
                 };
-                let workers = workers::Workers::spawn(listener, gauges, serve)
+                let workers = workers::Workers::spawn(listeners, slots, gauges, serve)
                     .map_err(StartError::Threads)?;
                 Serving::Threads(Some(workers))
             }
@@ -347,6 +347,14 @@ impl Drop for Gateway {
     }
 }
 
+/// Where the gateway accepts connections.
+enum Listeners {
+    /// One listener served on the caller's runtime.
+    Here(TcpListener),
+    /// One listener per serving thread, all on the same port.
+    Threads(Vec<std::net::TcpListener>),
+}
+
 /// How the gateway serves, and how to stop it.
 #[derive(Debug)]
 enum Serving {
@@ -357,6 +365,24 @@ enum Serving {
     },
     /// Threads of their own; `None` once stopped.
     Threads(Option<workers::Workers>),
+}
+
+async fn bind(
+    addr: SocketAddr,
+    threads: Option<usize>,
+) -> Result<(Listeners, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    match threads {
+        None => {
+            let (listener, local) = bind_one(addr).await?;
+            Ok((Listeners::Here(listener), local))
+        }
+        Some(count) => {
+            let listeners = workers::bind(addr, count).map_err(bind_error)?;
+            let local = listeners[0].local_addr().map_err(bind_error)?;
+            Ok((Listeners::Threads(listeners), local))
+        }
+    }
 }
 
 async fn bind_one(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {

@@ -23,8 +23,8 @@ struct Cli {
     /// Log format on stderr: `text` or `json` (one JSON object per line).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Threads serving requests; each new connection goes to the one with the fewest open
-    /// (default: one per CPU core).
+    /// Threads serving requests, each with its own listening socket on the port; a new
+    /// connection goes to one with the fewest open (default: one per CPU core).
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
     #[command(subcommand)]

@@ -245,6 +245,14 @@ impl Slot {
             open,
         }
     }
+
+    /// Moves the connection to another gauge.
+    pub(crate) fn count_in(&mut self, open: IntGauge) {
+        open.inc();
+        if let Some(previous) = self.open.replace(open) {
+            previous.dec();
+        }
+    }
 }
 
 impl Drop for Slot {
@@ -291,6 +299,17 @@ impl Listener {
                     tokio::time::sleep(pause).await;
                 }
             }
+        }
+    }
+}
+
+/// Registers a socket handed over from another thread with this thread's event loop.
+pub(crate) fn register(stream: std::net::TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+    match TcpStream::from_std(stream) {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            tracing::debug!(%error, %peer, "cannot register a connection");
+            None
         }
     }
 }

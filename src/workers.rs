@@ -1,23 +1,30 @@
 //! Serving threads, one per core.
 //!
-//! Each thread runs a single-threaded runtime. One acceptor, on the caller's runtime, takes
-//! new connections off the listening socket and hands each to the thread with the fewest open
-//! connections, so the threads carry even loads (the kernel's `SO_REUSEPORT` hashing leaves one
-//! thread with noticeably more connections than another as often as not). Everything a request
-//! does (reading it, forwarding it over a pooled upstream connection, answering) then stays on
-//! that thread: no work stealing and no wake-ups across threads on the request path. The admin
-//! API, the config watcher and readiness probes run on the caller's runtime.
+//! Each thread runs a single-threaded runtime with its own listening socket on the gateway's
+//! port (`SO_REUSEPORT`): the kernel spreads new connections over the sockets, and accepting
+//! needs no other thread. The kernel's spread is a hash, though, and a burst of keep-alive
+//! clients often lands a few more connections on one thread than on another, which then sets
+//! the pace for all. So a thread that accepts a connection while it serves more than the least
+//! loaded thread hands the connection over to that one instead. Everything a request does
+//! (reading it, forwarding it over a pooled upstream connection, answering) then stays on the
+//! thread that serves its connection: no work stealing and no wake-ups across threads on the
+//! request path. The admin API, the config watcher and readiness probes run on the caller's
+//! runtime.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use prometheus::IntGauge;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use socket2::{Domain, Socket, Type};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use crate::server::{Accepted, Connections, Listener, Slot};
+use crate::server::{self, Accepted, Connections, Listener, Slot};
+
+/// How many connections may wait in each listening socket's accept queue.
+const BACKLOG: i32 = 1024;
 
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
@@ -28,165 +35,201 @@ pub(crate) fn current() -> usize {
     INDEX.get()
 }
 
-/// A connection on its way from the acceptor to a serving thread. The socket travels
-/// unregistered: it joins the event loop of the thread that serves it.
+/// Binds `count` listening sockets to one address; with port 0, the port the first one got.
+pub(crate) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        let listener = std::net::TcpListener::from(socket);
+        // The others join the port the first one was given.
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// A connection on its way to the thread that serves it. The socket travels unregistered: it
+/// joins that thread's event loop.
 type Handoff = (std::net::TcpStream, SocketAddr, Slot);
 
-/// Serving threads and their acceptor, stopped together.
+/// A serving thread as the others see it: where to hand it a connection, and how many it has.
+#[derive(Debug)]
+struct Peer {
+    inbox: mpsc::UnboundedSender<Handoff>,
+    open: IntGauge,
+}
+
+/// Serving threads, stopped together.
 #[derive(Debug)]
 pub(crate) struct Workers {
     stop: watch::Sender<bool>,
-    acceptor: JoinHandle<()>,
     finished: Vec<oneshot::Receiver<()>>,
 }
 
 impl Workers {
-    /// Starts one thread per gauge, each running `serve(connections, stopped)` on its own
-    /// runtime, and an acceptor task on the caller's runtime that deals `listener`'s connections
-    /// out to them. A thread's gauge counts its open connections. `stopped` resolves when
-    /// [`Workers::stop`] is called or the `Workers` is dropped.
+    /// Starts a thread per listener, each running `serve(connections, stopped)` on its own
+    /// runtime, where `connections` are those it accepts and those the others hand it. Thread
+    /// `i` counts its open connections in `gauges[i]`. Accepting takes one of `slots`.
+    /// `stopped` resolves when [`Workers::stop`] is called or the `Workers` is dropped.
     pub(crate) fn spawn<F, Fut>(
-        listener: Listener,
+        listeners: Vec<std::net::TcpListener>,
+        slots: Arc<Semaphore>,
         gauges: Vec<IntGauge>,
         serve: F,
     ) -> io::Result<Workers>
     where
-        F: Fn(Handoffs, StopSignal) -> Fut + Clone + Send + 'static,
+        F: Fn(ThreadConnections, StopSignal) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + 'static,
     {
         let (stop, stopped) = watch::channel(false);
-        let mut finished = Vec::with_capacity(gauges.len());
-        let mut queues = Vec::with_capacity(gauges.len());
-        for (index, gauge) in gauges.into_iter().enumerate() {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            listeners.iter().map(|_| mpsc::unbounded_channel()).unzip();
+        let peers: Arc<[Peer]> = senders
+            .into_iter()
+            .zip(gauges)
+            .map(|(inbox, open)| Peer { inbox, open })
+            .collect();
+        let mut finished = Vec::with_capacity(listeners.len());
+        for (index, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let serve = serve.clone();
             let stopped = StopSignal(stopped.clone());
-            let (sender, receiver) = mpsc::unbounded_channel();
+            let slots = Arc::clone(&slots);
+            let peers = Arc::clone(&peers);
             let (done, finish) = oneshot::channel::<()>();
             std::thread::Builder::new()
                 .name(format!("switchyard-worker-{index}"))
                 .spawn(move || {
                     INDEX.set(index);
-                    runtime.block_on(serve(Handoffs { receiver }, stopped));
+                    runtime.block_on(async move {
+                        // The listener joins this thread's event loop.
+                        match tokio::net::TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                let connections = ThreadConnections {
+                                    index,
+                                    listener: Listener::new(listener, slots),
+                                    inbox,
+                                    peers,
+                                    next: 0,
+                                };
+                                serve(connections, stopped).await;
+                            }
+                            Err(error) => tracing::error!(%error, "worker cannot listen"),
+                        }
+                    });
                     drop(done);
                 })?;
             finished.push(finish);
-            queues.push(Queue { sender, gauge });
         }
-        let acceptor = tokio::spawn(accept(listener, queues, StopSignal(stopped)));
-        Ok(Workers {
-            stop,
-            acceptor,
-            finished,
-        })
+        Ok(Workers { stop, finished })
     }
 
-    /// Stops accepting, tells every thread to drain, and waits until all have finished.
-    pub(crate) async fn stop(mut self) {
+    /// Tells every thread to stop accepting and drain, and waits until all have finished.
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = (&mut self.acceptor).await;
-        for finished in std::mem::take(&mut self.finished) {
+        for finished in self.finished {
             let _ = finished.await;
         }
     }
 }
 
-impl Drop for Workers {
-    fn drop(&mut self) {
-        // The threads stop when the stop sender goes; the acceptor is the caller's task.
-        self.acceptor.abort();
-    }
-}
-
-/// A serving thread's inbox, and its count of open connections.
-struct Queue {
-    sender: mpsc::UnboundedSender<Handoff>,
-    gauge: IntGauge,
-}
-
-/// Takes connections off `listener` and hands each to the least loaded thread until `stop`.
-async fn accept(mut listener: Listener, queues: Vec<Queue>, stop: StopSignal) {
-    let stopped = stop.stopped();
-    tokio::pin!(stopped);
-    let mut next = 0;
-    loop {
-        let (stream, peer, permit) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Some(accepted) => accepted,
-                None => break,
-            },
-            () = &mut stopped => break,
-        };
-        let chosen = least_loaded(&queues, next);
-        next = (chosen + 1) % queues.len();
-        let queue = &queues[chosen];
-        // Leaves this runtime's event loop; the serving thread registers it with its own.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::debug!(%error, %peer, "cannot hand over a connection");
-                continue;
-            }
-        };
-        let slot = Slot::new(permit, Some(queue.gauge.clone()));
-        if queue.sender.send((stream, peer, slot)).is_err() {
-            // The thread has stopped: so are the others.
-            break;
-        }
-    }
-}
-
-/// The queue with the fewest open connections.
-fn least_loaded(queues: &[Queue], start: usize) -> usize {
-    pick_least(queues.len(), start, |index| queues[index].gauge.get())
-}
-
-/// The index in `0..count` with the least `load`; among equals, the first from `start` on, so
-/// equal loads are served in turn.
-fn pick_least(count: usize, start: usize, load: impl Fn(usize) -> i64) -> usize {
-    (0..count)
-        .map(|offset| (start + offset) % count)
-        .min_by_key(|&index| load(index))
-        .unwrap_or(0)
-}
-
-/// The connections handed to one serving thread.
+/// The connections one serving thread serves: those it accepts and keeps, and those the others
+/// hand it.
 #[derive(Debug)]
-pub(crate) struct Handoffs {
-    receiver: mpsc::UnboundedReceiver<Handoff>,
+pub(crate) struct ThreadConnections {
+    index: usize,
+    listener: Listener,
+    inbox: mpsc::UnboundedReceiver<Handoff>,
+    peers: Arc<[Peer]>,
+    /// Where the search for the least loaded thread starts, so equals take turns.
+    next: usize,
 }
 
-impl Handoffs {
-    fn register((stream, peer, slot): Handoff) -> Option<Accepted> {
-        match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => Some(Accepted { stream, peer, slot }),
-            Err(error) => {
-                tracing::debug!(%error, %peer, "cannot take over a connection");
-                None
-            }
-        }
+impl ThreadConnections {
+    /// The thread that should serve a new connection: this one while no thread has fewer open
+    /// connections, else the least loaded.
+    fn place(&mut self) -> usize {
+        let loads: Vec<i64> = self.peers.iter().map(|peer| peer.open.get()).collect();
+        let chosen = place(&loads, self.index, self.next);
+        self.next = (chosen + 1) % loads.len();
+        chosen
+    }
+
+    fn take_over((stream, peer, slot): Handoff) -> Option<Accepted> {
+        let stream = server::register(stream, peer)?;
+        Some(Accepted { stream, peer, slot })
     }
 }
 
-impl Connections for Handoffs {
+impl Connections for ThreadConnections {
     async fn next(&mut self) -> Option<Accepted> {
         loop {
-            let handoff = self.receiver.recv().await?;
-            if let Some(accepted) = Handoffs::register(handoff) {
-                return Some(accepted);
+            let (stream, peer, permit) = tokio::select! {
+                biased;
+                handoff = self.inbox.recv() => {
+                    // This thread holds a sender to its own inbox, so it never closes here.
+                    if let Some(accepted) = handoff.and_then(ThreadConnections::take_over) {
+                        return Some(accepted);
+                    }
+                    continue;
+                }
+                accepted = self.listener.accept() => accepted?,
+            };
+            let chosen = self.place();
+            let slot = Slot::new(permit, Some(self.peers[chosen].open.clone()));
+            if chosen == self.index {
+                return Some(Accepted { stream, peer, slot });
+            }
+            // Leaves this thread's event loop; the chosen thread registers it with its own.
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, %peer, "cannot hand over a connection");
+                    continue;
+                }
+            };
+            if let Err(mpsc::error::SendError(handoff)) =
+                self.peers[chosen].inbox.send((stream, peer, slot))
+            {
+                // That thread has stopped: serve the connection here after all.
+                let (stream, peer, mut slot) = handoff;
+                slot.count_in(self.peers[self.index].open.clone());
+                if let Some(accepted) = ThreadConnections::take_over((stream, peer, slot)) {
+                    return Some(accepted);
+                }
             }
         }
     }
 
     fn stop(mut self) -> Vec<Accepted> {
-        self.receiver.close();
+        self.inbox.close();
         let mut rest = Vec::new();
-        while let Ok(handoff) = self.receiver.try_recv() {
-            rest.extend(Handoffs::register(handoff));
+        while let Ok(handoff) = self.inbox.try_recv() {
+            rest.extend(ThreadConnections::take_over(handoff));
         }
         rest
+    }
+}
+
+/// Which thread serves a connection `own` accepted, given each thread's open connections: `own`
+/// while none has fewer, else the least loaded, equals taken in turn from `start` on.
+fn place(loads: &[i64], own: usize, start: usize) -> usize {
+    let least = (0..loads.len())
+        .map(|offset| (start + offset) % loads.len())
+        .min_by_key(|&index| loads[index])
+        .unwrap_or(own);
+    if loads[own] <= loads[least] {
+        own
+    } else {
+        least
     }
 }
 
@@ -203,25 +246,25 @@ impl StopSignal {
 
 #[cfg(test)]
 mod tests {
-    use super::pick_least;
+    use super::place;
 
-    fn pick(loads: &[i64], start: usize) -> usize {
-        pick_least(loads.len(), start, |index| loads[index])
+    #[test]
+    fn a_thread_keeps_what_it_accepts_while_none_has_fewer() {
+        assert_eq!(place(&[2, 2], 0, 1), 0);
+        assert_eq!(place(&[1, 2], 0, 1), 0);
+        assert_eq!(place(&[1, 1, 1], 2, 0), 2);
     }
 
     #[test]
-    fn the_thread_with_fewest_connections_gets_the_next() {
-        assert_eq!(pick(&[3, 1, 2], 0), 1);
-        assert_eq!(pick(&[3, 1, 2], 2), 1);
+    fn a_busier_thread_hands_over_to_the_least_loaded() {
+        assert_eq!(place(&[3, 1, 2], 0, 0), 1);
+        assert_eq!(place(&[3, 2, 1], 1, 0), 2);
     }
 
     #[test]
-    fn equal_loads_take_turns_from_the_start() {
-        assert_eq!(pick(&[2, 2, 2], 0), 0);
-        assert_eq!(pick(&[2, 2, 2], 1), 1);
-        assert_eq!(pick(&[2, 2, 2], 2), 2);
-        // Only the least loaded take turns.
-        assert_eq!(pick(&[1, 2, 1], 1), 2);
-        assert_eq!(pick(&[1, 2, 1], 0), 0);
+    fn equally_least_loaded_threads_take_turns() {
+        assert_eq!(place(&[2, 1, 1], 0, 0), 1);
+        assert_eq!(place(&[2, 1, 1], 0, 2), 2);
+        assert_eq!(place(&[2, 1, 1], 0, 0), 1);
     }
 }

@@ -79,6 +79,25 @@ async fn until_per_thread(gateway: &switchyard::Gateway, expected: &[i64]) {
     }
 }
 
+/// Opens a connection and finds the thread serving it: the one whose count went up.
+async fn open_and_locate(
+    gateway: &switchyard::Gateway,
+    connections: &mut Vec<(ClientConnection, usize)>,
+) -> usize {
+    let before = per_thread(gateway, 2);
+    let connection = ClientConnection::open(gateway.addr()).await;
+    // The connection was counted when accepted, before its request was answered.
+    let after = per_thread(gateway, 2);
+    let grown: Vec<usize> = (0..2).filter(|&i| after[i] == before[i] + 1).collect();
+    assert_eq!(
+        grown.len(),
+        1,
+        "one thread should have one more connection: {before:?} -> {after:?}"
+    );
+    connections.push((connection, grown[0]));
+    grown[0]
+}
+
 #[tokio::test]
 async fn new_connections_go_to_the_thread_with_the_fewest() {
     let blue = model_server(Model::Diabetes, "blue-1").await;
@@ -88,26 +107,29 @@ async fn new_connections_go_to_the_thread_with_the_fewest() {
     let gateway = switchyard::Gateway::start(options)
         .await
         .expect("start the gateway");
-    let addr = gateway.addr();
 
-    // Equal loads take turns: connection i lands on thread i % 2.
+    // Whichever socket the kernel picks, the threads never differ by more than one. (By the
+    // kernel's hash alone, 16 connections would split evenly at each of the 8 even counts with
+    // a chance of 1 in 256.)
     let mut connections = Vec::new();
-    for _ in 0..8 {
-        connections.push(ClientConnection::open(addr).await);
+    for opened in 1..=16 {
+        open_and_locate(&gateway, &mut connections).await;
+        let loads = per_thread(&gateway, 2);
+        assert!(
+            (loads[0] - loads[1]).abs() <= 1 && loads[0] + loads[1] == opened,
+            "after {opened} connections: {loads:?}"
+        );
     }
-    until_per_thread(&gateway, &[4, 4]).await;
+    assert_eq!(per_thread(&gateway, 2), [8, 8]);
 
-    // Close the four on thread 0: the next four all go there, where turns would have split them.
-    let mut index = 0;
-    connections.retain(|_| {
-        index += 1;
-        index % 2 == 0
-    });
-    until_per_thread(&gateway, &[0, 4]).await;
-    for _ in 0..4 {
-        connections.push(ClientConnection::open(addr).await);
+    // Close those on thread 0: the next eight all go there, wherever the kernel sends them.
+    connections.retain(|(_, thread)| *thread == 1);
+    until_per_thread(&gateway, &[0, 8]).await;
+    for _ in 0..8 {
+        let thread = open_and_locate(&gateway, &mut connections).await;
+        assert_eq!(thread, 0, "loads now {:?}", per_thread(&gateway, 2));
     }
-    until_per_thread(&gateway, &[4, 4]).await;
+    assert_eq!(per_thread(&gateway, 2), [8, 8]);
 
     drop(connections);
     until_per_thread(&gateway, &[0, 0]).await;
