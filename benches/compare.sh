@@ -87,6 +87,7 @@ http {
 }
 EOF
 nginx -c "$work/upstream.conf" -e stderr & pids+=($!)
+UPSTREAM_PID=$!
 
 # nginx as the gateway: split_clients on a per-request random id, upstream keep-alive.
 cat > "$work/nginx.conf" <<EOF
@@ -114,6 +115,7 @@ http {
 }
 EOF
 nginx -c "$work/nginx.conf" -e stderr & pids+=($!)
+NGINX_PID=$!
 
 # HAProxy as the gateway: weights 90/10, connection reuse.
 cat > "$work/haproxy.cfg" <<EOF
@@ -135,6 +137,7 @@ backend deployments
   server green 127.0.0.1:$GREEN weight 10
 EOF
 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+HAPROXY_PID=$!
 
 # Switchyard: the same split, no access log, limits out of the way.
 cat > "$work/endpoint.yaml" <<EOF
@@ -162,28 +165,45 @@ wrk.headers["Content-Type"] = "application/json"
 EOF
 
 declare -A PORT=([direct]=$BLUE [switchyard]=$SWITCH [nginx]=$NGINX [haproxy]=$HAPROXY)
+# The processes doing each contestant's work (nginx's workers are its master's children), whose
+# CPU time per request is a steadier comparison than throughput on a busy machine.
+children() { cat "/proc/$1/task/$1/children"; }
+declare -A PIDS=([direct]="$(children "$UPSTREAM_PID")" [switchyard]=$SWITCHYARD_PID
+                 [nginx]="$(children "$NGINX_PID")" [haproxy]=$HAPROXY_PID)
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+cpu_ticks() {
+  local total=0 pid
+  for pid in $1; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+  echo "$total"
+}
 read -r -a CONTESTANTS <<< "${CONTESTANTS:-direct switchyard nginx haproxy}"
 
-# One wrk run; prints "requests_per_s p50_ms p99_ms errors".
+# One wrk run of contestant $1 for $2 seconds; prints "requests_per_s p50_ms p99_ms errors
+# cpu_us_per_request" (the CPU time, user and system, of the contestant's processes).
 measure() {
-  wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency -s "$work/post.lua" "http://127.0.0.1:$1/score" | awk '
+  local before after
+  before=$(cpu_ticks "${PIDS[$1]}")
+  wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency -s "$work/post.lua" "http://127.0.0.1:${PORT[$1]}/score" > "$work/wrk.out"
+  after=$(cpu_ticks "${PIDS[$1]}")
+  awk -v cpu_us=$(((after - before) * TICK_US)) '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    / requests in / { requests = $1 }
     /Requests\/sec/ { rps = $2 }
     /^ +50%/ { p50 = ms($2) }
     /^ +99%/ { p99 = ms($2) }
     /Non-2xx/ { errors += $NF }
     /Socket errors/ { gsub(/,/, ""); errors += $4 + $6 + $8 + $10 }
-    END { printf "%s %.3f %.3f %d\n", rps, p50, p99, errors + 0 }'
+    END { printf "%s %.3f %.3f %d %.2f\n", rps, p50, p99, errors + 0, cpu_us / (requests > 0 ? requests : 1) }' "$work/wrk.out"
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)"
 echo "load: wrk -t1 -c$CONNECTIONS, ${DURATION}s per run, $ROUNDS rounds; proxies get $WORKERS workers/threads"
-for name in "${CONTESTANTS[@]}"; do measure "${PORT[$name]}" 2 >/dev/null; done  # warm-up
+for name in "${CONTESTANTS[@]}"; do measure "$name" 2 >/dev/null; done  # warm-up
 
 : > "$work/results"
 for round in $(seq "$ROUNDS"); do
   for name in "${CONTESTANTS[@]}"; do
-    echo "$name $(measure "${PORT[$name]}" "$DURATION")" | tee -a "$work/results" | sed "s/^/round $round: /"
+    echo "$name $(measure "$name" "$DURATION")" | tee -a "$work/results" | sed "s/^/round $round: /"
   done
 done
 
@@ -191,19 +211,21 @@ python3 - "$work/results" <<'EOF'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 by = {}
-for name, rps, p50, p99, errors in rows:
-    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errors)))
+for name, rps, p50, p99, errors, cpu in rows:
+    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errors), float(cpu)))
 median = {name: [statistics.median(col) for col in zip(*runs)] for name, runs in by.items()}
 print()
-print(f"{'contestant':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs haproxy':>12}{'vs nginx':>10}")
+print(f"{'contestant':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs haproxy':>12}{'vs nginx':>10}"
+      f"{'CPU us/req':>12}")
 def ratio(rps, peer):
     return f"{rps / median[peer][0]:.2f}" if peer in median else "-"
 for name in [n for n in ["direct", "switchyard", "nginx", "haproxy"] if n in median]:
-    rps, p50, p99, _ = median[name]
+    rps, p50, p99, _, cpu = median[name]
     errors = sum(run[3] for run in by[name])
     print(f"{name:<12}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}{errors:>8}"
-          f"{ratio(rps, 'haproxy'):>12}{ratio(rps, 'nginx'):>10}")
-print("(medians over rounds; errors are summed)")
+          f"{ratio(rps, 'haproxy'):>12}{ratio(rps, 'nginx'):>10}{cpu:>12.1f}")
+print("(medians over rounds; errors are summed; CPU: user + system time of the contestant's")
+print(" processes per request, the upstream's for 'direct')")
 EOF
 
 # Memory: resident size of the gateway before and after IDLE_CONNECTIONS keep-alive clients
