@@ -135,3 +135,33 @@ async fn new_connections_go_to_the_thread_with_the_fewest() {
     until_per_thread(&gateway, &[0, 0]).await;
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_connection_per_request_is_served_whichever_thread_takes_it() {
+    let blue = model_server(Model::Diabetes, "blue-1").await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&blue.url()])]));
+    let mut options = switchyard::GatewayOptions::new(&file.path, loopback());
+    options.workers = Some(2);
+    let gateway = switchyard::Gateway::start(options)
+        .await
+        .expect("start the gateway");
+    let addr = gateway.addr();
+
+    // 8 clients, 25 requests each, every request on a new connection: loads shift all the time,
+    // so many connections are handed from one thread to the other.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    // Fails the test unless the request is answered with 200.
+                    drop(ClientConnection::open(addr).await);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.expect("every request answered");
+    }
+    until_per_thread(&gateway, &[0, 0]).await;
+    gateway.shutdown().await;
+}
