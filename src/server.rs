@@ -195,8 +195,7 @@ pub(crate) async fn serve_connections<F, Fut, B>(
             () = &mut shutdown => break,
         }
     }
-    // Connections already taken in are served like the others: their clients get an answer and
-    // a `connection: close`, not a reset.
+    // Connections already handed to this loop are not dropped: they drain like the open ones.
     for accepted in connections.stop() {
         start(accepted);
     }
