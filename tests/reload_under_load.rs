@@ -49,11 +49,7 @@ async fn rewriting_the_file_under_load_fails_no_request() {
     ];
     let file = EndpointFile::new(&configs[0].0);
     // Served as the binary serves: on threads of its own, connections spread between them.
-    let mut options = switchyard::GatewayOptions::new(&file.path, loopback());
-    options.workers = Some(2);
-    let gateway = switchyard::Gateway::start(options)
-        .await
-        .expect("start the gateway");
+    let gateway = gateway_on_threads(&file.path, 2).await;
     let addr = gateway.addr();
     let started = Instant::now();
 

@@ -102,11 +102,7 @@ async fn open_and_locate(
 async fn new_connections_go_to_the_thread_with_the_fewest() {
     let blue = model_server(Model::Diabetes, "blue-1").await;
     let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&blue.url()])]));
-    let mut options = switchyard::GatewayOptions::new(&file.path, loopback());
-    options.workers = Some(2);
-    let gateway = switchyard::Gateway::start(options)
-        .await
-        .expect("start the gateway");
+    let gateway = gateway_on_threads(&file.path, 2).await;
 
     // Whichever socket the kernel picks, the threads never differ by more than one. (By the
     // kernel's hash alone, 16 connections would split evenly at each of the 8 even counts with
@@ -140,11 +136,7 @@ async fn new_connections_go_to_the_thread_with_the_fewest() {
 async fn a_connection_per_request_is_served_whichever_thread_takes_it() {
     let blue = model_server(Model::Diabetes, "blue-1").await;
     let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&blue.url()])]));
-    let mut options = switchyard::GatewayOptions::new(&file.path, loopback());
-    options.workers = Some(2);
-    let gateway = switchyard::Gateway::start(options)
-        .await
-        .expect("start the gateway");
+    let gateway = gateway_on_threads(&file.path, 2).await;
     let addr = gateway.addr();
 
     // 8 clients, 25 requests each, every request on a new connection: loads shift all the time,

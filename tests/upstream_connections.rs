@@ -263,11 +263,7 @@ async fn an_answer_that_comes_before_the_whole_body_reaches_the_client() {
 async fn serving_threads_share_the_port_and_reuse_their_upstream_connections() {
     let (url, accepted) = instance(|_| (ok("x"), Then::KeepOpen)).await;
     let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&url])]));
-    let mut options = switchyard::GatewayOptions::new(&file.path, loopback());
-    options.workers = Some(2);
-    let gateway = switchyard::Gateway::start(options)
-        .await
-        .expect("start the gateway");
+    let gateway = gateway_on_threads(&file.path, 2).await;
     let addr = gateway.addr();
     // 8 clients at once, 10 requests each, each client on its own connection.
     let clients: Vec<_> = (0..8)

@@ -86,6 +86,13 @@ pub async fn gateway(path: &Path) -> Gateway {
         .expect("start the gateway")
 }
 
+/// A gateway for the file at `path` serving on `threads` threads of its own, as the binary does.
+pub async fn gateway_on_threads(path: &Path, threads: usize) -> Gateway {
+    let mut options = GatewayOptions::new(path, loopback());
+    options.workers = Some(threads);
+    Gateway::start(options).await.expect("start the gateway")
+}
+
 /// Waits until the gateway serves `generation`, failing after [`PATIENCE`].
 pub async fn wait_for_generation(gateway: &Gateway, generation: u64) -> Duration {
     let started = Instant::now();
