@@ -9,6 +9,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Version};
 
+use crate::proxy::headers::is_hop_by_hop;
+
 /// Largest response head accepted from an instance.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header lines a response head may have.
@@ -101,6 +103,7 @@ pub(crate) fn encode_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>)
 #[derive(Debug)]
 pub(crate) struct ResponseHead {
     pub(crate) status: StatusCode,
+    /// The end-to-end headers; hop-by-hop ones are left out.
     pub(crate) headers: HeaderMap,
     /// How the body that follows is delimited.
     pub(crate) body: BodyFraming,
@@ -124,7 +127,8 @@ pub(crate) enum BodyFraming {
 }
 
 /// Parses a response head at the start of `buf`, consuming it. `Ok(None)` means more bytes are
-/// needed. Interim (1xx) responses other than 101 are consumed and skipped.
+/// needed. Interim (1xx) responses other than 101 are consumed and skipped. The head keeps only
+/// end-to-end headers: those about the connection to the instance are read and left out.
 pub(crate) fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
@@ -167,17 +171,42 @@ pub(crate) fn parse_response_head(
         };
         // Room for the two headers the gateway adds to every answer, so they never regrow it.
         let mut headers = HeaderMap::with_capacity(response.headers.len() + 2);
+        let mut hop = HopHeaders::default();
         for slot in response.headers.iter() {
             let name = HeaderName::from_bytes(slot.name.as_bytes())
                 .map_err(|_| Malformed("invalid header name"))?;
+            // Headers about this connection are read here and never passed on; the client's
+            // connection has its own. A 101 keeps `Upgrade`: it names the protocol switched to.
+            if name == header::CONNECTION {
+                hop.read_connection(slot.value);
+                continue;
+            }
+            if name == header::TRANSFER_ENCODING {
+                hop.read_transfer_encoding(slot.value);
+                continue;
+            }
+            if name == header::CONTENT_LENGTH {
+                hop.read_content_length(slot.value);
+            } else if is_hop_by_hop(&name)
+                && !(name == header::UPGRADE && status == StatusCode::SWITCHING_PROTOCOLS)
+            {
+                continue;
+            }
             let value = HeaderValue::from_maybe_shared(head.slice_ref(slot.value))
                 .map_err(|_| Malformed("invalid header value"))?;
             headers.append(name, value);
         }
-        let body = body_framing(status, method, &headers)?;
+        if hop.transfer_coding.is_some() {
+            // RFC 9112, section 6.3: a proxy drops a length that the transfer coding overrides.
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        for name in &hop.named {
+            headers.remove(name);
+        }
+        let body = hop.body_framing(status, method)?;
         let keep_alive = body != BodyFraming::UntilClose
             && body != BodyFraming::Upgrade
-            && wants_keep_alive(version, &headers);
+            && hop.keep_alive(version);
         return Ok(Some(ResponseHead {
             status,
             headers,
@@ -202,51 +231,95 @@ fn head_length(buf: &[u8]) -> Option<usize> {
     None
 }
 
-/// RFC 9112, section 6.3.
-fn body_framing(
-    status: StatusCode,
-    method: &Method,
-    headers: &HeaderMap,
-) -> Result<BodyFraming, Malformed> {
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(BodyFraming::Upgrade);
-    }
-    if method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(BodyFraming::Empty);
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Chunked must be the last coding; anything else runs until the connection closes.
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .rfind(|coding| !coding.is_empty());
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => BodyFraming::Chunked,
-            _ => BodyFraming::UntilClose,
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let parsed = parse_decimal(part.trim_ascii())
-                .ok_or(Malformed("content-length is not a number"))?;
-            if length.is_some_and(|earlier| earlier != parsed) {
-                return Err(Malformed("conflicting content-length values"));
+/// What a response's connection-level headers say: how its body is framed and whether the
+/// connection stays open.
+#[derive(Debug, Default)]
+struct HopHeaders {
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
+    /// Other headers `Connection` names, which belong to this connection too.
+    named: Vec<HeaderName>,
+    /// Whether the last transfer coding is `chunked`, if `Transfer-Encoding` was sent.
+    transfer_coding: Option<bool>,
+    /// `Content-Length`, if sent; an error if its values are bad or disagree.
+    content_length: Option<Result<u64, Malformed>>,
+}
+
+impl HopHeaders {
+    fn read_connection(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if let Ok(name) = HeaderName::from_bytes(token) {
+                // Hop-by-hop names are dealt with anyway; `Connection: upgrade` on a 101 must
+                // not take its `Upgrade` away.
+                if !is_hop_by_hop(&name) {
+                    self.named.push(name);
+                }
             }
-            length = Some(parsed);
         }
     }
-    Ok(match length {
-        Some(0) => BodyFraming::Empty,
-        Some(length) => BodyFraming::Length(length),
-        None => BodyFraming::UntilClose,
-    })
+
+    fn read_transfer_encoding(&mut self, value: &[u8]) {
+        let mut chunked = self.transfer_coding.unwrap_or(false);
+        for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if !coding.is_empty() {
+                chunked = coding.eq_ignore_ascii_case(b"chunked");
+            }
+        }
+        self.transfer_coding = Some(chunked);
+    }
+
+    fn read_content_length(&mut self, value: &[u8]) {
+        for part in value.split(|&b| b == b',') {
+            let parsed =
+                parse_decimal(part.trim_ascii()).ok_or(Malformed("content-length is not a number"));
+            self.content_length = Some(match (self.content_length.take(), parsed) {
+                (Some(Err(error)), _) | (_, Err(error)) => Err(error),
+                (Some(Ok(earlier)), Ok(parsed)) if earlier != parsed => {
+                    Err(Malformed("conflicting content-length values"))
+                }
+                (_, Ok(parsed)) => Ok(parsed),
+            });
+        }
+    }
+
+    /// RFC 9112, section 6.3.
+    fn body_framing(&self, status: StatusCode, method: &Method) -> Result<BodyFraming, Malformed> {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(BodyFraming::Upgrade);
+        }
+        if method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(BodyFraming::Empty);
+        }
+        // Chunked must be the last coding; anything else runs until the connection closes.
+        if let Some(chunked) = self.transfer_coding {
+            return Ok(if chunked {
+                BodyFraming::Chunked
+            } else {
+                BodyFraming::UntilClose
+            });
+        }
+        Ok(match self.content_length.clone().transpose()? {
+            Some(0) => BodyFraming::Empty,
+            Some(length) => BodyFraming::Length(length),
+            None => BodyFraming::UntilClose,
+        })
+    }
+
+    fn keep_alive(&self, version: Version) -> bool {
+        match version {
+            Version::HTTP_10 => self.keep_alive,
+            _ => !self.close,
+        }
+    }
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
@@ -258,21 +331,6 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
             .is_ascii_digit()
             .then(|| total * 10 + u64::from(digit - b'0'))
     })
-}
-
-fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    match version {
-        Version::HTTP_10 => has("keep-alive"),
-        _ => !has("close"),
-    }
 }
 
 /// Reads a response body out of the connection's buffer, one step at a time.
@@ -690,6 +748,50 @@ mod tests {
         assert_eq!(
             head(&endless, &Method::GET).err(),
             Some(Malformed("response head larger than 64 KiB"))
+        );
+    }
+
+    #[test]
+    fn connection_level_headers_are_read_but_not_kept() {
+        fn names(parsed: &ResponseHead) -> Vec<&str> {
+            let mut names: Vec<&str> = parsed.headers.keys().map(HeaderName::as_str).collect();
+            names.sort_unstable();
+            names
+        }
+        let chunked = head(
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive, x-hop\r\nkeep-alive: timeout=5\r\n\
+             x-hop: 1\r\nx-model: m\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\
+             trailer: x-checksum\r\n\r\n",
+            &Method::GET,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(chunked.body, BodyFraming::Chunked);
+        assert!(chunked.keep_alive);
+        assert_eq!(
+            names(&chunked),
+            ["x-model"],
+            "no connection headers, nothing Connection names, no length the coding overrides"
+        );
+
+        let sized = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nproxy-connection: close\r\nserver: m\r\n\r\n",
+            &Method::GET,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(names(&sized), ["content-length", "server"]);
+
+        let switched = head(
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+            &Method::GET,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(
+            names(&switched),
+            ["upgrade"],
+            "a 101 says what it switched to"
         );
     }
 

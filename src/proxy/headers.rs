@@ -63,17 +63,19 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// A random (version 4) UUID, formatted without allocating on the way.
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits: u128 = rand::rng().random();
+    let mut bytes: [u8; 16] = rand::rng().random();
     // Set the version (4) and variant (10xx) bits.
-    let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let mut text = [b'-'; 36];
-    let mut nibble = 32;
-    for (position, byte) in text.iter_mut().enumerate() {
-        if matches!(position, 8 | 13 | 18 | 23) {
-            continue;
+    let mut at = 0;
+    for (index, byte) in bytes.iter().enumerate() {
+        if matches!(index, 4 | 6 | 8 | 10) {
+            at += 1;
         }
-        nibble -= 1;
-        *byte = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
@@ -91,10 +93,15 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
+/// Whether `name` is one of the headers that never cross a proxy.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names is cheaper than a lookup for each.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     // `Connection: keep-alive` (or `close`) is the usual case and names nothing else to remove:
@@ -254,7 +261,12 @@ mod tests {
     fn a_new_request_id_is_a_version_4_uuid() {
         let id = new_request_id();
         let id = id.to_str().expect("ascii");
-        assert_eq!(id.len(), 36);
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+        assert!(
+            id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+            "{id}"
+        );
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
         assert_ne!(new_request_id(), new_request_id());

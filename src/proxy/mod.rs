@@ -247,7 +247,8 @@ impl Proxy {
                             Outcome::Success
                         };
                     lease.record(outcome);
-                    let mut response = match answer {
+                    let response = match answer {
+                        // The codec already left the hop-by-hop headers out.
                         Answer::Http1(head, body) => {
                             let mut response = Response::new(ProxyBody::http1(body, lease));
                             *response.status_mut() = head.status;
@@ -255,10 +256,11 @@ impl Proxy {
                             response
                         }
                         Answer::Http2(response) => {
-                            response.map(|body| ProxyBody::http2(body, lease))
+                            let mut response = response.map(|body| ProxyBody::http2(body, lease));
+                            headers::strip_hop_by_hop(response.headers_mut());
+                            response
                         }
                     };
-                    headers::strip_hop_by_hop(response.headers_mut());
                     return Ok(response);
                 }
                 Err(Exchange::Refused) => {
