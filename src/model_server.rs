@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::server::ClientBody;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use rand::Rng;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -105,7 +105,7 @@ impl ModelServer {
             scored: Arc::clone(&scored),
             healthy: Arc::clone(&healthy),
         });
-        let handler = move |request: Request<Incoming>, _: crate::server::Connection| {
+        let handler = move |request: Request<ClientBody>, _: crate::server::Connection| {
             let state = Arc::clone(&state);
             async move { answer(&state, request).await }
         };
@@ -179,7 +179,7 @@ struct State {
     healthy: Arc<AtomicBool>,
 }
 
-async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(state: &State, request: Request<ClientBody>) -> Response<Full<Bytes>> {
     let options = &state.options;
     let mut response = match (request.method(), request.uri().path()) {
         (&Method::GET, "/") if state.healthy.load(Ordering::Relaxed) => {
@@ -203,7 +203,10 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     response
 }
 
-async fn score(options: &ModelServerOptions, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn score(
+    options: &ModelServerOptions,
+    request: Request<ClientBody>,
+) -> Response<Full<Bytes>> {
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB"),

@@ -17,6 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::http1;
+use crate::server::ClientBody;
 use crate::upstream::InFlight;
 
 /// What the gateway answers with: an instance's body streamed through, or a small body of its
@@ -113,12 +114,12 @@ pub struct UpstreamBody {
 #[derive(Debug)]
 enum Source {
     /// The body itself: this is the only attempt.
-    Direct(Option<Incoming>),
+    Direct(Option<ClientBody>),
     /// The body waits in `slot` until the first read, so an attempt that never read it can
     /// hand it to the next; see [`RequestBody::is_untouched`].
     Shared {
-        slot: Arc<Mutex<Option<Incoming>>>,
-        body: Option<Incoming>,
+        slot: Arc<Mutex<Option<ClientBody>>>,
+        body: Option<ClientBody>,
     },
 }
 
@@ -126,9 +127,9 @@ enum Source {
 #[derive(Debug)]
 pub(crate) enum RequestBody {
     /// Sent once; no retry is possible.
-    Once(Option<Incoming>),
+    Once(Option<ClientBody>),
     /// Shared between attempts until one reads it.
-    Retryable(Arc<Mutex<Option<Incoming>>>),
+    Retryable(Arc<Mutex<Option<ClientBody>>>),
 }
 
 /// The request body grew past the limit while streaming.
@@ -149,7 +150,7 @@ impl StdError for BodyTooLarge {}
 impl RequestBody {
     /// Holds `body` for one attempt, or for several if `retryable`. Retryable bodies cost a
     /// shared slot, so they are only made where a retry can happen.
-    pub(crate) fn new(body: Incoming, retryable: bool) -> Self {
+    pub(crate) fn new(body: ClientBody, retryable: bool) -> Self {
         if retryable {
             RequestBody::Retryable(Arc::new(Mutex::new(Some(body))))
         } else {
@@ -182,7 +183,7 @@ impl RequestBody {
     }
 }
 
-fn lock(slot: &Mutex<Option<Incoming>>) -> std::sync::MutexGuard<'_, Option<Incoming>> {
+fn lock(slot: &Mutex<Option<ClientBody>>) -> std::sync::MutexGuard<'_, Option<ClientBody>> {
     slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -239,8 +240,9 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         // Read before the first poll, so that hyper keeps the client's Content-Length framing.
-        let hint =
-            |body: Option<&Incoming>| body.map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        let hint = |body: Option<&ClientBody>| {
+            body.map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        };
         match &self.source {
             Source::Direct(body)
             | Source::Shared {

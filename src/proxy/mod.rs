@@ -29,7 +29,7 @@ use crate::error::ProxyError;
 use crate::http1;
 use crate::metrics::{Metrics, NO_DEPLOYMENT, RouteLabel};
 use crate::routing::RoutingTable;
-use crate::server::Connection;
+use crate::server::{ClientBody, Connection};
 use crate::upstream::health::Outcome;
 use crate::upstream::{Deployment, InFlight, Instance, Refusal};
 
@@ -119,7 +119,7 @@ impl Proxy {
     /// Counts it once and logs it once, whatever happened.
     pub async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         connection: Connection,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
@@ -177,7 +177,7 @@ impl Proxy {
 
     async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         connection: Connection,
         request_id: &http::HeaderValue,
         trace: &mut Trace,
@@ -515,7 +515,7 @@ fn refusal_error(
 
 impl Outgoing {
     fn new(
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         connection: Connection,
         request_id: &http::HeaderValue,
         retryable: bool,

@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use switchyard::demo::SAMPLE_REQUEST;
 use switchyard::model_server::{Model, ModelServer, ModelServerOptions};
+use switchyard::server::ClientBody;
 use switchyard::{Gateway, GatewayOptions};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -217,7 +218,7 @@ pub async fn echo_server_with(
         Some(_) => format!("https://localhost:{port}"),
         None => format!("http://127.0.0.1:{port}"),
     };
-    let handler = |request: Request<Incoming>, _| async move {
+    let handler = |request: Request<ClientBody>, _| async move {
         let mut response = Response::builder()
             .header("x-echo-method", request.method().as_str())
             .header("x-echo-uri", request.uri().to_string())

@@ -1,6 +1,14 @@
 //! The serve loop shared by the gateway and the demo model server: HTTP/1.1 and HTTP/2 on one
 //! listener, a cap on open connections, accept errors that back off instead of exiting, and a
 //! graceful drain on shutdown.
+//!
+//! Plain HTTP/1.1 connections start on the loop's own HTTP/1.1 path ([`h1`]), which serves the
+//! common requests and hands anything else to hyper; TLS connections go to hyper directly.
+
+mod body;
+mod h1;
+
+pub use body::ClientBody;
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -10,14 +18,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
+use std::pin::pin;
+
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntGauge;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 /// How long a client may take to send a request head before its connection is closed.
@@ -97,7 +107,7 @@ pub async fn serve<F, Fut, B>(
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
 ) where
-    F: Fn(Request<Incoming>, Connection) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<ClientBody>, Connection) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
@@ -118,7 +128,7 @@ pub(crate) async fn serve_connections<F, Fut, B>(
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
 ) where
-    F: Fn(Request<Incoming>, Connection) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<ClientBody>, Connection) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
@@ -135,7 +145,9 @@ pub(crate) async fn serve_connections<F, Fut, B>(
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
 
-    let graceful = GracefulShutdown::new();
+    // Connections watch this to learn that shutdown began; the loop learns that they all
+    // ended when every receiver is gone.
+    let (drain, draining) = watch::channel(false);
     let start = |accepted: Accepted| {
         let Accepted { stream, peer, slot } = accepted;
         if let Err(error) = stream.set_nodelay(true) {
@@ -143,28 +155,29 @@ pub(crate) async fn serve_connections<F, Fut, B>(
         }
         let handler = handler.clone();
         let connection = Connection::new(peer, options.tls.is_some());
-        let service = service_fn(move |request| {
-            let response = handler(request, connection.clone());
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        // The TLS handshake, if any, runs in the connection's task, so a slow client cannot hold
-        // up the accept loop.
         let acceptor = options.tls.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let draining = draining.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let served = match acceptor {
-                None => {
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
-                }
+                None => match h1::serve(stream, &handler, &connection, draining.clone()).await {
+                    Ok(h1::Ended::Closed) => Ok(()),
+                    Ok(h1::Ended::HandOver { stream, read }) => {
+                        let stream = h1::Prefixed::new(read.freeze(), stream);
+                        serve_with_hyper(stream, &builder, handler, connection, draining).await
+                    }
+                    Err(error) => Err(error),
+                },
+                // The TLS handshake runs in the connection's task, so a slow client cannot
+                // hold up the accept loop.
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                    let stream = match handshake.await {
-                        Ok(Ok(stream)) => stream,
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            serve_with_hyper(stream, &builder, handler, connection, draining).await
+                        }
                         Ok(Err(error)) => {
                             tracing::debug!(%error, %peer, "TLS handshake failed");
                             return;
@@ -173,10 +186,7 @@ pub(crate) async fn serve_connections<F, Fut, B>(
                             tracing::debug!(%peer, "TLS handshake timed out");
                             return;
                         }
-                    };
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    }
                 }
             };
             if let Err(error) = served {
@@ -200,13 +210,48 @@ pub(crate) async fn serve_connections<F, Fut, B>(
         start(accepted);
     }
 
-    let drain = options.drain;
+    drop(draining);
+    drain.send_replace(true);
+    let deadline = options.drain;
     tokio::select! {
-        () = graceful.shutdown() => tracing::debug!("all connections drained"),
-        () = tokio::time::sleep(drain) => {
-            tracing::warn!(?drain, "drain deadline passed; closing the remaining connections");
+        () = drain.closed() => tracing::debug!("all connections drained"),
+        () = tokio::time::sleep(deadline) => {
+            tracing::warn!(?deadline, "drain deadline passed; closing the remaining connections");
         }
     }
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Serves `io` with hyper (HTTP/1.1 with upgrades, or HTTP/2), closing gracefully once
+/// `draining` turns true.
+async fn serve_with_hyper<I, F, Fut, B>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    handler: F,
+    connection: Connection,
+    mut draining: watch::Receiver<bool>,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<ClientBody>, Connection) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let response = handler(request.map(ClientBody::from), connection.clone());
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let mut served = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    tokio::select! {
+        result = served.as_mut() => return result,
+        // Also when the loop is gone: nobody is left to wait for this connection.
+        _ = draining.wait_for(|draining| *draining) => {}
+    }
+    served.as_mut().graceful_shutdown();
+    served.await
 }
 
 /// A client connection to serve, holding its connection slot.

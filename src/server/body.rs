@@ -1,0 +1,84 @@
+//! The request body a handler receives.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// A client's request body: read whole with its head by the serve loop's own HTTP/1.1 path, or
+/// streamed by hyper.
+#[derive(Debug)]
+pub struct ClientBody(Kind);
+
+#[derive(Debug)]
+enum Kind {
+    /// Every byte arrived with the head; `None` once taken, or if there were none.
+    Whole(Option<Bytes>),
+    /// Streamed as it arrives.
+    Streamed(Incoming),
+}
+
+impl ClientBody {
+    /// A body already read in full.
+    pub(crate) fn whole(bytes: Bytes) -> Self {
+        ClientBody(Kind::Whole((!bytes.is_empty()).then_some(bytes)))
+    }
+}
+
+impl From<Incoming> for ClientBody {
+    fn from(body: Incoming) -> Self {
+        ClientBody(Kind::Streamed(body))
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().0 {
+            Kind::Whole(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Kind::Streamed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Whole(bytes) => bytes.is_none(),
+            Kind::Streamed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Whole(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Kind::Streamed(body) => body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_whole_body_is_one_frame_of_known_size() {
+        let body = ClientBody::whole(Bytes::from_static(b"{\"data\": [1]}"));
+        assert_eq!(body.size_hint().exact(), Some(13));
+        assert!(!body.is_end_stream());
+        let bytes = body.collect().await.expect("whole").to_bytes();
+        assert_eq!(&bytes[..], b"{\"data\": [1]}");
+
+        let empty = ClientBody::whole(Bytes::new());
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.size_hint().exact(), Some(0));
+    }
+}

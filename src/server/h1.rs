@@ -1,0 +1,593 @@
+//! The serve loop's own HTTP/1.1 path, for the exchange that is nearly all of a gateway's
+//! traffic: HTTP/1.1 on a kept-alive connection, requests with no body or a small one of known
+//! length, answered in order. Serving it here skips what hyper's general machinery does for
+//! every request (a body channel, a timer, a read-buffer check while the handler runs), which is
+//! most of what a request costs when it is only passed along.
+//!
+//! Anything else goes to hyper on the same connection, with the bytes already read, and stays
+//! there: HTTP/2, HTTP/1.0, upgrades, `Expect`, chunked or large request bodies, and heads that
+//! do not parse (hyper answers those with the right 4xx).
+
+use std::error::Error as StdError;
+use std::future::{Future, poll_fn};
+use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
+use std::ops::Range;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use super::{ClientBody, Connection, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES};
+
+/// Request bodies up to this size are read whole with their head; larger ones stream through
+/// hyper.
+pub(crate) const MAX_WHOLE_BODY: usize = 64 * 1024;
+/// Most header lines a request served here may have (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// Room a read gets at least.
+const READ_SIZE: usize = 8 * 1024;
+/// A response is written out once this much of it is buffered.
+const FLUSH_BYTES: usize = 64 * 1024;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// How serving a connection here ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The connection is done with.
+    Closed,
+    /// It carries something this path does not serve: hyper takes it from here, starting with
+    /// the bytes already read.
+    HandOver { stream: TcpStream, read: BytesMut },
+}
+
+/// What the start of a connection's buffer holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Parsed {
+    /// A request head this path serves.
+    Request(Head),
+    /// Not a whole head yet.
+    Partial,
+    /// Something for hyper.
+    Other,
+}
+
+/// Where a request head's parts lie in the buffer; the header lines are in the spans passed to
+/// [`parse_head`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Head {
+    /// Through the empty line that ends the head.
+    len: usize,
+    method: Range<usize>,
+    target: Range<usize>,
+    /// The body's length: all of it follows the head.
+    body_len: usize,
+    /// The client asked to close the connection after this request.
+    close: bool,
+}
+
+/// One header line: where its name and value lie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Span {
+    name: Range<usize>,
+    value: Range<usize>,
+}
+
+/// Reads the request head at the start of `buf`, if it is one this path serves, and records
+/// where its header lines lie in `spans`.
+pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        buf,
+        &mut slots,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    else {
+        return Parsed::Other;
+    };
+    // Origin-form targets only: proxies' absolute form, `*` and CONNECT are hyper's to judge.
+    if !target.starts_with('/') || method == "CONNECT" {
+        return Parsed::Other;
+    }
+    let offset = |part: &[u8]| {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + part.len()
+    };
+    spans.clear();
+    let mut body_len = None;
+    let mut close = false;
+    for line in request.headers.iter() {
+        let name = line.name.as_bytes();
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                let Some(length) = parse_length(line.value) else {
+                    return Parsed::Other;
+                };
+                if body_len.is_some() || length > MAX_WHOLE_BODY {
+                    return Parsed::Other;
+                }
+                body_len = Some(length);
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::Other,
+            6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::Other,
+            7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Other,
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        return Parsed::Other;
+                    }
+                }
+            }
+            _ => {}
+        }
+        spans.push(Span {
+            name: offset(name),
+            value: offset(line.value),
+        });
+    }
+    Parsed::Request(Head {
+        len,
+        method: offset(method.as_bytes()),
+        target: offset(target.as_bytes()),
+        body_len: body_len.unwrap_or(0),
+        close,
+    })
+}
+
+fn parse_length(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || digits.len() > 12 {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |total, &digit| {
+        digit
+            .is_ascii_digit()
+            .then(|| total * 10 + usize::from(digit - b'0'))
+    })
+}
+
+/// The request `head` describes, with header values pointing into `bytes` (the head) rather
+/// than copied; `None` if a part the parser let through is not valid for the `http` crate.
+fn build_request(
+    bytes: &Bytes,
+    head: &Head,
+    spans: &[Span],
+    body: Bytes,
+) -> Option<Request<ClientBody>> {
+    let method = Method::from_bytes(&bytes[head.method.clone()]).ok()?;
+    let uri = Uri::from_maybe_shared(bytes.slice(head.target.clone())).ok()?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for span in spans {
+        let name = HeaderName::from_bytes(&bytes[span.name.clone()]).ok()?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(span.value.clone())).ok()?;
+        headers.append(name, value);
+    }
+    let mut request = Request::new(ClientBody::whole(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// One client connection on this path.
+struct Client {
+    stream: TcpStream,
+    read: BytesMut,
+    /// Fires every [`HEADER_READ_TIMEOUT`] while the connection waits for a request.
+    idle: Pin<Box<Sleep>>,
+    /// A request head arrived since `idle` last fired.
+    progress: bool,
+    draining: watch::Receiver<bool>,
+}
+
+/// What waiting for more of a request brought.
+enum Read {
+    More,
+    /// The client closed the connection, sent no whole head for a full timeout period, or the
+    /// server is shutting down.
+    Close,
+}
+
+impl Client {
+    /// Reads more of the next request. A client that sends no whole head for a full
+    /// [`HEADER_READ_TIMEOUT`] period (so after between one and two of them) is let go.
+    async fn read_more(&mut self) -> io::Result<Read> {
+        loop {
+            self.read.reserve(READ_SIZE);
+            tokio::select! {
+                biased;
+                read = self.stream.read_buf(&mut self.read) => {
+                    return Ok(if read? == 0 { Read::Close } else { Read::More });
+                }
+                () = self.idle.as_mut() => {
+                    if !std::mem::take(&mut self.progress) {
+                        return Ok(Read::Close);
+                    }
+                    self.idle.as_mut().reset(Instant::now() + HEADER_READ_TIMEOUT);
+                }
+                // Between requests, shutting down closes the connection; half a request
+                // that has not arrived yet is not waited for.
+                _ = self.draining.changed() => return Ok(Read::Close),
+            }
+        }
+    }
+
+    fn draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+}
+
+/// Serves requests on `stream` until the client closes it, asks to, or sends something hyper
+/// must serve.
+pub(crate) async fn serve<F, Fut, B>(
+    stream: TcpStream,
+    handler: &F,
+    connection: &Connection,
+    draining: watch::Receiver<bool>,
+) -> Result<Ended, BoxError>
+where
+    F: Fn(Request<ClientBody>, Connection) -> Fut,
+    Fut: Future<Output = Response<B>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let mut client = Client {
+        stream,
+        read: BytesMut::with_capacity(READ_SIZE),
+        idle: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
+        progress: false,
+        draining,
+    };
+    let mut spans = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        let head = loop {
+            match parse_head(&client.read, &mut spans) {
+                Parsed::Request(head) => break head,
+                Parsed::Other => return Ok(client.hand_over()),
+                Parsed::Partial if client.read.len() > MAX_HEADER_BYTES => {
+                    return Ok(client.hand_over());
+                }
+                Parsed::Partial => {}
+            }
+            if client.read.is_empty() && client.draining() {
+                return Ok(Ended::Closed);
+            }
+            if let Read::Close = client.read_more().await? {
+                return Ok(Ended::Closed);
+            }
+        };
+        client.progress = true;
+        while client.read.len() < head.len + head.body_len {
+            if let Read::Close = client.read_more().await? {
+                return Ok(Ended::Closed);
+            }
+        }
+
+        let bytes = client.read.split_to(head.len).freeze();
+        let body = client.read.split_to(head.body_len).freeze();
+        let Some(request) = build_request(&bytes, &head, &spans, body.clone()) else {
+            let mut read = BytesMut::with_capacity(bytes.len() + body.len() + client.read.len());
+            read.extend_from_slice(&bytes);
+            read.extend_from_slice(&body);
+            read.extend_from_slice(&client.read);
+            client.read = read;
+            return Ok(client.hand_over());
+        };
+        drop(bytes);
+        drop(body);
+        let to_head = request.method() == Method::HEAD;
+
+        let Some(response) = client.respond(handler(request, connection.clone())).await? else {
+            return Ok(Ended::Closed);
+        };
+        let close = head.close || client.draining();
+        let keep_alive =
+            write_response(&mut client.stream, &mut out, response, to_head, close).await?;
+        if !keep_alive {
+            // A clean end: the client reads the response to its last byte, then the close.
+            let _ = client.stream.shutdown().await;
+            return Ok(Ended::Closed);
+        }
+    }
+}
+
+impl Client {
+    fn hand_over(self) -> Ended {
+        Ended::HandOver {
+            stream: self.stream,
+            read: self.read,
+        }
+    }
+
+    /// Waits for the handler's answer while watching the client: bytes of a next request are
+    /// kept (up to a bound), and a client that closes the connection cancels the request,
+    /// which ends with `None`.
+    async fn respond<B>(
+        &mut self,
+        answer: impl Future<Output = Response<B>>,
+    ) -> io::Result<Option<Response<B>>> {
+        let mut answer = pin!(answer);
+        loop {
+            let watching = self.read.len() <= MAX_HEADER_BYTES;
+            tokio::select! {
+                biased;
+                response = &mut answer => return Ok(Some(response)),
+                ready = self.stream.readable(), if watching => {
+                    ready?;
+                    self.read.reserve(READ_SIZE);
+                    match self.stream.try_read_buf(&mut self.read) {
+                        Ok(0) => return Ok(None),
+                        Ok(_) => {}
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How the response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `response`; `Ok(true)` if the connection may carry another request.
+async fn write_response<B>(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    response: Response<B>,
+    to_head: bool,
+    close: bool,
+) -> Result<bool, BoxError>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = response.into_parts();
+    let mut body = pin!(body);
+    let status = parts.status;
+    let mut close = close || status == StatusCode::SWITCHING_PROTOCOLS;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut declared = None;
+    let mut dated = false;
+    // The handler's own `Connection: close`.
+    let mut closing = false;
+    for (name, value) in &parts.headers {
+        // Framing is this loop's to state.
+        if name == header::CONTENT_LENGTH {
+            declared = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok());
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if name == header::CONNECTION {
+            closing |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        dated |= name == header::DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let length = declared.or_else(|| body.size_hint().exact());
+    let framing = match length {
+        _ if bodiless => {
+            if let (StatusCode::NOT_MODIFIED, Some(length)) = (status, declared) {
+                write_length(out, length);
+            }
+            Framing::None
+        }
+        Some(length) => {
+            write_length(out, length);
+            Framing::Length(length)
+        }
+        None if to_head => Framing::None,
+        None => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Framing::Chunked
+        }
+    };
+    if !dated {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&http_date());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close && !closing {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    let close = close || closing;
+    out.extend_from_slice(b"\r\n");
+    if to_head || framing == Framing::None {
+        stream.write_all(out).await?;
+        return Ok(!close);
+    }
+
+    let mut sent = 0u64;
+    loop {
+        // Take what is ready; write out what is buffered before waiting for more, so a
+        // streamed answer reaches the client as it is made.
+        let mut next = |cx: &mut Context<'_>| {
+            let polled = body.as_mut().poll_frame(cx);
+            polled.map(|frame| frame.map(|frame| frame.map_err(Into::<BoxError>::into)))
+        };
+        let ready = poll_fn(|cx| Poll::Ready(next(cx))).await;
+        let frame = match ready {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    stream.write_all(out).await?;
+                    out.clear();
+                }
+                poll_fn(&mut next).await
+            }
+        };
+        let Some(frame) = frame else { break };
+        let Ok(mut data) = frame?.into_data() else {
+            // Trailers: HTTP/1.1 clients of a model seldom ask for them; they are dropped.
+            continue;
+        };
+        let len = data.remaining();
+        if len == 0 {
+            continue;
+        }
+        sent += len as u64;
+        match framing {
+            Framing::Length(length) if sent > length => {
+                return Err("response body longer than its content-length".into());
+            }
+            Framing::Chunked => {
+                let _ = write!(out, "{len:x}\r\n");
+            }
+            _ => {}
+        }
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            out.extend_from_slice(chunk);
+            let taken = chunk.len();
+            data.advance(taken);
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= FLUSH_BYTES {
+            stream.write_all(out).await?;
+            out.clear();
+        }
+    }
+    match framing {
+        Framing::Length(length) if sent < length => {
+            stream.write_all(out).await?;
+            return Err("response body shorter than its content-length".into());
+        }
+        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        _ => {}
+    }
+    stream.write_all(out).await?;
+    Ok(!close)
+}
+
+fn write_length(out: &mut Vec<u8>, length: u64) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "content-length: {length}\r\n");
+}
+
+/// Today's `Date` header value, formatted once a second per thread.
+fn http_date() -> [u8; 29] {
+    use std::cell::Cell;
+    thread_local! {
+        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    CACHED.with(|cached| {
+        let (at, text) = cached.get();
+        if at == second {
+            return text;
+        }
+        let mut text = [b' '; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        let len = formatted.len().min(29);
+        text[..len].copy_from_slice(&formatted.as_bytes()[..len]);
+        cached.set((second, text));
+        text
+    })
+}
+
+/// A connection with bytes already read from it in front: what hyper gets when it takes a
+/// connection over.
+#[derive(Debug)]
+pub(crate) struct Prefixed<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub(crate) fn new(prefix: Bytes, inner: T) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
