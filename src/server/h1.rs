@@ -369,7 +369,7 @@ where
     let (parts, body) = response.into_parts();
     let mut body = pin!(body);
     let status = parts.status;
-    let mut close = close || status == StatusCode::SWITCHING_PROTOCOLS;
+    let close = close || status == StatusCode::SWITCHING_PROTOCOLS;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
