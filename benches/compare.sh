@@ -12,6 +12,12 @@
 #   ROUNDS=3 DURATION=5 bash benches/compare.sh  # quicker
 #   CONTESTANTS=switchyard ROUNDS=1 DURATION=8 IDLE_CONNECTIONS=0 RELOAD_REWRITES=0 \
 #     bash benches/compare.sh                    # one contestant, e.g. while optimising
+#   PEER_HEADERS=none bash benches/compare.sh    # nginx and HAProxy without the header work
+#
+# Switchyard adds X-Forwarded-For, -Proto, -Host and a request id to every request it forwards,
+# and returns the request id and the deployment's name to the client. By default nginx and
+# HAProxy are configured to do the same (PEER_HEADERS=same), so all three do the same work;
+# PEER_HEADERS=none runs them bare, as they ship.
 #
 # Needs Debian's nginx, haproxy and wrk (it installs nothing itself):
 #   apt-get install nginx haproxy wrk
@@ -23,6 +29,11 @@ CONNECTIONS=${CONNECTIONS:-64}
 WORKERS=${WORKERS:-2}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 RELOAD_REWRITES=${RELOAD_REWRITES:-200}
+PEER_HEADERS=${PEER_HEADERS:-same}
+case "$PEER_HEADERS" in
+  same | none) ;;
+  *) echo "PEER_HEADERS must be same or none, not '$PEER_HEADERS'" >&2; exit 1 ;;
+esac
 
 cd "$(dirname "$0")/.."
 
@@ -90,6 +101,16 @@ nginx -c "$work/upstream.conf" -e stderr & pids+=($!)
 UPSTREAM_PID=$!
 
 # nginx as the gateway: split_clients on a per-request random id, upstream keep-alive.
+nginx_headers=""
+if [ "$PEER_HEADERS" = same ]; then
+  nginx_headers='
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Request-ID $request_id;
+      add_header X-Request-ID $request_id always;
+      add_header azureml-model-deployment $deployment always;'
+fi
 cat > "$work/nginx.conf" <<EOF
 worker_processes $WORKERS;
 daemon off;
@@ -109,7 +130,7 @@ http {
     location / {
       proxy_pass http://\$deployment;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection "";$nginx_headers
     }
   }
 }
@@ -118,6 +139,19 @@ nginx -c "$work/nginx.conf" -e stderr & pids+=($!)
 NGINX_PID=$!
 
 # HAProxy as the gateway: weights 90/10, connection reuse.
+haproxy_request_headers=""
+haproxy_response_headers=""
+if [ "$PEER_HEADERS" = same ]; then
+  haproxy_request_headers='
+  unique-id-format %[uuid()]
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Request-ID %[unique-id]
+  http-response set-header X-Request-ID %[unique-id]'
+  haproxy_response_headers='
+  http-response set-header azureml-model-deployment %[srv_name]'
+fi
 cat > "$work/haproxy.cfg" <<EOF
 global
   nbthread $WORKERS
@@ -129,10 +163,10 @@ defaults
   timeout server 60s
   http-reuse always
 frontend gateway
-  bind 127.0.0.1:$HAPROXY
+  bind 127.0.0.1:$HAPROXY$haproxy_request_headers
   default_backend deployments
 backend deployments
-  balance roundrobin
+  balance roundrobin$haproxy_response_headers
   server blue 127.0.0.1:$BLUE weight 90
   server green 127.0.0.1:$GREEN weight 10
 EOF
@@ -207,6 +241,7 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
+echo "nginx and HAProxy: PEER_HEADERS=$PEER_HEADERS"
 python3 - "$work/results" <<'EOF'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
