@@ -197,6 +197,7 @@ impl Gateway {
             tls: acceptor,
             connection_slots: Arc::new(Semaphore::new(options.max_connections)),
             open_connections: None,
+            header_read_timeout: server::HEADER_READ_TIMEOUT,
         };
         let serving = match listeners {
             Listeners::Here(listener) => {

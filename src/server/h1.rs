@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::{ClientBody, Connection, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES};
+use super::{ClientBody, Connection, MAX_HEADER_BYTES};
 
 /// Request bodies up to this size are read whole with their head; larger ones stream through
 /// hyper.
@@ -191,8 +191,9 @@ fn build_request(
 struct Client {
     stream: TcpStream,
     read: BytesMut,
-    /// Fires every [`HEADER_READ_TIMEOUT`] while the connection waits for a request.
+    /// Fires every `timeout` while the connection waits for a request.
     idle: Pin<Box<Sleep>>,
+    timeout: Duration,
     /// A request head arrived since `idle` last fired.
     progress: bool,
     draining: watch::Receiver<bool>,
@@ -207,8 +208,8 @@ enum Read {
 }
 
 impl Client {
-    /// Reads more of the next request. A client that sends no whole head for a full
-    /// [`HEADER_READ_TIMEOUT`] period (so after between one and two of them) is let go.
+    /// Reads more of the next request. A client that sends no whole head for a full `timeout`
+    /// period (so after between one and two of them) is let go.
     async fn read_more(&mut self) -> io::Result<Read> {
         loop {
             self.read.reserve(READ_SIZE);
@@ -221,7 +222,7 @@ impl Client {
                     if !std::mem::take(&mut self.progress) {
                         return Ok(Read::Close);
                     }
-                    self.idle.as_mut().reset(Instant::now() + HEADER_READ_TIMEOUT);
+                    self.idle.as_mut().reset(Instant::now() + self.timeout);
                 }
                 // Between requests, shutting down closes the connection; half a request
                 // that has not arrived yet is not waited for.
@@ -241,6 +242,7 @@ pub(crate) async fn serve<F, Fut, B>(
     stream: TcpStream,
     handler: &F,
     connection: &Connection,
+    timeout: Duration,
     draining: watch::Receiver<bool>,
 ) -> Result<Ended, BoxError>
 where
@@ -252,7 +254,8 @@ where
     let mut client = Client {
         stream,
         read: BytesMut::with_capacity(READ_SIZE),
-        idle: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
+        idle: Box::pin(tokio::time::sleep(timeout)),
+        timeout,
         progress: false,
         draining,
     };
@@ -589,5 +592,93 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Parsed {
+        parse_head(text.as_bytes(), &mut Vec::new())
+    }
+
+    fn head(text: &str) -> (Head, Vec<Span>) {
+        let mut spans = Vec::new();
+        match parse_head(text.as_bytes(), &mut spans) {
+            Parsed::Request(head) => (head, spans),
+            other => panic!("{text:?} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_request_is_served_here_with_its_parts_located() {
+        let text = "POST /score?x=1 HTTP/1.1\r\nHost: g\r\nContent-Length: 3\r\n\r\nabcNEXT";
+        let (parsed, spans) = head(text);
+        assert_eq!(&text[parsed.method.clone()], "POST");
+        assert_eq!(&text[parsed.target.clone()], "/score?x=1");
+        assert_eq!(parsed.len, text.len() - "abcNEXT".len());
+        assert_eq!(parsed.body_len, 3);
+        assert!(!parsed.close);
+        let lines: Vec<(&str, &str)> = spans
+            .iter()
+            .map(|span| (&text[span.name.clone()], &text[span.value.clone()]))
+            .collect();
+        assert_eq!(lines, [("Host", "g"), ("Content-Length", "3")]);
+
+        let (closing, _) = head("GET / HTTP/1.1\r\nconnection: keep-alive, Close\r\n\r\n");
+        assert!(closing.close);
+        assert_eq!(closing.body_len, 0);
+    }
+
+    #[test]
+    fn an_unfinished_head_waits_for_more() {
+        assert_eq!(parse(""), Parsed::Partial);
+        assert_eq!(
+            parse("POST /score HTTP/1.1\r\nhost: g\r\n"),
+            Parsed::Partial
+        );
+    }
+
+    #[test]
+    fn everything_else_is_left_to_hyper() {
+        for text in [
+            "GET / HTTP/1.0\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
+            "GET http://g/ HTTP/1.1\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\n\r\n",
+            "CONNECT g:443 HTTP/1.1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 65537\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "NOT HTTP\r\n\r\n",
+        ] {
+            assert_eq!(parse(text), Parsed::Other, "{text:?}");
+        }
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "x: 1\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(parse(&many), Parsed::Other, "too many header lines");
+    }
+
+    #[test]
+    fn the_request_points_into_the_head() {
+        let text =
+            "POST /score HTTP/1.1\r\nhost: g\r\nx-request-id: abc\r\ncontent-length: 2\r\n\r\n";
+        let (parsed, spans) = head(text);
+        let bytes = Bytes::from(text);
+        let request = build_request(&bytes, &parsed, &spans, Bytes::from_static(b"{}"))
+            .expect("a valid request");
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri().path(), "/score");
+        assert_eq!(request.headers()["x-request-id"], "abc");
+        assert_eq!(request.headers().len(), 3);
+        assert_eq!(request.body().size_hint().exact(), Some(2));
     }
 }

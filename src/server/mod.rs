@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-/// How long a client may take to send a request head before its connection is closed.
+/// Default time a client may take to send a request head before its connection is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to finish the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +51,9 @@ pub struct ServeOptions {
     pub connection_slots: Arc<Semaphore>,
     /// Counts the listener's open client connections, if set.
     pub open_connections: Option<IntGauge>,
+    /// How long a client may take to send a request head. On a kept-alive HTTP/1.1
+    /// connection the serve loop's own path allows up to twice this between requests.
+    pub header_read_timeout: Duration,
 }
 
 impl ServeOptions {
@@ -61,6 +64,7 @@ impl ServeOptions {
             tls: None,
             connection_slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
             open_connections: None,
+            header_read_timeout: HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -138,7 +142,7 @@ pub(crate) async fn serve_connections<F, Fut, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(options.header_read_timeout)
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
@@ -158,10 +162,13 @@ pub(crate) async fn serve_connections<F, Fut, B>(
         let acceptor = options.tls.clone();
         let builder = builder.clone();
         let draining = draining.clone();
+        let timeout = options.header_read_timeout;
         tokio::spawn(async move {
             let _slot = slot;
             let served = match acceptor {
-                None => match h1::serve(stream, &handler, &connection, draining.clone()).await {
+                None => match h1::serve(stream, &handler, &connection, timeout, draining.clone())
+                    .await
+                {
                     Ok(h1::Ended::Closed) => Ok(()),
                     Ok(h1::Ended::HandOver { stream, read }) => {
                         let stream = h1::Prefixed::new(read.freeze(), stream);
