@@ -27,6 +27,7 @@ pub mod workers;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::http1::codec::read_response_in_steps;
+    pub use crate::server::read_requests;
 }
 
 use std::net::SocketAddr;

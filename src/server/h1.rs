@@ -187,6 +187,37 @@ fn build_request(
     Some(request)
 }
 
+/// Reads whatever `wire` holds as a client's request heads, the way a connection does: each
+/// head this path serves becomes a request, whose body must lie within `wire`. Returns how many
+/// requests it made before the rest was incomplete or left to hyper. For fuzzing: it must never
+/// panic, and a head must never claim bytes that are not there.
+pub fn read_requests(wire: &[u8]) -> usize {
+    let mut buf = BytesMut::from(wire);
+    let mut spans = Vec::new();
+    let mut made = 0;
+    while let Parsed::Request(head) = parse_head(&buf, &mut spans) {
+        assert!(
+            spans
+                .iter()
+                .all(|span| span.value.end <= head.len && span.name.end <= head.len)
+        );
+        if buf.len() < head.len + head.body_len {
+            break;
+        }
+        let bytes = buf.split_to(head.len).freeze();
+        let body = buf.split_to(head.body_len).freeze();
+        let Some(request) = build_request(&bytes, &head, &spans, body) else {
+            break;
+        };
+        assert_eq!(
+            request.body().size_hint().exact(),
+            Some(head.body_len as u64)
+        );
+        made += 1;
+    }
+    made
+}
+
 /// One client connection on this path.
 struct Client {
     stream: TcpStream,

@@ -9,6 +9,8 @@ mod body;
 mod h1;
 
 pub use body::ClientBody;
+#[doc(hidden)]
+pub use h1::read_requests;
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
