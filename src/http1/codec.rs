@@ -65,8 +65,9 @@ pub(crate) fn encode_request_head(
     match framing {
         RequestFraming::Empty => {}
         RequestFraming::Length(length) => {
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "content-length: {length}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }

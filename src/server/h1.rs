@@ -330,7 +330,9 @@ where
         drop(body);
         let to_head = request.method() == Method::HEAD;
 
-        let Some(response) = client.respond(handler(request, connection.clone())).await? else {
+        // Pinned where it is made: the handler's future is large, and every move copies it.
+        let answer = pin!(handler(request, connection.clone()));
+        let Some(response) = client.respond(answer).await? else {
             return Ok(Ended::Closed);
         };
         let close = head.close || client.draining();
@@ -357,9 +359,8 @@ impl Client {
     /// which ends with `None`.
     async fn respond<B>(
         &mut self,
-        answer: impl Future<Output = Response<B>>,
+        mut answer: Pin<&mut impl Future<Output = Response<B>>>,
     ) -> io::Result<Option<Response<B>>> {
-        let mut answer = pin!(answer);
         loop {
             let watching = self.read.len() <= MAX_HEADER_BYTES;
             tokio::select! {
@@ -538,8 +539,9 @@ where
 }
 
 fn write_length(out: &mut Vec<u8>, length: u64) {
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "content-length: {length}\r\n");
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Today's `Date` header value, formatted once a second per thread.
