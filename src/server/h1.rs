@@ -37,6 +37,8 @@ const MAX_HEADERS: usize = 100;
 const READ_SIZE: usize = 8 * 1024;
 /// A response is written out once this much of it is buffered.
 const FLUSH_BYTES: usize = 64 * 1024;
+/// Buffers that grew past this for one large request or answer are not kept between requests.
+const KEEP_BUFFER_BYTES: usize = 16 * 1024;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -342,6 +344,13 @@ where
             // A clean end: the client reads the response to its last byte, then the close.
             let _ = client.stream.shutdown().await;
             return Ok(Ended::Closed);
+        }
+        // An idle connection holds its buffers: thousands of them must stay small.
+        if out.capacity() > KEEP_BUFFER_BYTES {
+            out = Vec::new();
+        }
+        if client.read.is_empty() && client.read.capacity() > KEEP_BUFFER_BYTES {
+            client.read = BytesMut::new();
         }
     }
 }
