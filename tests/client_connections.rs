@@ -406,3 +406,22 @@ async fn answers_are_framed_by_what_they_carry() {
         answers[2]
     );
 }
+
+#[tokio::test]
+async fn a_head_over_64_kib_gets_431() {
+    let addr = serve(describe, Duration::from_secs(30)).await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "GET / HTTP/1.1\r\nhost: g\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    // The server may answer and close before taking every byte; the answer is what counts.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(PATIENCE, stream.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}

@@ -95,6 +95,8 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         &mut slots,
     );
     let len = match parsed {
+        // Heads over the limit get hyper's 431.
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEADER_BYTES => return Parsed::Other,
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
