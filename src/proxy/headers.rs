@@ -77,7 +77,10 @@ fn new_request_id() -> HeaderValue {
         text[at + 1] = HEX[usize::from(byte & 0xf)];
         at += 2;
     }
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // Owned by a shared buffer from the start: the id is cloned into the forwarded headers,
+    // and a plain copy would be moved into a shared one (a second allocation) right there.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// The `Upgrade` protocol of an HTTP/1.1 upgrade handshake (`Connection: upgrade` plus
