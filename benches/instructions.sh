@@ -188,7 +188,7 @@ count() {
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local instructions
   instructions=$(callgrind_annotate "$out.1" 2>/dev/null |
-    awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+    awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1; seen = 1}')
   python3 -c "print(f'{\"$name\":<12}{$requests:>10}{$instructions / $requests:>16,.0f}')"
   # Let the port go before the next contestant binds it.
   sleep 1
