@@ -425,3 +425,43 @@ async fn a_head_over_64_kib_gets_431() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_and_finishes_a_request_under_way() {
+    let listener = TcpListener::bind(loopback()).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(switchyard::server::serve(
+        listener,
+        describe,
+        async {
+            let _ = stopped.await;
+        },
+        ServeOptions::plain(PATIENCE),
+    ));
+
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    let mut arriving = TcpStream::connect(addr).await.expect("connect");
+    arriving
+        .write_all(b"POST /score HTTP/1.1\r\nhost: g\r\ncontent-length: 4\r\n\r\nab")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).expect("stop");
+
+    closed_after(&mut idle).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    arriving
+        .write_all(b"cd")
+        .await
+        .expect("the rest of the body");
+    let mut pending = Vec::new();
+    let answer = read_answer(&mut arriving, &mut pending).await;
+    assert_eq!(answer.body, "POST 4 HTTP/1.1");
+    assert!(answer.head.contains("connection: close"), "{}", answer.head);
+    closed_after(&mut arriving).await;
+    tokio::time::timeout(PATIENCE, server)
+        .await
+        .expect("the serve loop ends once both connections are done")
+        .expect("serve loop");
+}

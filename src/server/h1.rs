@@ -238,7 +238,7 @@ struct Client {
 enum Read {
     More,
     /// The client closed the connection, sent no whole head for a full timeout period, or the
-    /// server is shutting down.
+    /// server is shutting down while no request is under way.
     Close,
 }
 
@@ -259,9 +259,9 @@ impl Client {
                     }
                     self.idle.as_mut().reset(Instant::now() + self.timeout);
                 }
-                // Between requests, shutting down closes the connection; half a request
-                // that has not arrived yet is not waited for.
-                _ = self.draining.changed() => return Ok(Read::Close),
+                // Shutting down closes a connection between requests; one whose request has
+                // begun to arrive gets the rest of it, and its answer.
+                _ = self.draining.changed(), if self.read.is_empty() => return Ok(Read::Close),
             }
         }
     }
