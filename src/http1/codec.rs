@@ -326,7 +326,8 @@ impl HopHeaders {
     }
 }
 
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
+/// A decimal number of at most 19 digits, nothing else: no sign, no spaces.
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
     }

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::{ClientBody, Connection, MAX_HEADER_BYTES};
+use crate::http1::codec::parse_decimal;
 
 /// Request bodies up to this size are read whole with their head; larger ones stream through
 /// hyper.
@@ -120,7 +121,9 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         let name = line.name.as_bytes();
         match name.len() {
             14 if name.eq_ignore_ascii_case(b"content-length") => {
-                let Some(length) = parse_length(line.value) else {
+                let Some(length) =
+                    parse_decimal(line.value).and_then(|length| usize::try_from(length).ok())
+                else {
                     return Parsed::Other;
                 };
                 if body_len.is_some() || length > MAX_WHOLE_BODY {
@@ -156,25 +159,10 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
     })
 }
 
-fn parse_length(digits: &[u8]) -> Option<usize> {
-    if digits.is_empty() || digits.len() > 12 {
-        return None;
-    }
-    digits.iter().try_fold(0usize, |total, &digit| {
-        digit
-            .is_ascii_digit()
-            .then(|| total * 10 + usize::from(digit - b'0'))
-    })
-}
-
-/// The request `head` describes, with header values pointing into `bytes` (the head) rather
-/// than copied; `None` if a part the parser let through is not valid for the `http` crate.
-fn build_request(
-    bytes: &Bytes,
-    head: &Head,
-    spans: &[Span],
-    body: Bytes,
-) -> Option<Request<ClientBody>> {
+/// The request `head` describes, without its body, with header values pointing into `bytes`
+/// (the head) rather than copied; `None` if a part the parser let through is not valid for the
+/// `http` crate.
+fn build_request(bytes: &Bytes, head: &Head, spans: &[Span]) -> Option<Request<()>> {
     let method = Method::from_bytes(&bytes[head.method.clone()]).ok()?;
     let uri = Uri::from_maybe_shared(bytes.slice(head.target.clone())).ok()?;
     let mut headers = HeaderMap::with_capacity(spans.len());
@@ -183,7 +171,7 @@ fn build_request(
         let value = HeaderValue::from_maybe_shared(bytes.slice(span.value.clone())).ok()?;
         headers.append(name, value);
     }
-    let mut request = Request::new(ClientBody::whole(body));
+    let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
@@ -210,9 +198,10 @@ pub fn read_requests(wire: &[u8]) -> usize {
         }
         let bytes = buf.split_to(head.len).freeze();
         let body = buf.split_to(head.body_len).freeze();
-        let Some(request) = build_request(&bytes, &head, &spans, body) else {
+        let Some(request) = build_request(&bytes, &head, &spans) else {
             break;
         };
+        let request = request.map(|()| ClientBody::whole(body));
         assert_eq!(
             request.body().size_hint().exact(),
             Some(head.body_len as u64)
@@ -322,7 +311,7 @@ where
 
         let bytes = client.read.split_to(head.len).freeze();
         let body = client.read.split_to(head.body_len).freeze();
-        let Some(request) = build_request(&bytes, &head, &spans, body.clone()) else {
+        let Some(request) = build_request(&bytes, &head, &spans) else {
             let mut read = BytesMut::with_capacity(bytes.len() + body.len() + client.read.len());
             read.extend_from_slice(&bytes);
             read.extend_from_slice(&body);
@@ -330,8 +319,10 @@ where
             client.read = read;
             return Ok(client.hand_over());
         };
+        let request = request.map(|()| ClientBody::whole(body));
+        // The head's bytes live on in the request's header values only; this handle to them
+        // would otherwise keep the read buffer shared, and growing it would then copy.
         drop(bytes);
-        drop(body);
         let to_head = request.method() == Method::HEAD;
 
         // Pinned where it is made: the handler's future is large, and every move copies it.
@@ -717,8 +708,9 @@ mod tests {
             "POST /score HTTP/1.1\r\nhost: g\r\nx-request-id: abc\r\ncontent-length: 2\r\n\r\n";
         let (parsed, spans) = head(text);
         let bytes = Bytes::from(text);
-        let request = build_request(&bytes, &parsed, &spans, Bytes::from_static(b"{}"))
-            .expect("a valid request");
+        let request = build_request(&bytes, &parsed, &spans)
+            .expect("a valid request")
+            .map(|()| ClientBody::whole(Bytes::from_static(b"{}")));
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri().path(), "/score");
         assert_eq!(request.headers()["x-request-id"], "abc");
