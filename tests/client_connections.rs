@@ -90,19 +90,25 @@ async fn read_answer(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Answer {
                 return Answer { head, body };
             }
         }
-        let mut chunk = [0u8; 4096];
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, stream.read(&mut chunk))
-            .await
-            .expect("an answer in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed before a whole answer: {:?}",
-            String::from_utf8_lossy(pending)
-        );
-        pending.extend_from_slice(&chunk[..n]);
+        read_some(stream, pending, deadline).await;
     }
+}
+
+/// Appends what `stream` has next to `pending`; the server must send it before `deadline`
+/// and not close the connection.
+async fn read_some(stream: &mut TcpStream, pending: &mut Vec<u8>, deadline: Instant) {
+    let mut chunk = [0u8; 4096];
+    let left = deadline.saturating_duration_since(Instant::now());
+    let n = tokio::time::timeout(left, stream.read(&mut chunk))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    assert!(
+        n > 0,
+        "closed before a whole answer: {:?}",
+        String::from_utf8_lossy(pending)
+    );
+    pending.extend_from_slice(&chunk[..n]);
 }
 
 /// Waits until the server closes `stream`, and says how long that took.
@@ -369,14 +375,7 @@ async fn answers_are_framed_by_what_they_carry() {
     let mut wire = Vec::new();
     let deadline = Instant::now() + PATIENCE;
     while !wire.ends_with(b"0\r\n\r\n") {
-        let mut chunk = [0u8; 4096];
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, stream.read(&mut chunk))
-            .await
-            .expect("all three answers in time")
-            .expect("read");
-        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&wire));
-        wire.extend_from_slice(&chunk[..n]);
+        read_some(&mut stream, &mut wire, deadline).await;
     }
     let wire = String::from_utf8_lossy(&wire).to_lowercase();
     let answers: Vec<&str> = wire.split("http/1.1 ").skip(1).collect();
