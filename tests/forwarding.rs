@@ -6,7 +6,7 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use common::*;
-use http::{Request, StatusCode};
+use http::{Method, Request, StatusCode, Version};
 use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -157,4 +157,129 @@ async fn bodies_stream_both_ways_without_being_buffered_whole() {
     sending.await.expect("sender");
     assert_eq!(rest.len(), 4 * 1024 * 1024);
     assert!(rest.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+}
+
+/// An instance that answers every request with the same raw head and `body`, written exactly as
+/// given, so the test controls case, order and repeats of its headers.
+async fn raw_instance(head: &'static str, body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(loopback())
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    // Requests here carry no body: a head ends each one.
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let to_head = seen.starts_with(b"HEAD ");
+                        seen.drain(..end + 4);
+                        let mut answer = head.replace("{length}", &body.len().to_string());
+                        if !to_head {
+                            answer.push_str(body);
+                        }
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_instances_headers_reach_every_kind_of_client_alike() {
+    let instance = raw_instance(
+        "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: keep-alive, X-Hop\r\n\
+         Set-Cookie: a=1\r\nX-Model:m\r\nX-Hop: private\r\nset-cookie: b=2\r\n\
+         X-Request-Id: the-instances\r\nazureml-model-deployment: the-instances\r\n\
+         Keep-Alive: timeout=5\r\nContent-Length: {length}\r\n\r\n",
+        "{\"ok\":1}",
+    )
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
+    let gateway = gateway(&file.path).await;
+
+    let http1 = client();
+    let http2: TestClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let url = format!("http://{}/score", gateway.addr());
+    // The plain keep-alive HTTP/1.1 client is served by the gateway's own path; HTTP/1.0 and
+    // HTTP/2 clients by hyper. All must see the same headers.
+    for (who, client, method, version) in [
+        ("HTTP/1.1", &http1, Method::GET, Version::HTTP_11),
+        ("HTTP/1.1 HEAD", &http1, Method::HEAD, Version::HTTP_11),
+        ("HTTP/1.0", &http1, Method::GET, Version::HTTP_10),
+        ("HTTP/2", &http2, Method::GET, Version::HTTP_2),
+    ] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .version(version)
+            .header("x-request-id", "from-the-client")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let response = tokio::time::timeout(PATIENCE, client.request(request))
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        assert_eq!(response.status(), StatusCode::OK, "{who}");
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let all = |name: &str| -> Vec<&str> {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().expect("ascii"))
+                .collect()
+        };
+        assert_eq!(
+            all("set-cookie"),
+            ["a=1", "b=2"],
+            "{who}: repeats kept, in order"
+        );
+        assert_eq!(all("x-model"), ["m"], "{who}");
+        assert_eq!(
+            all("date"),
+            ["Sun, 06 Nov 1994 08:49:37 GMT"],
+            "{who}: one date, the instance's"
+        );
+        assert!(all("x-hop").is_empty(), "{who}: named by Connection");
+        assert!(all("keep-alive").is_empty(), "{who}: hop-by-hop");
+        assert_eq!(
+            all("x-request-id"),
+            ["from-the-client"],
+            "{who}: the gateway's, once"
+        );
+        assert_eq!(all(PIN), ["blue"], "{who}: the gateway's, once");
+        if version != Version::HTTP_2 {
+            assert_eq!(
+                all("content-length"),
+                ["8"],
+                "{who}: the length, a HEAD's too"
+            );
+        }
+        let expected: &[u8] = if method == Method::HEAD {
+            b""
+        } else {
+            b"{\"ok\":1}"
+        };
+        assert_eq!(&body[..], expected, "{who}");
+    }
 }

@@ -9,7 +9,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Version};
 
-use crate::proxy::headers::is_hop_by_hop;
+use super::header_block::{HeaderBlock, HeaderBlockBuilder};
+use crate::proxy::headers::{is_hop_by_hop, is_hop_by_hop_name};
 
 /// Largest response head accepted from an instance.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -105,7 +106,7 @@ pub(crate) fn encode_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>)
 pub(crate) struct ResponseHead {
     pub(crate) status: StatusCode,
     /// The end-to-end headers; hop-by-hop ones are left out.
-    pub(crate) headers: HeaderMap,
+    pub(crate) headers: HeaderBlock,
     /// How the body that follows is delimited.
     pub(crate) body: BodyFraming,
     /// Whether the connection may carry another request once the body ends.
@@ -129,110 +130,135 @@ pub(crate) enum BodyFraming {
 
 /// Parses a response head at the start of `buf`, consuming it. `Ok(None)` means more bytes are
 /// needed. Interim (1xx) responses other than 101 are consumed and skipped. The head keeps only
-/// end-to-end headers: those about the connection to the instance are read and left out.
+/// end-to-end headers: those about the connection to the instance are read and left out, and
+/// so are those named in `own`, which the gateway sets itself.
 pub(crate) fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
+    own: &[HeaderName],
 ) -> Result<Option<ResponseHead>, Malformed> {
     loop {
-        let Some(length) = head_length(buf) else {
-            if buf.len() > MAX_HEAD_BYTES {
+        match read_head(buf, method, own)? {
+            Read::Partial if buf.len() > MAX_HEAD_BYTES => {
                 return Err(Malformed("response head larger than 64 KiB"));
             }
-            return Ok(None);
-        };
-        // Take the head out of the buffer first: header values then point into these bytes
-        // and nothing is copied.
-        let head = buf.split_to(length).freeze();
-        let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut []);
-        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut response,
-            &head,
-            &mut slots,
-        ) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(Malformed("response head is incomplete")),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Malformed("more than 128 response header lines"));
+            Read::Partial => return Ok(None),
+            Read::Interim(length) => buf.advance(length),
+            Read::Final(head, length) => {
+                buf.advance(length);
+                return Ok(Some(head));
             }
-            Err(_) => return Err(Malformed("response head is not valid HTTP/1.1")),
         }
-        let code = response.code.unwrap_or(0);
-        let status =
-            StatusCode::from_u16(code).map_err(|_| Malformed("status code out of range"))?;
-        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-            // 100 Continue, 103 Early Hints: the final response follows.
-            continue;
-        }
-        let version = if response.version == Some(0) {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        // Sized for the lines read, not for the two headers the gateway adds to every answer:
-        // the map rounds its capacity up, and the connection headers left out make room, so
-        // the two usually fit. Asking for two more pushed a typical answer's map past 1 KiB, out
-        // of the allocator's fast path (callgrind: 300 instructions per request).
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
-        let mut hop = HopHeaders::default();
-        for slot in response.headers.iter() {
-            let name = HeaderName::from_bytes(slot.name.as_bytes())
-                .map_err(|_| Malformed("invalid header name"))?;
-            // Headers about this connection are read here and never passed on; the client's
-            // connection has its own. A 101 keeps `Upgrade`: it names the protocol switched to.
-            if name == header::CONNECTION {
-                hop.read_connection(slot.value);
-                continue;
-            }
-            if name == header::TRANSFER_ENCODING {
-                hop.read_transfer_encoding(slot.value);
-                continue;
-            }
-            if name == header::CONTENT_LENGTH {
-                hop.read_content_length(slot.value);
-            } else if is_hop_by_hop(&name)
-                && !(name == header::UPGRADE && status == StatusCode::SWITCHING_PROTOCOLS)
-            {
-                continue;
-            }
-            let value = HeaderValue::from_maybe_shared(head.slice_ref(slot.value))
-                .map_err(|_| Malformed("invalid header value"))?;
-            headers.append(name, value);
-        }
-        if hop.transfer_coding.is_some() {
-            // RFC 9112, section 6.3: a proxy drops a length that the transfer coding overrides.
-            headers.remove(header::CONTENT_LENGTH);
-        }
-        for name in &hop.named {
-            headers.remove(name);
-        }
-        let body = hop.body_framing(status, method)?;
-        let keep_alive = body != BodyFraming::UntilClose
-            && body != BodyFraming::Upgrade
-            && hop.keep_alive(version);
-        return Ok(Some(ResponseHead {
-            status,
-            headers,
-            body,
-            keep_alive,
-        }));
     }
 }
 
-/// The length of the head at the start of `buf`, through the empty line that ends it (lines end
-/// in CRLF or, leniently, LF alone); `None` while that line has not arrived.
-fn head_length(buf: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(offset) = buf[from..].iter().position(|&b| b == b'\n') {
-        let after = from + offset + 1;
-        match buf.get(after..) {
-            Some([b'\n', ..]) => return Some(after + 1),
-            Some([b'\r', b'\n', ..]) => return Some(after + 2),
-            _ => from = after,
+/// What [`read_head`] found at the start of the buffer.
+enum Read {
+    /// The head has not all arrived.
+    Partial,
+    /// An interim (1xx) response of this length, which the final one follows.
+    Interim(usize),
+    /// The final response's head, and its length.
+    Final(ResponseHead, usize),
+}
+
+/// Reads the head at the start of `buf`, if it is all there. The parse runs over the bytes as
+/// they are: a head usually arrives in one read, so looking for its end first would only scan
+/// it twice.
+fn read_head(buf: &[u8], method: &Method, own: &[HeaderName]) -> Result<Read, Malformed> {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(Read::Partial),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Malformed("more than 128 response header lines"));
+        }
+        Err(_) => return Err(Malformed("response head is not valid HTTP/1.1")),
+    };
+    let code = response.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| Malformed("status code out of range"))?;
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        // 100 Continue, 103 Early Hints: the final response follows.
+        return Ok(Read::Interim(length));
+    }
+    let version = if response.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Connection-level headers are read first: `Connection` may name headers that came before
+    // it. The others become the block, in the order received.
+    let mut roles = [Role::EndToEnd; MAX_HEADERS];
+    let mut hop = HopHeaders::default();
+    for (slot, role) in response.headers.iter().zip(roles.iter_mut()) {
+        *role = Role::of(slot.name.as_bytes(), status, own);
+        match role {
+            Role::Connection => hop.read_connection(slot.value),
+            Role::TransferEncoding => hop.read_transfer_encoding(slot.value),
+            Role::ContentLength => hop.read_content_length(slot.value),
+            Role::Dropped | Role::EndToEnd => {}
         }
     }
-    None
+    let mut block = HeaderBlockBuilder::with_capacity(length);
+    for (slot, role) in response.headers.iter().zip(roles) {
+        let name = slot.name.as_bytes();
+        if role == Role::EndToEnd && !hop.names(name) {
+            block.push(name, slot.value);
+        }
+    }
+    let body = hop.body_framing(status, method)?;
+    let keep_alive =
+        body != BodyFraming::UntilClose && body != BodyFraming::Upgrade && hop.keep_alive(version);
+    // RFC 9112, section 6.3: a proxy drops a length that the transfer coding overrides. One
+    // that does not parse frames nothing here (the framing above failed if it had to).
+    let declared = match hop.transfer_coding {
+        Some(_) => None,
+        None => hop.content_length.and_then(Result::ok),
+    };
+    let head = ResponseHead {
+        status,
+        headers: block.finish(declared),
+        body,
+        keep_alive,
+    };
+    Ok(Read::Final(head, length))
+}
+
+/// What a response header is to the gateway, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Read for keep-alive and the headers it names, then left out.
+    Connection,
+    /// Read for the body's framing, then left out.
+    TransferEncoding,
+    /// Read for the body's framing; kept apart from the lines, since the writer frames.
+    ContentLength,
+    /// Another header about this connection, or one the gateway sets itself.
+    Dropped,
+    /// Passed on to the client.
+    EndToEnd,
+}
+
+impl Role {
+    fn of(name: &[u8], status: StatusCode, own: &[HeaderName]) -> Role {
+        // Asked of every header of every answer: the length rules most names out at once.
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        match name.len() {
+            10 if is("connection") => Role::Connection,
+            14 if is("content-length") => Role::ContentLength,
+            17 if is("transfer-encoding") => Role::TransferEncoding,
+            // A 101 keeps `Upgrade`: it names the protocol switched to.
+            7 if is("upgrade") && status == StatusCode::SWITCHING_PROTOCOLS => Role::EndToEnd,
+            _ if is_hop_by_hop_name(name) => Role::Dropped,
+            _ if own.iter().any(|own| is(own.as_str())) => Role::Dropped,
+            _ => Role::EndToEnd,
+        }
+    }
 }
 
 /// What a response's connection-level headers say: how its body is framed and whether the
@@ -266,6 +292,13 @@ impl HopHeaders {
                 }
             }
         }
+    }
+
+    /// Whether `Connection` named this header, which then belongs to this connection too.
+    fn names(&self, name: &[u8]) -> bool {
+        self.named
+            .iter()
+            .any(|named| name.eq_ignore_ascii_case(named.as_str().as_bytes()))
     }
 
     fn read_transfer_encoding(&mut self, value: &[u8]) {
@@ -554,7 +587,7 @@ pub fn read_response_in_steps(wire: &[u8], step: usize, to_head_request: bool) -
     let mut pieces = wire.chunks(step.max(1));
     let mut buf = BytesMut::new();
     let head = loop {
-        match parse_response_head(&mut buf, &method) {
+        match parse_response_head(&mut buf, &method, &[]) {
             Ok(Some(head)) => break head,
             Ok(None) => match pieces.next() {
                 Some(piece) => buf.extend_from_slice(piece),
@@ -563,6 +596,21 @@ pub fn read_response_in_steps(wire: &[u8], step: usize, to_head_request: bool) -
             Err(_) => return 0,
         }
     };
+    // Every kept line must read back as a header, for clients served by hyper too.
+    let lines = head.headers.lines().iter().filter(|&&b| b == b'\n').count();
+    assert_eq!(
+        head.headers.fields().count(),
+        lines,
+        "a kept line has no colon"
+    );
+    let mut map = HeaderMap::new();
+    head.headers.clone().append_to(&mut map);
+    let declared = usize::from(head.headers.content_length().is_some());
+    assert_eq!(
+        map.len(),
+        lines + declared,
+        "a kept line is not a valid header"
+    );
     let mut decoder = BodyDecoder::new(head.body);
     let mut total = 0;
     loop {
@@ -593,7 +641,11 @@ mod tests {
     use super::*;
 
     fn head(text: &str, method: &Method) -> Result<Option<ResponseHead>, Malformed> {
-        parse_response_head(&mut BytesMut::from(text), method)
+        parse_response_head(&mut BytesMut::from(text), method, &[])
+    }
+
+    fn lines(parsed: &ResponseHead) -> &str {
+        std::str::from_utf8(parsed.headers.lines()).expect("ASCII in these tests")
     }
 
     fn framing(text: &str) -> BodyFraming {
@@ -672,15 +724,16 @@ mod tests {
     fn a_head_split_across_reads_is_parsed_once_complete() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-len");
         assert!(matches!(
-            parse_response_head(&mut buf, &Method::GET),
+            parse_response_head(&mut buf, &Method::GET, &[]),
             Ok(None)
         ));
         buf.extend_from_slice(b"gth: 2\r\nx-model: m\r\n\r\nokNEXT");
-        let parsed = parse_response_head(&mut buf, &Method::GET)
+        let parsed = parse_response_head(&mut buf, &Method::GET, &[])
             .expect("valid")
             .expect("complete");
         assert_eq!(parsed.status, StatusCode::OK);
-        assert_eq!(parsed.headers["x-model"], "m");
+        assert_eq!(lines(&parsed), "x-model: m\r\n");
+        assert_eq!(parsed.headers.content_length(), Some(2));
         assert_eq!(parsed.body, BodyFraming::Length(2));
         assert!(parsed.keep_alive);
         assert_eq!(&buf[..], b"okNEXT", "only the head is consumed");
@@ -696,7 +749,7 @@ mod tests {
         .expect("valid")
         .expect("complete");
         assert_eq!(parsed.status, StatusCode::CREATED);
-        assert!(!parsed.headers.contains_key("link"));
+        assert_eq!(lines(&parsed), "", "the 103's link is not the answer's");
     }
 
     #[test]
@@ -758,11 +811,6 @@ mod tests {
 
     #[test]
     fn connection_level_headers_are_read_but_not_kept() {
-        fn names(parsed: &ResponseHead) -> Vec<&str> {
-            let mut names: Vec<&str> = parsed.headers.keys().map(HeaderName::as_str).collect();
-            names.sort_unstable();
-            names
-        }
         let chunked = head(
             "HTTP/1.1 200 OK\r\nconnection: keep-alive, x-hop\r\nkeep-alive: timeout=5\r\n\
              x-hop: 1\r\nx-model: m\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\
@@ -774,18 +822,24 @@ mod tests {
         assert_eq!(chunked.body, BodyFraming::Chunked);
         assert!(chunked.keep_alive);
         assert_eq!(
-            names(&chunked),
-            ["x-model"],
-            "no connection headers, nothing Connection names, no length the coding overrides"
+            lines(&chunked),
+            "x-model: m\r\n",
+            "no connection headers, nothing Connection names"
+        );
+        assert_eq!(
+            chunked.headers.content_length(),
+            None,
+            "no length the coding overrides"
         );
 
         let sized = head(
-            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nproxy-connection: close\r\nserver: m\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nProxy-Connection: close\r\nServer: m\r\n\r\n",
             &Method::GET,
         )
         .expect("valid")
         .expect("complete");
-        assert_eq!(names(&sized), ["content-length", "server"]);
+        assert_eq!(lines(&sized), "Server: m\r\n");
+        assert_eq!(sized.headers.content_length(), Some(2));
 
         let switched = head(
             "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
@@ -794,10 +848,68 @@ mod tests {
         .expect("valid")
         .expect("complete");
         assert_eq!(
-            names(&switched),
-            ["upgrade"],
+            lines(&switched),
+            "upgrade: websocket\r\n",
             "a 101 says what it switched to"
         );
+    }
+
+    #[test]
+    fn kept_lines_are_written_in_one_form_whatever_form_they_came_in() {
+        let parsed = head(
+            "HTTP/1.1 200 OK\nX-Model:m\nSet-Cookie:   a=1 \r\nset-cookie: b=2\ncontent-length: 0\n\n",
+            &Method::GET,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(
+            lines(&parsed),
+            "X-Model: m\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n",
+            "names keep their case; values lose surrounding spaces; lines end in CRLF"
+        );
+        assert!(!parsed.headers.is_dated());
+        let dated = head(
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n",
+            &Method::GET,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert!(dated.headers.is_dated());
+    }
+
+    #[test]
+    fn headers_the_gateway_sets_itself_are_left_out() {
+        let own = [
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("azureml-model-deployment"),
+        ];
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 200 OK\r\nX-Request-ID: theirs\r\nx-model: m\r\n\
+             azureml-model-deployment: other\r\nx-request-ids: kept\r\ncontent-length: 0\r\n\r\n",
+        );
+        let parsed = parse_response_head(&mut buf, &Method::GET, &own)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(lines(&parsed), "x-model: m\r\nx-request-ids: kept\r\n");
+    }
+
+    #[test]
+    fn a_head_answer_keeps_the_length_it_declares() {
+        let parsed = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+            &Method::HEAD,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(parsed.body, BodyFraming::Empty);
+        assert_eq!(parsed.headers.content_length(), Some(10));
+        let unreadable = head(
+            "HTTP/1.1 304 Not Modified\r\ncontent-length: x\r\n\r\n",
+            &Method::GET,
+        )
+        .expect("a length that frames nothing is not an error")
+        .expect("complete");
+        assert_eq!(unreadable.headers.content_length(), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! HTTP/2 instances, which multiplex, keep using hyper's client.
 
 pub(crate) mod codec;
+mod header_block;
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
@@ -32,6 +33,7 @@ use tokio_rustls::client::TlsStream;
 use crate::workers;
 pub(crate) use codec::ResponseHead;
 use codec::{BodyDecoder, BodyFraming, Decoded, Malformed, RequestFraming};
+pub(crate) use header_block::HeaderBlock;
 
 /// Idle connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -98,6 +100,8 @@ pub(crate) struct Request<'a, B> {
     pub(crate) headers: &'a HeaderMap,
     /// Headers the gateway adds; each replaces any of that name in `headers`.
     pub(crate) added: &'a [(HeaderName, HeaderValue)],
+    /// Response headers the gateway sets itself: the instance's of these names are left out.
+    pub(crate) own_response_headers: &'a [HeaderName],
     pub(crate) body: B,
 }
 
@@ -249,7 +253,12 @@ where
                 return Poll::Ready(Err(error));
             }
             connection
-                .poll_head(cx, request.method, &mut received)
+                .poll_head(
+                    cx,
+                    request.method,
+                    request.own_response_headers,
+                    &mut received,
+                )
                 .map_err(WriteError::Read)
         })
         .await;
@@ -481,16 +490,18 @@ impl Connection {
         pin!(self.io.read_buf(&mut self.read_buf)).poll(cx)
     }
 
-    /// Reads until a whole response head is in, skipping interim responses. `received` notes
-    /// whether any byte came, to tell a connection closed under the request from a failure.
+    /// Reads until a whole response head is in, skipping interim responses; headers named in
+    /// `own` are left out of it. `received` notes whether any byte came, to tell a connection
+    /// closed under the request from a failure.
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
         method: &Method,
+        own: &[HeaderName],
         received: &mut bool,
     ) -> Poll<Result<ResponseHead, Error>> {
         loop {
-            if let Some(head) = codec::parse_response_head(&mut self.read_buf, method)? {
+            if let Some(head) = codec::parse_response_head(&mut self.read_buf, method, own)? {
                 return Poll::Ready(Ok(head));
             }
             match self.poll_read_more(cx) {

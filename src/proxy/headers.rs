@@ -11,6 +11,12 @@ use crate::routing::PIN_HEADER;
 pub static PIN: HeaderName = HeaderName::from_static(PIN_HEADER);
 /// `x-request-id`: kept from the client or generated, sent upstream and back.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// What the gateway sets on every answer it forwards; an instance's headers of these names are
+/// replaced.
+pub static OWN_RESPONSE_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static(PIN_HEADER),
+    HeaderName::from_static("x-request-id"),
+];
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -96,21 +102,25 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
-/// Whether `name` is one of [`HOP_BY_HOP`]. Asked of every header of every message, so it
-/// matches the text once rather than comparing against each name in turn.
+/// Whether `name` is one of [`HOP_BY_HOP`].
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    is_hop_by_hop_name(name.as_str().as_bytes())
+}
+
+/// [`is_hop_by_hop`] for a name as it came off the wire, in any case.
+pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    // Asked of every header of every message: most are turned away by their length alone.
+    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.

@@ -22,7 +22,7 @@ use tokio::io::{self as io, AsyncWriteExt};
 
 pub use body::{ProxyBody, UpstreamBody};
 use body::{RequestBody, is_body_too_large};
-use headers::{Forwarded, PIN, REQUEST_ID};
+use headers::{Forwarded, OWN_RESPONSE_HEADERS, PIN, REQUEST_ID};
 
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
@@ -248,11 +248,12 @@ impl Proxy {
                         };
                     lease.record(outcome);
                     let response = match answer {
-                        // The codec already left the hop-by-hop headers out.
+                        // The codec already left the hop-by-hop headers out. The rest go
+                        // to the server as the lines they came in.
                         Answer::Http1(head, body) => {
                             let mut response = Response::new(ProxyBody::http1(body, lease));
                             *response.status_mut() = head.status;
-                            *response.headers_mut() = head.headers;
+                            response.extensions_mut().insert(head.headers);
                             response
                         }
                         Answer::Http2(response) => {
@@ -383,6 +384,7 @@ impl Proxy {
             path: &outgoing.path_and_query,
             headers: &outgoing.headers,
             added: outgoing.forwarded.as_slice(),
+            own_response_headers: &OWN_RESPONSE_HEADERS,
             body: outgoing.body.attempt(self.max_body_bytes),
         };
         match http1::send(instance.pool(), &self.http1, target, request).await {
@@ -466,7 +468,8 @@ fn splice(
             tracing::debug!(%error, "upgraded connection ended with an error");
         }
     });
-    let mut upstream_headers = head.headers;
+    let mut upstream_headers = HeaderMap::new();
+    head.headers.append_to(&mut upstream_headers);
     let upgrade = upstream_headers.remove(header::UPGRADE);
     headers::strip_hop_by_hop(&mut upstream_headers);
     let mut switched = Response::new(ProxyBody::empty());

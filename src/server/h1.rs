@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::{ClientBody, Connection, MAX_HEADER_BYTES};
+use crate::http1::HeaderBlock;
 use crate::http1::codec::parse_decimal;
 
 /// Request bodies up to this size are read whole with their head; larger ones stream through
@@ -439,6 +440,12 @@ where
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    // An instance's headers, passed through as they came.
+    if let Some(block) = parts.extensions.get::<HeaderBlock>() {
+        out.extend_from_slice(block.lines());
+        declared = declared.or(block.content_length());
+        dated |= block.is_dated();
     }
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT

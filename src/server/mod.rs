@@ -32,6 +32,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::http1::HeaderBlock;
+
 /// Default time a client may take to send a request head before its connection is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to finish the TLS handshake.
@@ -251,7 +253,14 @@ where
 {
     let service = service_fn(move |request: Request<Incoming>| {
         let response = handler(request.map(ClientBody::from), connection.clone());
-        async move { Ok::<_, Infallible>(response.await) }
+        async move {
+            let mut response = response.await;
+            // hyper writes headers from the map only.
+            if let Some(block) = response.extensions_mut().remove::<HeaderBlock>() {
+                block.append_to(response.headers_mut());
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut served = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     tokio::select! {
