@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Version};
 
-use super::header_block::{HeaderBlock, HeaderBlockBuilder};
+use super::header_block::HeaderBlock;
 use crate::proxy::headers::{is_hop_by_hop, is_hop_by_hop_name};
 
 /// Largest response head accepted from an instance.
@@ -204,13 +204,6 @@ fn read_head(buf: &[u8], method: &Method, own: &[HeaderName]) -> Result<Read, Ma
             Role::Dropped | Role::EndToEnd => {}
         }
     }
-    let mut block = HeaderBlockBuilder::with_capacity(length);
-    for (slot, role) in response.headers.iter().zip(roles) {
-        let name = slot.name.as_bytes();
-        if role == Role::EndToEnd && !hop.names(name) {
-            block.push(name, slot.value);
-        }
-    }
     let body = hop.body_framing(status, method)?;
     let keep_alive =
         body != BodyFraming::UntilClose && body != BodyFraming::Upgrade && hop.keep_alive(version);
@@ -218,11 +211,18 @@ fn read_head(buf: &[u8], method: &Method, own: &[HeaderName]) -> Result<Read, Ma
     // that does not parse frames nothing here (the framing above failed if it had to).
     let declared = match hop.transfer_coding {
         Some(_) => None,
-        None => hop.content_length.and_then(Result::ok),
+        None => hop.content_length.clone().and_then(Result::ok),
     };
+    let mut headers = HeaderBlock::new(length, declared);
+    for (slot, role) in response.headers.iter().zip(roles) {
+        let name = slot.name.as_bytes();
+        if role == Role::EndToEnd && !hop.names(name) {
+            headers.push(name, slot.value);
+        }
+    }
     let head = ResponseHead {
         status,
-        headers: block.finish(declared),
+        headers,
         body,
         keep_alive,
     };

@@ -5,22 +5,45 @@
 //! would cost a name lookup, a hash and an allocation per header, only to be written out again.
 //! Clients served by hyper (HTTP/2, TLS, upgrades) get them moved into the response's map.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Header lines, each `name: value\r\n`, already checked as HTTP field syntax. Travels to the
-/// server as an extension of the response; the response's own map holds what the gateway adds.
+/// Header lines, each `name: value\r\n`, already checked as HTTP field syntax.
 ///
 /// `Content-Length` is not among the lines: whoever writes the answer frames it. The length the
 /// instance declared is kept apart, since a HEAD or 304 answer states one without a body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct HeaderBlock {
-    lines: Bytes,
+    lines: BytesMut,
     content_length: Option<u64>,
     dated: bool,
 }
 
 impl HeaderBlock {
+    /// An empty block for an answer that declared `content_length`, with room for `capacity`
+    /// bytes of lines and for the headers the gateway adds to every answer it forwards (its
+    /// deployment and request id), so that adding them does not grow the buffer. The size of
+    /// the head the lines come from is enough unless many lacked the space after the colon or
+    /// the CR before the LF.
+    pub(crate) fn new(capacity: usize, content_length: Option<u64>) -> Self {
+        const GATEWAY_HEADERS: usize = 128;
+        HeaderBlock {
+            lines: BytesMut::with_capacity(capacity + GATEWAY_HEADERS),
+            content_length,
+            dated: false,
+        }
+    }
+
+    /// Adds one line. The caller has checked `name` and `value` as HTTP field syntax, and
+    /// `name` is not `Content-Length`.
+    pub(crate) fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.dated |= name.eq_ignore_ascii_case(b"date");
+        self.lines.extend_from_slice(name);
+        self.lines.extend_from_slice(b": ");
+        self.lines.extend_from_slice(value);
+        self.lines.extend_from_slice(b"\r\n");
+    }
+
     /// The lines, ready to be written after a status line.
     pub(crate) fn lines(&self) -> &[u8] {
         &self.lines
@@ -38,23 +61,18 @@ impl HeaderBlock {
 
     /// Each header as name and value, in the order received.
     pub(crate) fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.lines
-            .split(|&b| b == b'\n')
-            .filter_map(|line| line.strip_suffix(b"\r"))
-            .filter_map(|line| {
-                let colon = line.iter().position(|&b| b == b':')?;
-                Some((&line[..colon], line[colon + 1..].trim_ascii_start()))
-            })
+        fields(&self.lines)
     }
 
     /// Moves the headers into `map`, after any it holds, with the declared `Content-Length`.
     pub(crate) fn append_to(self, map: &mut HeaderMap) {
-        map.reserve(self.fields().count() + 1);
-        for (name, value) in self.fields() {
+        let lines = self.lines.freeze();
+        map.reserve(fields(&lines).count() + 1);
+        for (name, value) in fields(&lines) {
             // The lines were checked when they were read; nothing is expected to fail here.
             let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name),
-                HeaderValue::from_maybe_shared(self.lines.slice_ref(value)),
+                HeaderValue::from_maybe_shared(lines.slice_ref(value)),
             ) else {
                 continue;
             };
@@ -66,40 +84,14 @@ impl HeaderBlock {
     }
 }
 
-/// Builds a [`HeaderBlock`] a header at a time.
-#[derive(Debug)]
-pub(crate) struct HeaderBlockBuilder {
-    lines: BytesMut,
-    dated: bool,
-}
-
-impl HeaderBlockBuilder {
-    /// Room for `capacity` bytes of lines: the size of the head they come from is enough
-    /// unless many lines lacked the space after the colon or the CR before the LF.
-    pub(crate) fn with_capacity(capacity: usize) -> Self {
-        HeaderBlockBuilder {
-            lines: BytesMut::with_capacity(capacity),
-            dated: false,
-        }
-    }
-
-    /// Adds one line. The caller has checked `name` and `value` as HTTP field syntax and
-    /// leaves `Content-Length` to [`HeaderBlockBuilder::finish`].
-    pub(crate) fn push(&mut self, name: &[u8], value: &[u8]) {
-        self.dated |= name.eq_ignore_ascii_case(b"date");
-        self.lines.extend_from_slice(name);
-        self.lines.extend_from_slice(b": ");
-        self.lines.extend_from_slice(value);
-        self.lines.extend_from_slice(b"\r\n");
-    }
-
-    pub(crate) fn finish(self, content_length: Option<u64>) -> HeaderBlock {
-        HeaderBlock {
-            lines: self.lines.freeze(),
-            content_length,
-            dated: self.dated,
-        }
-    }
+fn fields(lines: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    lines
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.strip_suffix(b"\r"))
+        .filter_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some((&line[..colon], line[colon + 1..].trim_ascii_start()))
+        })
 }
 
 #[cfg(test)]
@@ -107,11 +99,11 @@ mod tests {
     use super::*;
 
     fn block(fields: &[(&str, &str)], content_length: Option<u64>) -> HeaderBlock {
-        let mut builder = HeaderBlockBuilder::with_capacity(0);
+        let mut block = HeaderBlock::new(0, content_length);
         for (name, value) in fields {
-            builder.push(name.as_bytes(), value.as_bytes());
+            block.push(name.as_bytes(), value.as_bytes());
         }
-        builder.finish(content_length)
+        block
     }
 
     #[test]

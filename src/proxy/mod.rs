@@ -29,7 +29,7 @@ use crate::error::ProxyError;
 use crate::http1;
 use crate::metrics::{Metrics, NO_DEPLOYMENT, RouteLabel};
 use crate::routing::RoutingTable;
-use crate::server::{ClientBody, Connection};
+use crate::server::{ClientBody, Connection, Reply};
 use crate::upstream::health::Outcome;
 use crate::upstream::{Deployment, InFlight, Instance, Refusal};
 
@@ -121,7 +121,7 @@ impl Proxy {
         self: Arc<Self>,
         request: Request<ClientBody>,
         connection: Connection,
-    ) -> Response<ProxyBody> {
+    ) -> Reply<ProxyBody> {
         let started = Instant::now();
         let request_id = headers::request_id(request.headers());
         let mut trace = Trace {
@@ -130,20 +130,20 @@ impl Proxy {
             instance: None,
         };
 
-        let mut response = match self
+        let mut reply = match self
             .forward(request, connection, &request_id, &mut trace)
             .await
         {
-            Ok(response) => response,
+            Ok(reply) => reply,
             Err(error) => {
                 self.metrics.count_gateway_error(error.code());
                 tracing::debug!(%error, "request answered by the gateway");
-                error.to_response().map(ProxyBody::local)
+                Reply::from(error.to_response().map(ProxyBody::local))
             }
         };
 
         let elapsed = started.elapsed();
-        let status = response.status();
+        let status = reply.status();
         let deployment_name = trace
             .deployment
             .as_ref()
@@ -152,9 +152,7 @@ impl Proxy {
             Some(deployment) => {
                 deployment.metrics().count(status, trace.route);
                 deployment.metrics().observe(elapsed);
-                response
-                    .headers_mut()
-                    .insert(PIN.clone(), deployment.header_value().clone());
+                reply.set_own_header(&PIN, deployment.header_value().clone());
             }
             None => self
                 .metrics
@@ -169,10 +167,8 @@ impl Proxy {
             status = status.as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
         );
-        response
-            .headers_mut()
-            .insert(REQUEST_ID.clone(), request_id);
-        response
+        reply.set_own_header(&REQUEST_ID, request_id);
+        reply
     }
 
     async fn forward(
@@ -181,7 +177,7 @@ impl Proxy {
         connection: Connection,
         request_id: &http::HeaderValue,
         trace: &mut Trace,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Reply<ProxyBody>, ProxyError> {
         // One snapshot per request: the route is decided against a single table, and the
         // in-flight guard holds the chosen deployment until the response body ends, even if a
         // reload removes it meanwhile.
@@ -229,7 +225,7 @@ impl Proxy {
                         return match (answer, client_upgrade) {
                             (Answer::Http1(head, body), Some(client)) => {
                                 lease.record(Outcome::Success);
-                                Ok(splice(client, head, body, lease))
+                                Ok(splice(client, head, body, lease).into())
                             }
                             // Nobody asked to switch protocols.
                             _ => {
@@ -247,22 +243,21 @@ impl Proxy {
                             Outcome::Success
                         };
                     lease.record(outcome);
-                    let response = match answer {
+                    let reply = match answer {
                         // The codec already left the hop-by-hop headers out. The rest go
                         // to the server as the lines they came in.
                         Answer::Http1(head, body) => {
                             let mut response = Response::new(ProxyBody::http1(body, lease));
                             *response.status_mut() = head.status;
-                            response.extensions_mut().insert(head.headers);
-                            response
+                            Reply::with_lines(response, head.headers)
                         }
                         Answer::Http2(response) => {
                             let mut response = response.map(|body| ProxyBody::http2(body, lease));
                             headers::strip_hop_by_hop(response.headers_mut());
-                            response
+                            Reply::from(response)
                         }
                     };
-                    return Ok(response);
+                    return Ok(reply);
                 }
                 Err(Exchange::Refused) => {
                     lease.record(Outcome::ConnectFailure);

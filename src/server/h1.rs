@@ -19,15 +19,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::{ClientBody, Connection, MAX_HEADER_BYTES};
-use crate::http1::HeaderBlock;
+use super::{ClientBody, Connection, Handler, IntoReply, MAX_HEADER_BYTES, Reply};
 use crate::http1::codec::parse_decimal;
 
 /// Request bodies up to this size are read whole with their head; larger ones stream through
@@ -263,19 +262,13 @@ impl Client {
 
 /// Serves requests on `stream` until the client closes it, asks to, or sends something hyper
 /// must serve.
-pub(crate) async fn serve<F, Fut, B>(
+pub(crate) async fn serve(
     stream: TcpStream,
-    handler: &F,
+    handler: &impl Handler,
     connection: &Connection,
     timeout: Duration,
     draining: watch::Receiver<bool>,
-) -> Result<Ended, BoxError>
-where
-    F: Fn(Request<ClientBody>, Connection) -> Fut,
-    Fut: Future<Output = Response<B>>,
-    B: Body,
-    B::Error: Into<BoxError>,
-{
+) -> Result<Ended, BoxError> {
     let mut client = Client {
         stream,
         read: BytesMut::with_capacity(READ_SIZE),
@@ -327,13 +320,13 @@ where
         let to_head = request.method() == Method::HEAD;
 
         // Pinned where it is made: the handler's future is large, and every move copies it.
-        let answer = pin!(handler(request, connection.clone()));
-        let Some(response) = client.respond(answer).await? else {
+        let answer = pin!(handler.call(request, connection.clone()));
+        let Some(reply) = client.respond(answer).await? else {
             return Ok(Ended::Closed);
         };
         let close = head.close || client.draining();
         let keep_alive =
-            write_response(&mut client.stream, &mut out, response, to_head, close).await?;
+            write_response(&mut client.stream, &mut out, reply, to_head, close).await?;
         if !keep_alive {
             // A clean end: the client reads the response to its last byte, then the close.
             let _ = client.stream.shutdown().await;
@@ -360,15 +353,15 @@ impl Client {
     /// Waits for the handler's answer while watching the client: bytes of a next request are
     /// kept (up to a bound), and a client that closes the connection cancels the request,
     /// which ends with `None`.
-    async fn respond<B>(
+    async fn respond<R: IntoReply>(
         &mut self,
-        mut answer: Pin<&mut impl Future<Output = Response<B>>>,
-    ) -> io::Result<Option<Response<B>>> {
+        mut answer: Pin<&mut impl Future<Output = R>>,
+    ) -> io::Result<Option<Reply<R::Body>>> {
         loop {
             let watching = self.read.len() <= MAX_HEADER_BYTES;
             tokio::select! {
                 biased;
-                response = &mut answer => return Ok(Some(response)),
+                reply = &mut answer => return Ok(Some(reply.into_reply())),
                 ready = self.stream.readable(), if watching => {
                     ready?;
                     self.read.reserve(READ_SIZE);
@@ -396,7 +389,7 @@ enum Framing {
 async fn write_response<B>(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
-    response: Response<B>,
+    reply: Reply<B>,
     to_head: bool,
     close: bool,
 ) -> Result<bool, BoxError>
@@ -404,6 +397,7 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
+    let (response, lines) = reply.into_parts();
     let (parts, body) = response.into_parts();
     let mut body = pin!(body);
     let status = parts.status;
@@ -442,10 +436,10 @@ where
         out.extend_from_slice(b"\r\n");
     }
     // An instance's headers, passed through as they came.
-    if let Some(block) = parts.extensions.get::<HeaderBlock>() {
-        out.extend_from_slice(block.lines());
-        declared = declared.or(block.content_length());
-        dated |= block.is_dated();
+    if let Some(lines) = &lines {
+        out.extend_from_slice(lines.lines());
+        declared = declared.or(lines.content_length());
+        dated |= lines.is_dated();
     }
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT

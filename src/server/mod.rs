@@ -7,10 +7,12 @@
 
 mod body;
 mod h1;
+mod handler;
 
 pub use body::ClientBody;
 #[doc(hidden)]
 pub use h1::read_requests;
+pub use handler::{Handler, IntoReply, Reply};
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -19,10 +21,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Request;
 use std::pin::pin;
 
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,8 +33,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
-
-use crate::http1::HeaderBlock;
 
 /// Default time a client may take to send a request head before its connection is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,18 +109,12 @@ impl Connection {
 
 /// Serves connections from `listener` with `handler` until `shutdown` resolves, then stops
 /// accepting and lets open requests finish for at most `options.drain`.
-pub async fn serve<F, Fut, B>(
+pub async fn serve(
     listener: TcpListener,
-    handler: F,
+    handler: impl Handler,
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
-) where
-    F: Fn(Request<ClientBody>, Connection) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
+) {
     let listener = Listener::new(listener, Arc::clone(&options.connection_slots));
     let connections = OwnListener {
         listener,
@@ -130,18 +124,12 @@ pub async fn serve<F, Fut, B>(
 }
 
 /// Serves the connections `connections` yields, as [`serve`] does those of a listener.
-pub(crate) async fn serve_connections<F, Fut, B>(
+pub(crate) async fn serve_connections(
     mut connections: impl Connections,
-    handler: F,
+    handler: impl Handler,
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
-) where
-    F: Fn(Request<ClientBody>, Connection) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -236,31 +224,19 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Serves `io` with hyper (HTTP/1.1 with upgrades, or HTTP/2), closing gracefully once
 /// `draining` turns true.
-async fn serve_with_hyper<I, F, Fut, B>(
+async fn serve_with_hyper<I>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
-    handler: F,
+    handler: impl Handler,
     connection: Connection,
     mut draining: watch::Receiver<bool>,
 ) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<ClientBody>, Connection) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
 {
     let service = service_fn(move |request: Request<Incoming>| {
-        let response = handler(request.map(ClientBody::from), connection.clone());
-        async move {
-            let mut response = response.await;
-            // hyper writes headers from the map only.
-            if let Some(block) = response.extensions_mut().remove::<HeaderBlock>() {
-                block.append_to(response.headers_mut());
-            }
-            Ok::<_, Infallible>(response)
-        }
+        let reply = handler.call(request.map(ClientBody::from), connection.clone());
+        async move { Ok::<_, Infallible>(reply.await.into_reply().into_response()) }
     });
     let mut served = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     tokio::select! {
