@@ -42,11 +42,11 @@ count() {
   # Slow to start under valgrind.
   wait_for_port "$PROXY" 400
   wrk -t1 -c16 -d3s -s "$work/post.lua" "http://127.0.0.1:$PROXY/score" > /dev/null
-  callgrind_control -i on "$pid" > /dev/null
+  callgrind_control -i on "$pid" > /dev/null 2>&1
   local requests
   requests=$(wrk -t1 -c16 -d"${COUNTED}s" -s "$work/post.lua" "http://127.0.0.1:$PROXY/score" |
     awk '/requests in/ {print $1}')
-  callgrind_control -d "$pid" > /dev/null
+  callgrind_control -d "$pid" > /dev/null 2>&1
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local instructions
   instructions=$(callgrind_annotate "$out.1" 2>/dev/null |
