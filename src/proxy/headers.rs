@@ -21,20 +21,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers that describe one connection, not the message, and so never cross the proxy
-/// (RFC 9110, section 7.6.1).
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 /// The pin header's value, if the request carries exactly one usable value.
 pub fn pin(headers: &HeaderMap) -> Result<Option<&HeaderValue>, ProxyError> {
     let mut values = headers.get_all(&PIN).iter();
@@ -102,7 +88,9 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
-/// Whether `name` is one of [`HOP_BY_HOP`].
+/// Whether `name` is a hop-by-hop header: one that describes one connection, not the message,
+/// and so never crosses the proxy (RFC 9110, section 7.6.1, with the older `Keep-Alive` and
+/// `Proxy-Connection`).
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     is_hop_by_hop_name(name.as_str().as_bytes())
 }
@@ -137,25 +125,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|value| value.as_bytes().split(|&b| b == b','))
         .any(|token| {
             let token = token.trim_ascii();
-            !token.is_empty()
-                && !token.eq_ignore_ascii_case(b"close")
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|name| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
+            !token.is_empty() && !token.eq_ignore_ascii_case(b"close") && !is_hop_by_hop_name(token)
         });
+    let mut leaving: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
     if names_others {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in &named {
-            headers.remove(name);
-        }
+        leaving.extend(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+        );
     }
-    for name in &HOP_BY_HOP {
+    for name in &leaving {
         headers.remove(name);
     }
 }
@@ -284,8 +271,22 @@ mod tests {
 
     #[test]
     fn hop_by_hop_names_are_recognised_and_no_others() {
-        for name in &HOP_BY_HOP {
-            assert!(is_hop_by_hop(name), "{name}");
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+            assert!(
+                is_hop_by_hop_name(name.to_ascii_uppercase().as_bytes()),
+                "{name}"
+            );
         }
         for name in [
             "content-length",

@@ -2,7 +2,7 @@
 //! listener, a cap on open connections, accept errors that back off instead of exiting, and a
 //! graceful drain on shutdown.
 //!
-//! Plain HTTP/1.1 connections start on the loop's own HTTP/1.1 path ([`h1`]), which serves the
+//! Plain HTTP/1.1 connections start on the loop's own HTTP/1.1 path (`h1.rs`), which serves the
 //! common requests and hands anything else to hyper; TLS connections go to hyper directly.
 
 mod body;
