@@ -13,6 +13,7 @@
 #   CONTESTANTS=switchyard ROUNDS=1 DURATION=8 IDLE_CONNECTIONS=0 RELOAD_REWRITES=0 \
 #     bash benches/compare.sh                    # one contestant, e.g. while optimising
 #   PEER_HEADERS=none bash benches/compare.sh    # nginx and HAProxy without the header work
+#   PIN_WORKERS=1 bash benches/compare.sh        # each proxy's workers pinned to CPUs 0..N-1
 #
 # Switchyard adds X-Forwarded-For, -Proto, -Host and a request id to every request it forwards,
 # and returns the request id and the deployment's name to the client. By default nginx and
@@ -30,6 +31,7 @@ WORKERS=${WORKERS:-2}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 RELOAD_REWRITES=${RELOAD_REWRITES:-200}
 PEER_HEADERS=${PEER_HEADERS:-same}
+PIN_WORKERS=${PIN_WORKERS:-0}
 
 source "$(dirname "$0")/setup.sh"
 require_tools "nginx haproxy wrk" nginx haproxy wrk python3
@@ -45,7 +47,9 @@ NGINX_PID=$!
 write_haproxy_conf "$HAPROXY" "$WORKERS"
 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 HAPROXY_PID=$!
-RUST_LOG=warn "$SWITCHYARD" --workers "$WORKERS" serve --config "$work/config/endpoint.yaml" \
+pin=()
+if [ "$PIN_WORKERS" = 1 ]; then pin=(--pin-workers); fi
+RUST_LOG=warn "$SWITCHYARD" --workers "$WORKERS" "${pin[@]}" serve --config "$work/config/endpoint.yaml" \
   --listen "127.0.0.1:$SWITCH" --admin-listen "127.0.0.1:$ADMIN" & pids+=($!)
 SWITCHYARD_PID=$!
 
@@ -84,7 +88,7 @@ measure() {
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)"
-echo "load: wrk -t1 -c$CONNECTIONS, ${DURATION}s per run, $ROUNDS rounds; proxies get $WORKERS workers/threads"
+echo "load: wrk -t1 -c$CONNECTIONS, ${DURATION}s per run, $ROUNDS rounds; proxies get $WORKERS workers/threads$( [ "$PIN_WORKERS" = 1 ] && echo ', pinned to CPUs')"
 for name in "${CONTESTANTS[@]}"; do measure "$name" 2 >/dev/null; done  # warm-up
 
 : > "$work/results"

@@ -107,14 +107,17 @@ if [ "$PEER_HEADERS" = same ]; then
   http-response set-header azureml-model-deployment %[srv_name]'
 fi
 
-# nginx as the gateway: split_clients on a per-request random id, upstream keep-alive.
+# nginx as the gateway: split_clients on a per-request random id, upstream keep-alive; with
+# PIN_WORKERS=1, one worker per CPU (worker_cpu_affinity).
 # write_nginx_conf PORT WORKERS [no-master]
 write_nginx_conf() {
-  local master=""
+  local master="" affinity=""
   if [ "${3:-}" = no-master ]; then master="master_process off;"; fi
+  if [ "${PIN_WORKERS:-0}" = 1 ]; then affinity="worker_cpu_affinity auto;"; fi
   cat > "$work/nginx.conf" <<EOF
 worker_processes $2;
 $master
+$affinity
 daemon off;
 pid $work/nginx.pid;
 error_log stderr warn;
@@ -139,13 +142,16 @@ http {
 EOF
 }
 
-# HAProxy as the gateway: weights 90/10, connection reuse.
+# HAProxy as the gateway: weights 90/10, connection reuse; with PIN_WORKERS=1, thread i on CPU i-1.
 # write_haproxy_conf PORT THREADS
 write_haproxy_conf() {
+  local affinity=""
+  if [ "${PIN_WORKERS:-0}" = 1 ]; then affinity="cpu-map auto:1/1-$2 0-$(($2 - 1))"; fi
   cat > "$work/haproxy.cfg" <<EOF
 global
   nbthread $2
   maxconn 4096
+  $affinity
 defaults
   mode http
   timeout connect 5s

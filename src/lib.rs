@@ -82,6 +82,8 @@ pub struct GatewayOptions {
     /// port, connections evened out between them (see [`workers`]). `None` serves on the
     /// caller's runtime.
     pub workers: Option<usize>,
+    /// Pin each serving thread to a CPU of its own (see [`workers`]). Off by default.
+    pub pin_workers: bool,
 }
 
 /// A PEM certificate chain and its private key.
@@ -109,6 +111,7 @@ impl GatewayOptions {
             resolver: Arc::new(upstream::resolve::SystemResolver),
             resolve_interval: reload::DEFAULT_RESOLVE_INTERVAL,
             workers: None,
+            pin_workers: false,
         }
     }
 }
@@ -229,8 +232,9 @@ impl Gateway {
                         serve_options.clone(),
                     )
                 };
-                let workers = workers::Workers::spawn(listeners, slots, gauges, serve)
-                    .map_err(StartError::Threads)?;
+                let workers =
+                    workers::Workers::spawn(listeners, slots, gauges, options.pin_workers, serve)
+                        .map_err(StartError::Threads)?;
                 Serving::Threads(Some(workers))
             }
         };
