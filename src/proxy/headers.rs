@@ -113,8 +113,14 @@ pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than a lookup for each.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names finds those to remove; most messages carry none, and an empty
+    // collection allocates nothing.
+    let mut leaving: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    if leaving.is_empty() {
         return;
     }
     // `Connection: keep-alive` (or `close`) is the usual case and names nothing else to remove:
@@ -127,11 +133,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             let token = token.trim_ascii();
             !token.is_empty() && !token.eq_ignore_ascii_case(b"close") && !is_hop_by_hop_name(token)
         });
-    let mut leaving: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name))
-        .cloned()
-        .collect();
     if names_others {
         leaving.extend(
             headers
