@@ -14,8 +14,9 @@
 //! Optionally (`--pin-workers`) each thread is pinned to a CPU of its own. Unpinned, the kernel
 //! at times runs two serving threads on one core while another is busy elsewhere, and the
 //! connections of the thread left waiting stall for a time slice: on a 2-core machine shared with
-//! the load generator and the upstream, pinning cut the p99 by a third (BENCHMARKS.md). It is off
-//! by default, since a pinned thread cannot move away from a core that other work keeps busy.
+//! the load generator and the upstream, pinning cut the p99 by a fifth to two fifths
+//! (BENCHMARKS.md). It is off by default, since a pinned thread cannot move away from a core
+//! that other work keeps busy.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -282,8 +283,7 @@ impl StopSignal {
 /// be read.
 fn cpus_to_pin_to() -> Vec<usize> {
     match affinity::allowed_cpus() {
-        Ok(cpus) if !cpus.is_empty() => cpus,
-        Ok(_) => Vec::new(),
+        Ok(cpus) => cpus,
         Err(error) => {
             tracing::warn!(%error, "cannot read the CPUs this process may use; serving threads are not pinned");
             Vec::new()
