@@ -12,6 +12,20 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// An answer's headers and its whole body.
+async fn headers_and_body(
+    response: http::Response<hyper::body::Incoming>,
+) -> (http::HeaderMap, Bytes) {
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (headers, body)
+}
+
 #[tokio::test]
 async fn method_path_query_headers_and_body_reach_the_instance() {
     let (echo, _task) = echo_server().await;
@@ -30,13 +44,7 @@ async fn method_path_query_headers_and_body_reach_the_instance() {
     .body(Full::new(Bytes::from_static(b"{\"data\": [[1]]}")))
     .expect("request");
     let response = client().request(request).await.expect("answer");
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let (headers, body) = headers_and_body(response).await;
 
     let echoed = |name: &str| {
         headers
@@ -235,13 +243,7 @@ async fn an_instances_headers_reach_every_kind_of_client_alike() {
             .expect("an answer in time")
             .expect("an answer");
         assert_eq!(response.status(), StatusCode::OK, "{who}");
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let (headers, body) = headers_and_body(response).await;
         let all = |name: &str| -> Vec<&str> {
             headers
                 .get_all(name)

@@ -644,15 +644,17 @@ mod tests {
         parse_response_head(&mut BytesMut::from(text), method, &[])
     }
 
+    /// The head of a valid, complete `text`.
+    fn complete(text: &str, method: &Method) -> ResponseHead {
+        head(text, method).expect("valid").expect("complete")
+    }
+
     fn lines(parsed: &ResponseHead) -> &str {
         std::str::from_utf8(parsed.headers.lines()).expect("ASCII in these tests")
     }
 
     fn framing(text: &str) -> BodyFraming {
-        head(text, &Method::POST)
-            .expect("valid")
-            .expect("complete")
-            .body
+        complete(text, &Method::POST).body
     }
 
     /// Feeds `wire` to a decoder in pieces of `step` bytes and collects the body.
@@ -741,13 +743,11 @@ mod tests {
 
     #[test]
     fn interim_responses_are_skipped() {
-        let parsed = head(
+        let parsed = complete(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
              HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
             &Method::POST,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert_eq!(parsed.status, StatusCode::CREATED);
         assert_eq!(lines(&parsed), "", "the 103's link is not the answer's");
     }
@@ -778,12 +778,10 @@ mod tests {
             framing("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n"),
             BodyFraming::Upgrade
         );
-        let to_head = head(
+        let to_head = complete(
             "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
             &Method::HEAD,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert_eq!(
             to_head.body,
             BodyFraming::Empty,
@@ -811,14 +809,12 @@ mod tests {
 
     #[test]
     fn connection_level_headers_are_read_but_not_kept() {
-        let chunked = head(
+        let chunked = complete(
             "HTTP/1.1 200 OK\r\nconnection: keep-alive, x-hop\r\nkeep-alive: timeout=5\r\n\
              x-hop: 1\r\nx-model: m\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\
              trailer: x-checksum\r\n\r\n",
             &Method::GET,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert_eq!(chunked.body, BodyFraming::Chunked);
         assert!(chunked.keep_alive);
         assert_eq!(
@@ -832,21 +828,17 @@ mod tests {
             "no length the coding overrides"
         );
 
-        let sized = head(
+        let sized = complete(
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nProxy-Connection: close\r\nServer: m\r\n\r\n",
             &Method::GET,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert_eq!(lines(&sized), "Server: m\r\n");
         assert_eq!(sized.headers.content_length(), Some(2));
 
-        let switched = head(
+        let switched = complete(
             "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
             &Method::GET,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert_eq!(
             lines(&switched),
             "upgrade: websocket\r\n",
@@ -856,24 +848,20 @@ mod tests {
 
     #[test]
     fn kept_lines_are_written_in_one_form_whatever_form_they_came_in() {
-        let parsed = head(
+        let parsed = complete(
             "HTTP/1.1 200 OK\nX-Model:m\nSet-Cookie:   a=1 \r\nset-cookie: b=2\ncontent-length: 0\n\n",
             &Method::GET,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert_eq!(
             lines(&parsed),
             "X-Model: m\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n",
             "names keep their case; values lose surrounding spaces; lines end in CRLF"
         );
         assert!(!parsed.headers.is_dated());
-        let dated = head(
+        let dated = complete(
             "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n",
             &Method::GET,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert!(dated.headers.is_dated());
     }
 
@@ -895,12 +883,10 @@ mod tests {
 
     #[test]
     fn a_head_answer_keeps_the_length_it_declares() {
-        let parsed = head(
+        let parsed = complete(
             "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
             &Method::HEAD,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert_eq!(parsed.body, BodyFraming::Empty);
         assert_eq!(parsed.headers.content_length(), Some(10));
         let unreadable = head(
@@ -914,12 +900,7 @@ mod tests {
 
     #[test]
     fn keep_alive_depends_on_version_connection_and_framing() {
-        let alive = |text: &str| {
-            head(text, &Method::GET)
-                .expect("valid")
-                .expect("complete")
-                .keep_alive
-        };
+        let alive = |text: &str| complete(text, &Method::GET).keep_alive;
         assert!(alive("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
         assert!(!alive(
             "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
