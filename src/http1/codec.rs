@@ -10,7 +10,7 @@ use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Version};
 
 use super::header_block::HeaderBlock;
-use crate::proxy::headers::{is_hop_by_hop, is_hop_by_hop_name};
+use crate::proxy::headers::is_hop_by_hop_name;
 
 /// Largest response head accepted from an instance.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -284,10 +284,10 @@ impl HopHeaders {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
-            } else if let Ok(name) = HeaderName::from_bytes(token) {
+            } else if !is_hop_by_hop_name(token) {
                 // Hop-by-hop names are dealt with anyway; `Connection: upgrade` on a 101 must
                 // not take its `Upgrade` away.
-                if !is_hop_by_hop(&name) {
+                if let Ok(name) = HeaderName::from_bytes(token) {
                     self.named.push(name);
                 }
             }
