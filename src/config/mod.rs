@@ -147,6 +147,16 @@ impl EndpointConfig {
 
     /// Parses and validates endpoint YAML.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        if has_no_content(text) {
+            let issue = Issue {
+                field: String::new(),
+                position: None,
+                problem: "the file is empty; an endpoint file needs at least `name`, \
+                          `traffic` and `deployments` (see config/rollout/1-create-blue.yaml)"
+                    .to_string(),
+            };
+            return Err(ConfigError::invalid(text, vec![issue]));
+        }
         let raw = deserialize(text).map_err(|issue| ConfigError::invalid(text, vec![issue]))?;
         validate(raw).map_err(|issues| ConfigError::invalid(text, issues))
     }
@@ -241,6 +251,15 @@ pub fn read_file(path: &Path) -> Result<String, ConfigError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Blank lines and comments only: what an editor leaves while it rewrites a file, or a
+/// file that was never filled in. The YAML parser's own words for it ("unexpected end of
+/// input") do not say what to do.
+fn has_no_content(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|line| line.is_empty() || line.starts_with('#') || line == "---")
 }
 
 /// YAML -> [`EndpointFile`], with the field path and position of the first problem.

@@ -41,6 +41,28 @@ fn assert_issue(text: &str, field: &str, line: u64, problem_part: &str) {
 }
 
 #[test]
+fn an_empty_file_says_what_an_endpoint_file_needs() {
+    for text in ["", "\n\n", "# blue only, for now\n", "---\n# nothing yet\n"] {
+        let issue = single_issue(text);
+        assert_eq!(issue.field, "", "{text:?}");
+        assert!(
+            issue.problem.contains("the file is empty"),
+            "{text:?}: {issue:?}"
+        );
+        assert!(
+            issue.problem.contains("`deployments`"),
+            "{text:?}: {issue:?}"
+        );
+    }
+    // One real key is no longer empty: the missing fields are named instead.
+    assert!(
+        !single_issue("name: my-endpoint\n")
+            .problem
+            .contains("empty")
+    );
+}
+
+#[test]
 fn the_documented_example_is_valid() {
     let config = EndpointConfig::parse(VALID).expect("valid");
     assert_eq!(config.name, "my-endpoint");
