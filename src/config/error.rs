@@ -56,9 +56,14 @@ impl Issue {
     /// Turns a YAML or serde error into an issue with a useful message.
     pub(crate) fn from_parse_error(field: String, error: &serde_saphyr::Error) -> Self {
         let message = error.without_snippet().to_string();
+        let mut problem = explain(strip_position(&message));
+        // `blue: 10%` and `blue: 0.9` are the likely slips in a traffic share.
+        if field.starts_with("traffic.") && problem == WHOLE_NUMBER {
+            problem = format!("{WHOLE_NUMBER} of percent from 0 to 100, like `10` (no `%` sign)");
+        }
         Issue {
             position: error.location().as_ref().and_then(line_column),
-            problem: explain(strip_position(&message)),
+            problem,
             field,
         }
     }
@@ -77,6 +82,8 @@ fn strip_position(message: &str) -> &str {
         .rsplit_once(" at line ")
         .map_or(message, |(head, _)| head)
 }
+
+const WHOLE_NUMBER: &str = "expected a whole number";
 
 /// Rewrites serde's wording into a problem and a fix.
 fn explain(message: &str) -> String {
@@ -100,7 +107,7 @@ fn explain(message: &str) -> String {
         return format!("missing required key `{key}`");
     }
     if message.starts_with("invalid i64") || message.starts_with("invalid u") {
-        return "expected a whole number".to_string();
+        return WHOLE_NUMBER.to_string();
     }
     if message.starts_with("duplicate") {
         return format!("{message}; each key may appear once");

@@ -172,6 +172,8 @@ fn traffic_must_be_a_percentage() {
 fn traffic_must_be_a_whole_number() {
     let text = VALID.replace("green: 10", "green: 10.5");
     assert_issue(&text, "traffic.green", 2, "whole number");
+    let text = VALID.replace("green: 10", "green: 10%");
+    assert_issue(&text, "traffic.green", 2, "like `10` (no `%` sign)");
 }
 
 #[test]
