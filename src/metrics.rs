@@ -38,6 +38,10 @@ pub mod names {
     pub const CONFIG_REJECTED: &str = "switchyard_config_last_reload_rejected";
     /// Open client connections, by serving thread.
     pub const CLIENT_CONNECTIONS: &str = "switchyard_client_connections";
+    /// Configured percent of live traffic copied to a deployment (`mirror_traffic`).
+    pub const MIRROR_PERCENT: &str = "switchyard_deployment_mirror_traffic_percent";
+    /// Copies of live requests that did not reach the mirror whole, by deployment.
+    pub const MIRRORS_ABANDONED: &str = "switchyard_mirrored_requests_abandoned_total";
 }
 
 /// Label value for requests that never reached a deployment.
@@ -55,6 +59,8 @@ pub enum RouteLabel {
     Weighted,
     /// Named by the pin header.
     Pinned,
+    /// A copy of a weighted request, sent to the mirror deployment; its answer is discarded.
+    Mirrored,
     /// Never reached a deployment.
     Unrouted,
 }
@@ -65,6 +71,7 @@ impl RouteLabel {
         match self {
             RouteLabel::Weighted => "weighted",
             RouteLabel::Pinned => "pinned",
+            RouteLabel::Mirrored => "mirrored",
             RouteLabel::Unrouted => "unrouted",
         }
     }
@@ -88,6 +95,8 @@ pub struct Metrics {
     in_flight: IntGaugeVec,
     gateway_errors: IntCounterVec,
     traffic_percent: IntGaugeVec,
+    mirror_percent: IntGaugeVec,
+    mirrors_abandoned: IntCounterVec,
     instances: IntGaugeVec,
     instances_ready: IntGaugeVec,
     generation: IntGauge,
@@ -174,6 +183,25 @@ impl Metrics {
             &["deployment"],
         )
         .expect("valid metric");
+        let mirror_percent = IntGaugeVec::new(
+            Opts::new(
+                names::MIRROR_PERCENT,
+                "Configured percent of live traffic copied to the deployment; its answers are \
+                 discarded.",
+            ),
+            &["deployment"],
+        )
+        .expect("valid metric");
+        let mirrors_abandoned = IntCounterVec::new(
+            Opts::new(
+                names::MIRRORS_ABANDONED,
+                "Copies of live requests the mirror did not receive whole: the client's body \
+                 failed or the live request ended before it, or the mirror fell too far behind. \
+                 The client's own request is never affected.",
+            ),
+            &["deployment"],
+        )
+        .expect("valid metric");
         let instances = IntGaugeVec::new(
             Opts::new(names::INSTANCES, "Instances configured."),
             &["deployment"],
@@ -223,6 +251,8 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(gateway_errors.clone()),
             Box::new(traffic_percent.clone()),
+            Box::new(mirror_percent.clone()),
+            Box::new(mirrors_abandoned.clone()),
             Box::new(instances.clone()),
             Box::new(instances_ready.clone()),
             Box::new(generation.clone()),
@@ -244,6 +274,8 @@ impl Metrics {
             in_flight,
             gateway_errors,
             traffic_percent,
+            mirror_percent,
+            mirrors_abandoned,
             instances,
             instances_ready,
             generation,
@@ -285,6 +317,13 @@ impl Metrics {
         self.gateway_errors.with_label_values(&[kind]).inc();
     }
 
+    /// Counts one copy of a request that did not reach the mirror whole.
+    pub fn count_mirror_abandoned(&self, deployment: &str) {
+        self.mirrors_abandoned
+            .with_label_values(&[deployment])
+            .inc();
+    }
+
     /// Requests answered so far per deployment name, any route, read in one pass.
     pub fn request_counts(&self) -> HashMap<String, RequestCounts> {
         use prometheus::core::Collector;
@@ -319,6 +358,7 @@ impl Metrics {
                 if table.deployment(old.name()).is_none() {
                     let labels = [old.name()];
                     let _ = self.traffic_percent.remove_label_values(&labels);
+                    let _ = self.mirror_percent.remove_label_values(&labels);
                     let _ = self.instances.remove_label_values(&labels);
                     let _ = self.instances_ready.remove_label_values(&labels);
                 }
@@ -329,6 +369,9 @@ impl Metrics {
             self.traffic_percent
                 .with_label_values(&labels)
                 .set(i64::from(deployment.traffic));
+            self.mirror_percent
+                .with_label_values(&labels)
+                .set(i64::from(deployment.mirror));
             let count = built.instances().len() as i64;
             self.instances.with_label_values(&labels).set(count);
             self.instances_ready.with_label_values(&labels).set(count);

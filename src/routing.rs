@@ -32,6 +32,8 @@ pub struct RoutingTable {
     /// `slots[draw]` is the index of the deployment that a weighted draw of `draw` (0..100) picks;
     /// `None` when all weights are 0.
     slots: Option<Box<[u8; 100]>>,
+    /// Where a share of weighted requests is copied to, and how large a share.
+    mirror: Option<(Arc<Deployment>, u8)>,
 }
 
 /// How a deployment was chosen; a metric label, so a small closed set.
@@ -101,6 +103,13 @@ impl RoutingTable {
             slots
         });
 
+        let mirror = config
+            .deployments
+            .iter()
+            .zip(&deployments)
+            .find(|(config, _)| config.mirror > 0)
+            .map(|(config, deployment)| (Arc::clone(deployment), config.mirror));
+
         RoutingTable {
             config,
             generation,
@@ -108,6 +117,7 @@ impl RoutingTable {
             keys,
             resolved,
             slots,
+            mirror,
         }
     }
 
@@ -137,6 +147,20 @@ impl RoutingTable {
             deployment: Arc::clone(&self.deployments[usize::from(index)]),
             reason: RouteReason::Weighted,
         })
+    }
+
+    /// The deployment a weighted request is copied to, if any, for a uniform `draw` in `0..100`
+    /// taken apart from the route's. Pinned requests are never copied (as in Azure).
+    pub fn mirror(&self, draw: u8) -> Option<&Arc<Deployment>> {
+        self.mirror
+            .as_ref()
+            .filter(|(_, percent)| draw < *percent)
+            .map(|(deployment, _)| deployment)
+    }
+
+    /// Whether weighted requests are copied anywhere.
+    pub fn mirrors(&self) -> bool {
+        self.mirror.is_some()
     }
 
     /// Whether a request with these headers may be served: always under `auth_mode: none`.
@@ -281,6 +305,33 @@ mod tests {
         for (count, expected) in counts.iter().zip([33_000, 33_000, 34_000]) {
             assert!(count.abs_diff(expected) < 1_000, "{counts:?}");
         }
+    }
+
+    #[test]
+    fn the_mirror_takes_its_share_of_draws() {
+        let text = "name: e-1\nauth_mode: none\ntraffic: {blue: 100}\nmirror_traffic: {green: 10}\n\
+                    deployments:\n- {name: blue, instances: [http://127.0.0.1:1]}\n\
+                    - {name: green, instances: [http://127.0.0.1:2]}\n";
+        let config = EndpointConfig::parse(text).expect("valid");
+        let table = RoutingTable::build(
+            Arc::new(config),
+            1,
+            None,
+            &Metrics::new(),
+            None,
+            Resolved::default(),
+        );
+        let copied: Vec<u8> = (0..100)
+            .filter(|draw| table.mirror(*draw).is_some())
+            .collect();
+        assert_eq!(copied, (0..10).collect::<Vec<u8>>());
+        assert_eq!(table.mirror(0).map(|d| d.name()), Some("green"));
+        assert!(table.mirrors());
+        // Live traffic is untouched by the mirror.
+        assert!((0..100).all(|draw| name_of(table.route(None, draw)) == "blue"));
+
+        assert!(!self::table("{blue: 100}").mirrors());
+        assert!((0..100).all(|draw| self::table("{blue: 100}").mirror(draw).is_none()));
     }
 
     #[test]

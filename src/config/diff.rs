@@ -37,6 +37,15 @@ pub enum Change {
         /// New percent.
         to: u8,
     },
+    /// The share of live traffic copied to a deployment changed.
+    Mirror {
+        /// The deployment.
+        name: String,
+        /// Old percent.
+        from: u8,
+        /// New percent.
+        to: u8,
+    },
     /// A deployment now serves another model.
     Model {
         /// The deployment.
@@ -105,11 +114,20 @@ pub fn diff(old: &EndpointConfig, new: &EndpointConfig) -> Vec<Change> {
     );
     for deployment in &new.deployments {
         match old.deployments.iter().find(|d| d.name == deployment.name) {
-            None => changes.push(Change::DeploymentAdded {
-                name: deployment.name.clone(),
-                traffic: deployment.traffic,
-                instances: deployment.instances.len(),
-            }),
+            None => {
+                changes.push(Change::DeploymentAdded {
+                    name: deployment.name.clone(),
+                    traffic: deployment.traffic,
+                    instances: deployment.instances.len(),
+                });
+                if deployment.mirror > 0 {
+                    changes.push(Change::Mirror {
+                        name: deployment.name.clone(),
+                        from: 0,
+                        to: deployment.mirror,
+                    });
+                }
+            }
             Some(before) => diff_deployment(before, deployment, &mut changes),
         }
     }
@@ -130,6 +148,13 @@ fn diff_deployment(old: &DeploymentConfig, new: &DeploymentConfig, changes: &mut
             name: name.clone(),
             from: old.traffic,
             to: new.traffic,
+        });
+    }
+    if old.mirror != new.mirror {
+        changes.push(Change::Mirror {
+            name: name.clone(),
+            from: old.mirror,
+            to: new.mirror,
         });
     }
     if old.model != new.model {
@@ -230,6 +255,9 @@ impl fmt::Display for Change {
             }
             Change::DeploymentRemoved { name } => write!(f, "deployment {name} removed"),
             Change::Traffic { name, from, to } => write!(f, "traffic {name} {from}% -> {to}%"),
+            Change::Mirror { name, from, to } => {
+                write!(f, "mirrored traffic {name} {from}% -> {to}%")
+            }
             Change::Model { name, from, to } => write!(f, "model of {name} {from} -> {to}"),
             Change::Setting {
                 deployment: Some(name),
@@ -322,6 +350,41 @@ mod tests {
                 "keys_file - -> keys.yaml",
                 "request_settings.request_timeout_ms of blue 5000 -> 250",
                 "readiness_probe of blue none -> GET /health every 10s",
+            ]
+        );
+    }
+
+    #[test]
+    fn mirroring_changes_are_listed() {
+        let old = config(
+            "name: e-1\nauth_mode: none\ntraffic: {blue: 100}\ndeployments:\n- {name: blue, instances: [http://a:1]}\n",
+        );
+        let new = config(
+            "name: e-1\nauth_mode: none\ntraffic: {blue: 100}\nmirror_traffic: {green: 10}\ndeployments:\n\
+             - {name: blue, instances: [http://a:1]}\n- {name: green, instances: [http://b:1]}\n",
+        );
+        let lines: Vec<String> = diff(&old, &new).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "deployment green added with 0% traffic and 1 instance",
+                "mirrored traffic green 0% -> 10%"
+            ]
+        );
+        let flight = config(
+            "name: e-1\nauth_mode: none\ntraffic: {blue: 90, green: 10}\ndeployments:\n\
+             - {name: blue, instances: [http://a:1]}\n- {name: green, instances: [http://b:1]}\n",
+        );
+        let lines: Vec<String> = diff(&new, &flight)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "traffic blue 100% -> 90%",
+                "traffic green 0% -> 10%",
+                "mirrored traffic green 10% -> 0%"
             ]
         );
     }

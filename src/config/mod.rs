@@ -25,6 +25,8 @@ use file::{DeploymentFile, EndpointFile, ModelFile, ProbeFile, RequestSettingsFi
 pub const MAX_DEPLOYMENTS: usize = 20;
 /// Azure's limit on instances per deployment.
 pub const MAX_INSTANCES: usize = 50;
+/// Azure's limit on the share of live traffic that may be mirrored.
+pub const MAX_MIRROR_PERCENT: u8 = 50;
 
 /// A validated endpoint: its name and its deployments with their share of live traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +60,9 @@ pub struct DeploymentConfig {
     pub model: String,
     /// Percent of live traffic, 0..=100. Deployments left out of `traffic` get 0.
     pub traffic: u8,
+    /// Percent of live traffic copied to this deployment, 0..=50 (`mirror_traffic`); its
+    /// answers are discarded. At most one deployment has it, and that one has no `traffic`.
+    pub mirror: u8,
     /// Where the deployment's instances listen.
     pub instances: Vec<InstanceAddr>,
     /// Timeout and concurrency limits.
@@ -161,6 +166,11 @@ impl EndpointConfig {
         validate(raw).map_err(|issues| ConfigError::invalid(text, issues))
     }
 
+    /// The deployment that live traffic is mirrored to, if any.
+    pub fn mirrored(&self) -> Option<&DeploymentConfig> {
+        self.deployments.iter().find(|d| d.mirror > 0)
+    }
+
     /// Total percent of live traffic: 0 or 100 in a valid config.
     pub fn total_traffic(&self) -> u32 {
         self.deployments.iter().map(|d| u32::from(d.traffic)).sum()
@@ -219,6 +229,9 @@ impl EndpointConfig {
         if let Some(keys_file) = &self.keys_file {
             value["keys_file"] = serde_json::Value::from(keys_file.display().to_string());
         }
+        if let Some(mirrored) = self.mirrored() {
+            value["mirror_traffic"] = serde_json::json!({ &mirrored.name: mirrored.mirror });
+        }
         value
     }
 
@@ -229,10 +242,14 @@ impl EndpointConfig {
             .iter()
             .map(|d| {
                 let plural = if d.instances.len() == 1 { "" } else { "s" };
+                let share = if d.mirror > 0 {
+                    format!("{}% mirrored", d.mirror)
+                } else {
+                    format!("{}%", d.traffic)
+                };
                 format!(
-                    "{} {}% ({} instance{plural})",
+                    "{} {share} ({} instance{plural})",
                     d.name,
-                    d.traffic,
                     d.instances.len()
                 )
             })
@@ -319,15 +336,6 @@ fn validate(raw: EndpointFile) -> Result<EndpointConfig, Vec<Issue>> {
         }
     }
 
-    if !raw.mirror_traffic.is_empty() {
-        let location = raw.mirror_traffic.values().next().map(|v| v.referenced);
-        issues.push(Issue::new(
-            "mirror_traffic",
-            location,
-            "traffic mirroring is not supported yet; remove `mirror_traffic`",
-        ));
-    }
-
     if raw.deployments.len() > MAX_DEPLOYMENTS {
         issues.push(Issue::new(
             "deployments",
@@ -359,6 +367,7 @@ fn validate(raw: EndpointFile) -> Result<EndpointConfig, Vec<Issue>> {
     }
 
     check_traffic(&raw.traffic, &mut deployments, &mut issues);
+    check_mirror(&raw.mirror_traffic, &mut deployments, &mut issues);
 
     if issues.is_empty() {
         Ok(EndpointConfig {
@@ -448,6 +457,7 @@ fn validate_deployment(
         name: raw.name.value.clone(),
         model: describe_model(raw.model.as_ref()),
         traffic: 0,
+        mirror: 0,
         instances,
         request_settings: request_settings(field, raw.request_settings.as_ref(), issues),
         readiness_probe: raw
@@ -650,26 +660,11 @@ fn check_traffic(
                     deployment.traffic = value.min(100);
                 }
             }
-            None => {
-                let known = deployments.iter().map(|d| d.name.as_str());
-                let hint = match suggest::closest(name, known) {
-                    Some(close) => format!("; did you mean `{close}`?"),
-                    None if deployments.is_empty() => "; the file lists no deployments".to_string(),
-                    None => format!(
-                        "; deployments are: {}",
-                        deployments
-                            .iter()
-                            .map(|d| d.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                };
-                issues.push(Issue::new(
-                    &field,
-                    Some(percent.referenced),
-                    format!("`{name}` is not a deployment of this endpoint{hint}"),
-                ));
-            }
+            None => issues.push(Issue::new(
+                &field,
+                Some(percent.referenced),
+                not_a_deployment(name, deployments),
+            )),
         }
     }
     if total != 0 && total != 100 {
@@ -683,6 +678,87 @@ fn check_traffic(
             ),
         ));
     }
+}
+
+/// Applies `mirror_traffic` to the deployments and checks Azure's rules for it: one deployment
+/// at most, at most 50 percent, and never a deployment that also gets live traffic.
+fn check_mirror(
+    mirror_traffic: &BTreeMap<String, Spanned<i64>>,
+    deployments: &mut [DeploymentConfig],
+    issues: &mut Vec<Issue>,
+) {
+    let max = i64::from(MAX_MIRROR_PERCENT);
+    for (name, percent) in mirror_traffic {
+        let field = format!("mirror_traffic.{name}");
+        let Some(deployment) = deployments.iter_mut().find(|d| &d.name == name) else {
+            issues.push(Issue::new(
+                &field,
+                Some(percent.referenced),
+                not_a_deployment(name, deployments),
+            ));
+            continue;
+        };
+        if !(0..=max).contains(&percent.value) {
+            issues.push(Issue::new(
+                &field,
+                Some(percent.referenced),
+                format!(
+                    "{} is out of range; mirror a whole number from 0 to {max} percent of live \
+                     traffic",
+                    percent.value
+                ),
+            ));
+            continue;
+        }
+        if percent.value > 0 && deployment.traffic > 0 {
+            issues.push(Issue::new(
+                &field,
+                Some(percent.referenced),
+                format!(
+                    "`{name}` also gets {}% of live traffic; a deployment gets live traffic or \
+                     mirrored traffic, not both: set `traffic.{name}` to 0 or mirror another \
+                     deployment",
+                    deployment.traffic
+                ),
+            ));
+            continue;
+        }
+        deployment.mirror = u8::try_from(percent.value).unwrap_or(0);
+    }
+    let mirrored: Vec<&str> = mirror_traffic
+        .iter()
+        .filter(|(_, percent)| percent.value > 0)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if mirrored.len() > 1 {
+        let location = mirror_traffic.values().nth(1).map(|v| v.referenced);
+        issues.push(Issue::new(
+            "mirror_traffic",
+            location,
+            format!(
+                "mirrors to {}; traffic can be mirrored to one deployment at most",
+                mirrored.join(" and ")
+            ),
+        ));
+    }
+}
+
+/// The problem with naming `name`, which is not among `deployments`, with the likely fix.
+fn not_a_deployment(name: &str, deployments: &[DeploymentConfig]) -> String {
+    let known = deployments.iter().map(|d| d.name.as_str());
+    let hint = match suggest::closest(name, known) {
+        Some(close) => format!("; did you mean `{close}`?"),
+        None if deployments.is_empty() => "; the file lists no deployments".to_string(),
+        None => format!(
+            "; deployments are: {}",
+            deployments
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    format!("`{name}` is not a deployment of this endpoint{hint}")
 }
 
 /// Azure's naming rule for endpoints and deployments.

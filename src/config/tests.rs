@@ -293,12 +293,65 @@ fn at_most_50_instances() {
 }
 
 #[test]
-fn mirroring_is_refused_until_supported() {
+fn mirroring_copies_live_traffic_to_one_deployment_without_live_traffic() {
     let text = VALID.replace(
         "traffic: {blue: 90, green: 10}",
         "traffic: {blue: 100}\nmirror_traffic: {green: 10}",
     );
-    assert_issue(&text, "mirror_traffic", 3, "not supported");
+    let config = EndpointConfig::parse(&text).expect("valid");
+    assert_eq!(config.mirrored().map(|d| d.name.as_str()), Some("green"));
+    assert_eq!(
+        (config.deployments[0].mirror, config.deployments[1].mirror),
+        (0, 10)
+    );
+    assert_eq!(
+        config.summary(),
+        "my-endpoint: blue 100% (2 instances), green 10% mirrored (1 instance)"
+    );
+    // Written back out, the file reads back to the same config.
+    let again = EndpointConfig::parse(&config.to_file_value().to_string()).expect("valid");
+    assert_eq!(again, config);
+
+    // 0 is no mirror at all, as in Azure.
+    let off = text.replace("green: 10}", "green: 0}");
+    assert_eq!(EndpointConfig::parse(&off).expect("valid").mirrored(), None);
+}
+
+#[test]
+fn mirroring_follows_azures_rules() {
+    let mirror = |traffic: &str, mirror: &str| {
+        VALID.replace(
+            "traffic: {blue: 90, green: 10}",
+            &format!("traffic: {traffic}\nmirror_traffic: {mirror}"),
+        )
+    };
+    assert_issue(
+        &mirror("{blue: 100}", "{green: 51}"),
+        "mirror_traffic.green",
+        3,
+        "from 0 to 50 percent",
+    );
+    assert_issue(
+        &mirror("{blue: 90, green: 10}", "{green: 10}"),
+        "mirror_traffic.green",
+        3,
+        "live traffic or mirrored traffic, not both",
+    );
+    assert_issue(
+        &mirror("{blue: 100}", "{gren: 10}"),
+        "mirror_traffic.gren",
+        3,
+        "did you mean `green`?",
+    );
+    // After the flight, the old version can shadow the new one: a mirror at 0 names no one.
+    let back = EndpointConfig::parse(&mirror("{green: 100}", "{blue: 10, green: 0}"));
+    assert_eq!(back.expect("valid").mirrored().map(|d| d.mirror), Some(10));
+
+    let three = format!(
+        "{}  - name: red\n    instances: [http://127.0.0.1:9004]\n",
+        mirror("{blue: 100}", "{green: 10, red: 5}").replace("auth_mode: none\n", "")
+    ) + "auth_mode: none\n";
+    assert_issue(&three, "mirror_traffic", 3, "one deployment at most");
 }
 
 #[test]

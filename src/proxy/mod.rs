@@ -3,6 +3,7 @@
 
 mod body;
 pub mod headers;
+mod mirror;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,14 +22,14 @@ use rand::Rng;
 use tokio::io::{self as io, AsyncWriteExt};
 
 pub use body::{ProxyBody, UpstreamBody};
-use body::{RequestBody, is_body_too_large};
+use body::{RequestBody, SentBody, is_body_too_large};
 use headers::{Forwarded, OWN_RESPONSE_HEADERS, PIN, REQUEST_ID};
 
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::http1;
 use crate::metrics::{Metrics, NO_DEPLOYMENT, RouteLabel};
-use crate::routing::RoutingTable;
+use crate::routing::{RouteReason, RoutingTable};
 use crate::server::{ClientBody, Connection, Reply};
 use crate::upstream::health::Outcome;
 use crate::upstream::{Deployment, InFlight, Instance, Refusal};
@@ -172,7 +173,7 @@ impl Proxy {
     }
 
     async fn forward(
-        &self,
+        self: &Arc<Self>,
         mut request: Request<ClientBody>,
         connection: Connection,
         request_id: &http::HeaderValue,
@@ -181,14 +182,19 @@ impl Proxy {
         // One snapshot per request: the route is decided against a single table, and the
         // in-flight guard holds the chosen deployment until the response body ends, even if a
         // reload removes it meanwhile.
-        let (route, keyed) = {
+        let (route, keyed, mirror) = {
             let table = self.table.load();
             if !table.authorizes(request.headers()) {
                 return Err(ProxyError::Unauthorized);
             }
             let pin = headers::pin(request.headers())?;
-            let draw = rand::rng().random_range(0..100);
-            (table.route(pin, draw)?, table.keys().is_some())
+            let mut rng = rand::rng();
+            let route = table.route(pin, rng.random_range(0..100))?;
+            // Only weighted requests are copied to the mirror, as in Azure.
+            let mirror = (route.reason == RouteReason::Weighted && table.mirrors())
+                .then(|| table.mirror(rng.random_range(0..100)).cloned())
+                .flatten();
+            (route, table.keys().is_some(), mirror)
         };
         trace.route = route.reason.into();
         trace.deployment = Some(Arc::clone(&route.deployment));
@@ -204,12 +210,28 @@ impl Proxy {
         let upgrade = headers::upgrade_request(request.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
 
+        // A tunnel is one client's conversation; it is never copied.
+        let mirror = mirror.filter(|_| upgrade.is_none());
+        let (request, copy) = match mirror {
+            Some(_) => {
+                let (parts, body) = request.into_parts();
+                let (live, copy) = SentBody::with_copy(body);
+                (Request::from_parts(parts, live), Some(copy))
+            }
+            None => (request.map(SentBody::Client), None),
+        };
+
         // Only a deployment with another instance to try pays for keeping the request around.
         let retryable = deployment.instances().len() > 1;
         let mut outgoing = Outgoing::new(request, connection, request_id, retryable, upgrade);
         if keyed {
             // The key is the gateway's credential; model servers never see it.
             outgoing.headers.remove(header::AUTHORIZATION);
+        }
+        if let (Some(mirror), Some(copy)) = (mirror, copy) {
+            let watch = copy.watch();
+            let copied = outgoing.copy(copy);
+            tokio::spawn(Arc::clone(self).mirror(mirror, copied, watch, request_id.clone()));
         }
 
         // A request that never reached an instance (connection refused) is tried once more on
@@ -513,7 +535,7 @@ fn refusal_error(
 
 impl Outgoing {
     fn new(
-        request: Request<ClientBody>,
+        request: Request<SentBody>,
         connection: Connection,
         request_id: &http::HeaderValue,
         retryable: bool,
@@ -557,6 +579,18 @@ impl Outgoing {
             forwarded,
             body: RequestBody::new(body, retryable),
             wants_trailers,
+        }
+    }
+
+    /// The same request with `body`, the copy of this one's, to send to a mirror.
+    fn copy(&self, body: SentBody) -> Outgoing {
+        Outgoing {
+            method: self.method.clone(),
+            path_and_query: self.path_and_query.clone(),
+            headers: self.headers.clone(),
+            forwarded: self.forwarded.clone(),
+            body: RequestBody::new(body, false),
+            wants_trailers: self.wants_trailers,
         }
     }
 

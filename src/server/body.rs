@@ -25,6 +25,15 @@ impl ClientBody {
     pub(crate) fn whole(bytes: Bytes) -> Self {
         ClientBody(Kind::Whole((!bytes.is_empty()).then_some(bytes)))
     }
+
+    /// A second body with the same bytes, if every byte is already here (a clone of `Bytes`
+    /// shares them).
+    pub(crate) fn clone_whole(&self) -> Option<ClientBody> {
+        match &self.0 {
+            Kind::Whole(bytes) => Some(ClientBody(Kind::Whole(bytes.clone()))),
+            Kind::Streamed(_) => None,
+        }
+    }
 }
 
 impl From<Incoming> for ClientBody {
