@@ -48,6 +48,9 @@ pub struct EndpointStatus {
     pub last_rejected: Option<String>,
     /// Percent of live traffic per deployment.
     pub traffic: BTreeMap<String, u8>,
+    /// Percent of live traffic copied to the mirror deployment, if there is one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mirror_traffic: BTreeMap<String, u8>,
     /// Each deployment with its instances.
     pub deployments: Vec<DeploymentStatus>,
     /// The serving config in the endpoint file's own shape (JSON is YAML), for `switchyard diff`.
@@ -63,6 +66,9 @@ pub struct DeploymentStatus {
     pub model: String,
     /// Percent of live traffic.
     pub traffic: u8,
+    /// Percent of live traffic copied to it; its answers are discarded.
+    #[serde(default)]
+    pub mirror: u8,
     /// Requests in flight across its instances.
     pub in_flight: usize,
     /// Requests answered since the gateway started.
@@ -142,6 +148,7 @@ pub fn status(state: &AdminState) -> EndpointStatus {
             name: deployment.name().to_string(),
             model: deployment.model().to_string(),
             traffic: settings.traffic,
+            mirror: settings.mirror,
             in_flight: deployment.in_flight(),
             requests: counts.get(deployment.name()).map_or(0, |c| c.answered),
             errors: counts.get(deployment.name()).map_or(0, |c| c.errors),
@@ -168,6 +175,11 @@ pub fn status(state: &AdminState) -> EndpointStatus {
             .deployments
             .iter()
             .map(|d| (d.name.clone(), d.traffic))
+            .collect(),
+        mirror_traffic: config
+            .mirrored()
+            .map(|d| (d.name.clone(), d.mirror))
+            .into_iter()
             .collect(),
         deployments,
         config: config.to_file_value(),

@@ -153,7 +153,11 @@ pub fn render_status(status: &EndpointStatus) -> String {
             };
             [
                 d.name.clone(),
-                format!("{}%", d.traffic),
+                if d.mirror > 0 {
+                    format!("mirror {}%", d.mirror)
+                } else {
+                    format!("{}%", d.traffic)
+                },
                 d.model.clone(),
                 format!("{ready}/{}", d.instances.len()),
                 d.in_flight.to_string(),
@@ -258,11 +262,13 @@ mod tests {
             draining: false,
             last_rejected: None,
             traffic: [("blue".to_string(), 90), ("green".to_string(), 10)].into(),
+            mirror_traffic: [("red".to_string(), 20)].into(),
             deployments: vec![
                 DeploymentStatus {
                     name: "blue".into(),
                     model: "model-1:1".into(),
                     traffic: 90,
+                    mirror: 0,
                     in_flight: 3,
                     requests: 900,
                     errors: 9,
@@ -272,19 +278,32 @@ mod tests {
                     name: "green".into(),
                     model: "model-2:1".into(),
                     traffic: 10,
+                    mirror: 0,
                     in_flight: 0,
                     requests: 100,
                     errors: 0,
                     instances: vec![instance(9003, true)],
+                },
+                DeploymentStatus {
+                    name: "red".into(),
+                    model: "model-3:1".into(),
+                    traffic: 0,
+                    mirror: 20,
+                    in_flight: 1,
+                    requests: 200,
+                    errors: 2,
+                    instances: vec![instance(9004, true)],
                 },
             ],
             config: serde_json::json!({
                 "name": "my-endpoint",
                 "auth_mode": "none",
                 "traffic": {"blue": 90, "green": 10},
+                "mirror_traffic": {"red": 20},
                 "deployments": [
                     {"name": "blue", "model": "model-1:1", "instances": ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]},
                     {"name": "green", "model": "model-2:1", "instances": ["http://127.0.0.1:9003"]},
+                    {"name": "red", "model": "model-3:1", "instances": ["http://127.0.0.1:9004"]},
                 ],
             }),
         }
@@ -300,15 +319,19 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "DEPLOYMENT  TRAFFIC  MODEL      READY  IN FLIGHT  REQ/S  ERRORS"
+            "DEPLOYMENT     TRAFFIC  MODEL      READY  IN FLIGHT  REQ/S  ERRORS"
         );
         assert_eq!(
             lines[2],
-            "blue            90%  model-1:1    1/2          3   90.0    1.0%"
+            "blue               90%  model-1:1    1/2          3   90.0    1.0%"
         );
         assert_eq!(
             lines[3],
-            "green           10%  model-2:1    1/1          0   10.0    0.0%"
+            "green              10%  model-2:1    1/1          0   10.0    0.0%"
+        );
+        assert_eq!(
+            lines[4],
+            "red         mirror 20%  model-3:1    1/1          1   20.0    1.0%"
         );
     }
 
@@ -321,5 +344,6 @@ mod tests {
             "http://127.0.0.1:9003"
         );
         assert_eq!(config.deployments[1].model, "model-2:1");
+        assert_eq!(config.mirrored().map(|d| d.mirror), Some(20));
     }
 }
