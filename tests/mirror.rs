@@ -18,10 +18,8 @@ use tokio::sync::mpsc;
 
 /// Blue takes all live traffic; `percent` of it is copied to green.
 fn mirrored_endpoint(blue: &str, green: &str, percent: u8) -> String {
-    endpoint_yaml(&[("blue", 100, &[blue]), ("green", 0, &[green])]).replace(
-        "deployments:\n",
-        &format!("mirror_traffic: {{green: {percent}}}\ndeployments:\n"),
-    )
+    let text = endpoint_yaml(&[("blue", 100, &[blue]), ("green", 0, &[green])]);
+    with_mirror(&text, "green", percent)
 }
 
 /// The value of the series of `name` carrying every one of `labels` (`key="value"`), or 0.

@@ -1,5 +1,6 @@
-//! The endpoint file rewritten again and again under continuous load, alternating splits and
-//! adding and removing deployments: no request may fail and no connection may be reset. Reports
+//! The endpoint file rewritten again and again under continuous load, alternating splits,
+//! adding and removing deployments, and moving the mirror: no request may fail and no
+//! connection may be reset. Reports
 //! the delay from each file write to the first request served by the new split.
 //!
 //! CI runs 20 rewrites; the benchmark runs the full 200 with
@@ -31,10 +32,15 @@ async fn rewriting_the_file_under_load_fails_no_request() {
     let blue = model_server(Model::Diabetes, "blue").await;
     let green = model_server(Model::Constant, "green").await;
     let red = model_server(Model::Constant, "red").await;
-    // Each config flips which deployment answers, and together they add and remove deployments.
+    // Each config flips which deployment answers, and together they add and remove deployments
+    // and copy live traffic to one, then another, then none.
     let configs: [(String, &str); 4] = [
         (
-            endpoint_yaml(&[("blue", 100, &[&blue.url()]), ("green", 0, &[&green.url()])]),
+            with_mirror(
+                &endpoint_yaml(&[("blue", 100, &[&blue.url()]), ("green", 0, &[&green.url()])]),
+                "green",
+                50,
+            ),
             "blue",
         ),
         (
@@ -43,7 +49,11 @@ async fn rewriting_the_file_under_load_fails_no_request() {
         ),
         (endpoint_yaml(&[("blue", 100, &[&blue.url()])]), "blue"),
         (
-            endpoint_yaml(&[("green", 100, &[&green.url()]), ("red", 0, &[&red.url()])]),
+            with_mirror(
+                &endpoint_yaml(&[("green", 100, &[&green.url()]), ("red", 0, &[&red.url()])]),
+                "red",
+                50,
+            ),
             "green",
         ),
     ];
@@ -126,4 +136,6 @@ async fn rewriting_the_file_under_load_fails_no_request() {
         failures.first()
     );
     assert!(sent > 0);
+    // The mirrors were fed: copies reached green while it had no live traffic, and red.
+    assert!(red.scored() > 0, "no copy reached red");
 }

@@ -133,6 +133,16 @@ pub fn endpoint_yaml(deployments: &[(&str, u8, &[&str])]) -> String {
     text
 }
 
+/// `text`, an endpoint file from [`endpoint_yaml`], with `percent` of live traffic copied to
+/// `deployment`.
+pub fn with_mirror(text: &str, deployment: &str, percent: u8) -> String {
+    text.replacen(
+        "deployments:\n",
+        &format!("mirror_traffic: {{{deployment}: {percent}}}\ndeployments:\n"),
+        1,
+    )
+}
+
 pub type TestClient = Client<HttpConnector, Full<Bytes>>;
 
 /// A pooled keep-alive client, like most callers of a scoring endpoint.
