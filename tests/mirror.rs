@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body_util::BodyExt;
 use switchyard::Gateway;
 use switchyard::model_server::Model;
@@ -169,20 +169,16 @@ async fn a_dead_or_slow_mirror_never_reaches_the_client() {
     );
 }
 
-/// An upstream that reads each request body whole and reports it on `bodies`.
-async fn recording_server(bodies: mpsc::UnboundedSender<Bytes>) -> String {
+/// An upstream that reads each request whole and reports its headers and body on `requests`.
+async fn recording_server(requests: mpsc::UnboundedSender<(HeaderMap, Bytes)>) -> String {
     let listener = TcpListener::bind(loopback()).await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let handler = move |request: Request<ClientBody>, _| {
-        let bodies = bodies.clone();
+        let requests = requests.clone();
         async move {
-            let body = request
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
-            let _ = bodies.send(body);
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.expect("body").to_bytes();
+            let _ = requests.send((parts.headers, body));
             Response::new(http_body_util::Full::new(Bytes::from_static(b"[0.5]")))
         }
     };
@@ -259,7 +255,7 @@ async fn a_streamed_body_reaches_the_mirror_whole() {
     }
     let mut received = 0;
     eventually("no streamed body reached the mirror", || {
-        while let Ok(copy) = copies.try_recv() {
+        while let Ok((_, copy)) = copies.try_recv() {
             assert!(
                 bodies.iter().any(|body| body[..] == copy[..]),
                 "the mirror received {} bytes that match no body sent",
@@ -276,6 +272,56 @@ async fn a_streamed_body_reaches_the_mirror_whole() {
         &[],
     );
     assert_eq!(abandoned, 0);
+}
+
+#[tokio::test]
+async fn a_copy_carries_the_live_request_id_and_never_the_key() {
+    const KEY: &str = "primary-0123456789abcdef";
+    let blue = model_server(Model::Diabetes, "blue-1").await;
+    let (sender, mut copies) = mpsc::unbounded_channel();
+    let recorder = recording_server(sender).await;
+    let text = mirrored_endpoint(&blue.url(), &recorder, 50)
+        .replace("auth_mode: none", "auth_mode: key\nkeys_file: keys.yaml");
+    let file = EndpointFile::new(&text);
+    std::fs::write(
+        file.dir.path().join("keys.yaml"),
+        format!("primary_key: {KEY}\n"),
+    )
+    .expect("write keys");
+    let gateway = gateway(&file.path).await;
+    let client = client();
+
+    // 40 requests at 50%: none copied has probability 2^-40.
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let mut request = score_request(gateway.addr(), None);
+        let bearer = format!("Bearer {KEY}").parse().expect("header");
+        request.headers_mut().insert("authorization", bearer);
+        let response = client.request(request).await.expect("answer");
+        let id = response.headers().get("x-request-id").cloned();
+        ids.push(id.expect("a request id"));
+        assert_eq!(read(response).await.status, 200);
+    }
+    let mut received = Vec::new();
+    eventually("no copy reached the mirror", || {
+        while let Ok(copy) = copies.try_recv() {
+            received.push(copy);
+        }
+        !received.is_empty() && mirrored_ok(&gateway) == received.len() as u64
+    })
+    .await;
+    for (headers, body) in &received {
+        assert_eq!(
+            headers.get("authorization"),
+            None,
+            "the key reached the mirror"
+        );
+        let id = headers
+            .get("x-request-id")
+            .expect("the copy has a request id");
+        assert!(ids.contains(id), "{id:?} is no live request's id");
+        assert_eq!(&body[..], switchyard::demo::SAMPLE_REQUEST.as_bytes());
+    }
 }
 
 #[tokio::test]

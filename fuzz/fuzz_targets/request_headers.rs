@@ -1,5 +1,6 @@
 //! Whatever a client puts in the headers the request path reads (the pin, the request id, the
-//! key), routing answers or refuses; nothing panics.
+//! key), routing answers or refuses, and only a weighted request may be copied to the mirror;
+//! nothing panics.
 #![no_main]
 
 use std::sync::Arc;
@@ -10,11 +11,13 @@ use switchyard::auth::Keys;
 use switchyard::config::EndpointConfig;
 use switchyard::metrics::Metrics;
 use switchyard::proxy::headers;
-use switchyard::routing::{PIN_HEADER, RoutingTable};
+use switchyard::routing::{PIN_HEADER, RouteReason, RoutingTable};
 
-const ENDPOINT: &str = "name: fuzz\nauth_mode: none\ntraffic: {blue: 90, green: 10}\ndeployments:\n\
+const ENDPOINT: &str = "name: fuzz\nauth_mode: none\ntraffic: {blue: 90, green: 10}\n\
+    mirror_traffic: {red: 20}\ndeployments:\n\
     - {name: blue, instances: [http://127.0.0.1:1, http://127.0.0.1:2]}\n\
-    - {name: green, instances: [http://127.0.0.1:3]}\n";
+    - {name: green, instances: [http://127.0.0.1:3]}\n\
+    - {name: red, instances: [http://127.0.0.1:4]}\n";
 
 fuzz_target!(|data: &[u8]| {
     let Some((&draw, rest)) = data.split_first() else {
@@ -48,6 +51,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = table.authorizes(&map);
     let _ = headers::request_id(&map);
     if let Ok(pin) = headers::pin(&map) {
-        let _ = table.route(pin, draw);
+        if let Ok(route) = table.route(pin, draw) {
+            if route.reason == RouteReason::Weighted {
+                // The mirror's draw is its own; any value picks red or nothing.
+                let mirror = table.mirror(draw.wrapping_mul(37) % 100);
+                assert!(mirror.is_none_or(|deployment| deployment.name() == "red"));
+            }
+        }
     }
 });
