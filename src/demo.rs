@@ -1,7 +1,7 @@
 //! `switchyard demo`: a working endpoint on this machine in one command, with no Docker.
 //!
 //! It starts three demo model servers on free loopback ports (blue: two instances of model-1,
-//! green: one of model-2), writes the six rollout steps of `config/rollout/` with those ports
+//! green: one of model-2), writes the rollout steps of `config/rollout/` with those ports
 //! into a directory, makes step 1 the live endpoint file, and runs the gateway watching it.
 
 use std::fmt::Write as _;
@@ -38,6 +38,12 @@ pub const ROLLOUT_STEPS: [(&str, &str); 6] = [
         include_str!("../config/rollout/6-delete-blue.yaml"),
     ),
 ];
+
+/// The optional step between 3 and 4: green gets a copy of 10% of live traffic.
+pub const MIRROR_STEP: (&str, &str) = (
+    "3a-mirror-green.yaml",
+    include_str!("../config/rollout/3a-mirror-green.yaml"),
+);
 
 /// Azure's sample scoring request.
 pub const SAMPLE_REQUEST: &str = include_str!("../config/sample-request.json");
@@ -82,12 +88,13 @@ impl DemoServers {
             })
     }
 
-    /// Writes the six steps to `dir/rollout/`, step 1 to `dir/endpoint.yaml` and the sample
-    /// request to `dir/sample-request.json`. Returns the endpoint file's path.
+    /// Writes the six steps and the optional mirror step to `dir/rollout/`, step 1 to
+    /// `dir/endpoint.yaml` and the sample request to `dir/sample-request.json`. Returns the
+    /// endpoint file's path.
     pub fn write_files(&self, dir: &Path) -> io::Result<PathBuf> {
         let rollout = dir.join("rollout");
         std::fs::create_dir_all(&rollout)?;
-        for (name, template) in ROLLOUT_STEPS {
+        for (name, template) in ROLLOUT_STEPS.into_iter().chain([MIRROR_STEP]) {
             std::fs::write(rollout.join(name), self.render(template))?;
         }
         std::fs::write(dir.join("sample-request.json"), SAMPLE_REQUEST)?;
@@ -133,6 +140,13 @@ pub fn instructions(
     let _ = writeln!(out, "Walk the safe rollout, one step at a time:");
     for (name, _) in ROLLOUT_STEPS.iter().skip(1) {
         let _ = writeln!(out, "  cp {dir}/rollout/{name} {dir}/endpoint.yaml");
+        if name.starts_with("3-") {
+            let _ = writeln!(
+                out,
+                "  cp {dir}/rollout/{} {dir}/endpoint.yaml   (optional: green gets a copy of 10% of live traffic)",
+                MIRROR_STEP.0
+            );
+        }
     }
     let _ = writeln!(out);
     let _ = writeln!(

@@ -17,6 +17,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
 fn validate_accepts_every_shipped_endpoint_file() {
     let rollout = switchyard::demo::ROLLOUT_STEPS
         .iter()
+        .chain([&switchyard::demo::MIRROR_STEP])
         .map(|(name, _)| format!("rollout/{name}"));
     for name in rollout.chain(["compose/endpoint.yaml".to_string()]) {
         let path = format!("{}/config/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -259,6 +260,27 @@ fn diff_shows_what_each_rollout_step_changes() {
             "step {}",
             index + 2
         );
+    }
+
+    // The optional step between 3 and 4 only starts the mirror, and step 4 stops it.
+    let mirror = format!(
+        "{}/config/rollout/{}",
+        env!("CARGO_MANIFEST_DIR"),
+        switchyard::demo::MIRROR_STEP.0
+    );
+    for (new, old, expected) in [
+        (&mirror, step(2), "mirrored traffic green 0% -> 10%\n"),
+        (
+            &step(3),
+            mirror.clone(),
+            "traffic blue 100% -> 90%\ntraffic green 0% -> 10%\nmirrored traffic green 10% -> 0%\n",
+        ),
+    ] {
+        let output = Command::new(BINARY)
+            .args(["diff", new, "--against", &old])
+            .output()
+            .expect("run");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
     }
 }
 
