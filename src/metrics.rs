@@ -372,6 +372,10 @@ impl Metrics {
             self.mirror_percent
                 .with_label_values(&labels)
                 .set(i64::from(deployment.mirror));
+            if deployment.mirror > 0 {
+                // Shown at 0 from the start, so that a dashboard's rate() has a series to read.
+                let _ = self.mirrors_abandoned.with_label_values(&labels);
+            }
             let count = built.instances().len() as i64;
             self.instances.with_label_values(&labels).set(count);
             self.instances_ready.with_label_values(&labels).set(count);

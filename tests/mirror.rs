@@ -88,10 +88,12 @@ async fn a_share_of_weighted_requests_is_copied_and_the_client_sees_only_the_liv
     let pinned = score(&client, gateway.addr(), Some("green")).await;
     assert_eq!(pinned.deployment.as_deref(), Some("green"));
     let metrics = gateway.metrics().render();
-    assert!(
-        metrics.contains(r#"switchyard_deployment_mirror_traffic_percent{deployment="green"} 10"#),
-        "{metrics}"
-    );
+    for series in [
+        r#"switchyard_deployment_mirror_traffic_percent{deployment="green"} 10"#,
+        r#"switchyard_mirrored_requests_abandoned_total{deployment="green"} 0"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
 }
 
 #[tokio::test]
