@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
-use rand::Rng;
 use switchyard::config::EndpointConfig;
-use switchyard::routing::RoutingTable;
+use switchyard::routing::{Deck, RoutingTable};
 
 /// An endpoint with `n` deployments of two instances each; the first takes 100 - (n - 1)
 /// percent and every other one 1 percent.
@@ -42,9 +41,11 @@ fn weighted(c: &mut Criterion) {
     for n in [2, 5, 20] {
         let table = table(n);
         let mut rng = rand::rng();
+        // Drawn as the gateway draws: from a deck of 100, reshuffled once per 100 requests.
+        let mut deck = Deck::new();
         group.bench_with_input(BenchmarkId::from_parameter(n), &table, |b, table| {
             b.iter(|| {
-                let draw = rng.random_range(0..100);
+                let draw = deck.draw(&mut rng);
                 let route = table.route(None, draw).expect("routed");
                 black_box(route.deployment.select(&mut rng, None));
             })

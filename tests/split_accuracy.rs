@@ -118,3 +118,35 @@ fn the_bound_is_tight_enough_to_catch_a_wrong_split() {
     assert!(bernstein_bound(4_000, 0.90) < 0.05);
     assert!(bernstein_bound(4_000, 0.50) < 0.06);
 }
+
+#[tokio::test]
+async fn every_hundred_weighted_requests_on_a_serving_thread_follow_the_split_exactly() {
+    let blue = model_server(Model::Diabetes, "blue").await;
+    let green = model_server(Model::Constant, "green").await;
+    let file = EndpointFile::new(&endpoint_yaml(&[
+        ("blue", 90, &[&blue.url()]),
+        ("green", 10, &[&green.url()]),
+    ]));
+    // One serving thread, so one deck draws for every request.
+    let gateway = gateway_on_threads(&file.path, 1).await;
+    let client = client();
+    for block in 0..5 {
+        let mut to_green = 0;
+        for request in 0..100 {
+            // Pinned requests in between take no draw.
+            if request % 7 == 0 {
+                let pinned = score(&client, gateway.addr(), Some("green")).await;
+                assert_eq!(pinned.deployment.as_deref(), Some("green"));
+            }
+            let answer = score(&client, gateway.addr(), None).await;
+            assert_eq!(answer.status, StatusCode::OK);
+            if answer.deployment.as_deref() == Some("green") {
+                to_green += 1;
+            }
+        }
+        assert_eq!(
+            to_green, 10,
+            "green's share of weighted requests {block}00..{block}99"
+        );
+    }
+}

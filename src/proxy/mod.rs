@@ -5,6 +5,7 @@ mod body;
 pub mod headers;
 mod mirror;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +19,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rand::Rng;
 use tokio::io::{self as io, AsyncWriteExt};
 
 pub use body::{ProxyBody, UpstreamBody};
@@ -29,7 +29,7 @@ use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::http1;
 use crate::metrics::{Metrics, NO_DEPLOYMENT, RouteLabel};
-use crate::routing::{RouteReason, RoutingTable};
+use crate::routing::{Deck, RouteReason, RoutingTable};
 use crate::server::{ClientBody, Connection, Reply};
 use crate::upstream::health::Outcome;
 use crate::upstream::{Deployment, InFlight, Instance, Refusal};
@@ -41,6 +41,17 @@ pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 
 type Http2Client = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// The draws of one serving thread: one deck for the split, one for the mirror's share.
+#[derive(Default)]
+struct Draws {
+    split: Deck,
+    mirror: Deck,
+}
+
+thread_local! {
+    static DRAWS: RefCell<Draws> = RefCell::default();
+}
 
 /// Forwards requests to the deployments of the current routing table.
 #[derive(Debug, Clone)]
@@ -188,11 +199,19 @@ impl Proxy {
                 return Err(ProxyError::Unauthorized);
             }
             let pin = headers::pin(request.headers())?;
-            let mut rng = rand::rng();
-            let route = table.route(pin, rng.random_range(0..100))?;
+            // Pinned requests take no draw, so they leave the weighted split exact.
+            let draw = if pin.is_none() {
+                DRAWS.with_borrow_mut(|draws| draws.split.draw(&mut rand::rng()))
+            } else {
+                0
+            };
+            let route = table.route(pin, draw)?;
             // Only weighted requests are copied to the mirror, as in Azure.
             let mirror = (route.reason == RouteReason::Weighted && table.mirrors())
-                .then(|| table.mirror(rng.random_range(0..100)).cloned())
+                .then(|| {
+                    let draw = DRAWS.with_borrow_mut(|draws| draws.mirror.draw(&mut rand::rng()));
+                    table.mirror(draw).cloned()
+                })
                 .flatten();
             (route, table.keys().is_some(), mirror)
         };
