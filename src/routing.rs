@@ -2,7 +2,7 @@
 //! deployment serves a request.
 //!
 //! Everything a request needs is computed when the table is built: the weighted split becomes a
-//! 100-slot array, so a weighted pick is one index, and a pin is a scan of at most 20 names.
+//! 100-slot array, so a weighted pick is one index, and a pin is a scan of at most 20 words.
 //! The index comes from a [`Deck`]: every 100 draws hold each slot once, so the observed split
 //! is exact over every 100 weighted requests a serving thread routes, not only on average.
 
@@ -37,6 +37,9 @@ pub struct RoutingTable {
     slots: Option<Box<[u8; 100]>>,
     /// Where a share of weighted requests is copied to, and how large a share.
     mirror: Option<(Arc<Deployment>, u8)>,
+    /// [`pin_key`] of each deployment's name, in config order: a pin is looked for in this one
+    /// contiguous array, and only a matching key's name is compared in full.
+    pin_keys: Box<[u64]>,
 }
 
 /// How a deployment was chosen; a metric label, so a small closed set.
@@ -153,6 +156,11 @@ impl RoutingTable {
             .find(|(config, _)| config.mirror > 0)
             .map(|(config, deployment)| (Arc::clone(deployment), config.mirror));
 
+        let pin_keys = deployments
+            .iter()
+            .map(|deployment| pin_key(deployment.header_value().as_bytes()))
+            .collect();
+
         RoutingTable {
             config,
             generation,
@@ -161,6 +169,7 @@ impl RoutingTable {
             resolved,
             slots,
             mirror,
+            pin_keys,
         }
     }
 
@@ -171,11 +180,13 @@ impl RoutingTable {
     /// it with a seeded RNG or exact values.
     pub fn route(&self, pin: Option<&HeaderValue>, draw: u8) -> Result<Route, RouteError> {
         if let Some(pin) = pin {
+            let key = pin_key(pin.as_bytes());
             return self
-                .deployments
+                .pin_keys
                 .iter()
-                .find(|d| d.header_value().as_bytes() == pin.as_bytes())
-                .map(|deployment| Route {
+                .zip(self.deployments.iter())
+                .find(|(candidate, d)| **candidate == key && d.header_value() == pin)
+                .map(|(_, deployment)| Route {
                     deployment: Arc::clone(deployment),
                     reason: RouteReason::Pinned,
                 })
@@ -248,6 +259,18 @@ impl RoutingTable {
     }
 }
 
+/// A name's length and first seven bytes in one word: equal names have equal keys, and most
+/// different names (different lengths, or different starts) have different ones.
+fn pin_key(name: &[u8]) -> u64 {
+    let length = u64::from(u8::try_from(name.len()).unwrap_or(u8::MAX));
+    name.iter()
+        .take(7)
+        .enumerate()
+        .fold(length << 56, |key, (index, &byte)| {
+            key | u64::from(byte) << (8 * index)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use rand::rngs::SmallRng;
@@ -299,6 +322,31 @@ mod tests {
         let route = table.route(Some(&pin), 0).expect("routed");
         assert_eq!(route.deployment.name(), "green");
         assert_eq!(route.reason, RouteReason::Pinned);
+    }
+
+    #[test]
+    fn a_pin_matches_the_whole_name_exactly() {
+        // Names that share a length and their first seven bytes differ only past the key.
+        let text = "name: e-1\nauth_mode: none\ntraffic: {model-v1-a: 100}\ndeployments:\n\
+                    - {name: model-v1-a, instances: [http://127.0.0.1:1]}\n\
+                    - {name: model-v1-b, instances: [http://127.0.0.1:2]}\n";
+        let config = EndpointConfig::parse(text).expect("valid");
+        let table = RoutingTable::build(
+            Arc::new(config),
+            1,
+            None,
+            &Metrics::new(),
+            None,
+            Resolved::default(),
+        );
+        for name in ["model-v1-a", "model-v1-b"] {
+            let pin = HeaderValue::from_static(name);
+            assert_eq!(name_of(table.route(Some(&pin), 0)), name);
+        }
+        for unknown in ["model-v1-c", "model-v1", "model-v1-a-", "Model-v1-a", ""] {
+            let pin = HeaderValue::from_static(unknown);
+            assert!(table.route(Some(&pin), 0).is_err(), "{unknown:?}");
+        }
     }
 
     #[test]
