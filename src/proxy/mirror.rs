@@ -88,13 +88,7 @@ impl Proxy {
         match self.exchange(deployment, copy, &lease).await {
             Ok(answer) => {
                 let status = answer.status();
-                lease.record(
-                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                        Outcome::Failure
-                    } else {
-                        Outcome::Success
-                    },
-                );
+                lease.record(Outcome::of_answer(status));
                 let body = match answer {
                     Answer::Http1(_, body) => ProxyBody::http1(body, lease),
                     Answer::Http2(response) => ProxyBody::http2(response.into_body(), lease),

@@ -277,13 +277,7 @@ impl Proxy {
                             }
                         };
                     }
-                    let outcome =
-                        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                            Outcome::Failure
-                        } else {
-                            Outcome::Success
-                        };
-                    lease.record(outcome);
+                    lease.record(Outcome::of_answer(status));
                     let reply = match answer {
                         // The codec already left the hop-by-hop headers out. The rest go
                         // to the server as the lines they came in.

@@ -43,6 +43,17 @@ pub enum Outcome {
     ConnectFailure,
 }
 
+impl Outcome {
+    /// What an answer with `status` says about the instance that gave it.
+    pub fn of_answer(status: http::StatusCode) -> Outcome {
+        if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        }
+    }
+}
+
 /// Health state of one instance; all atomics, read on every request.
 #[derive(Debug)]
 pub struct Health {
