@@ -285,7 +285,12 @@ mod tests {
              - {{name: green, instances: [http://127.0.0.1:2]}}\n\
              - {{name: red, instances: [http://127.0.0.1:3]}}\n"
         );
-        let config = EndpointConfig::parse(&text).expect("valid");
+        table_from(&text)
+    }
+
+    /// The table for the endpoint file `text`.
+    fn table_from(text: &str) -> RoutingTable {
+        let config = EndpointConfig::parse(text).expect("valid");
         RoutingTable::build(
             Arc::new(config),
             1,
@@ -330,15 +335,7 @@ mod tests {
         let text = "name: e-1\nauth_mode: none\ntraffic: {model-v1-a: 100}\ndeployments:\n\
                     - {name: model-v1-a, instances: [http://127.0.0.1:1]}\n\
                     - {name: model-v1-b, instances: [http://127.0.0.1:2]}\n";
-        let config = EndpointConfig::parse(text).expect("valid");
-        let table = RoutingTable::build(
-            Arc::new(config),
-            1,
-            None,
-            &Metrics::new(),
-            None,
-            Resolved::default(),
-        );
+        let table = table_from(text);
         for name in ["model-v1-a", "model-v1-b"] {
             let pin = HeaderValue::from_static(name);
             assert_eq!(name_of(table.route(Some(&pin), 0)), name);
@@ -403,15 +400,7 @@ mod tests {
         let text = "name: e-1\nauth_mode: none\ntraffic: {blue: 100}\nmirror_traffic: {green: 10}\n\
                     deployments:\n- {name: blue, instances: [http://127.0.0.1:1]}\n\
                     - {name: green, instances: [http://127.0.0.1:2]}\n";
-        let config = EndpointConfig::parse(text).expect("valid");
-        let table = RoutingTable::build(
-            Arc::new(config),
-            1,
-            None,
-            &Metrics::new(),
-            None,
-            Resolved::default(),
-        );
+        let table = table_from(text);
         let copied: Vec<u8> = (0..100)
             .filter(|draw| table.mirror(*draw).is_some())
             .collect();
