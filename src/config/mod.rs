@@ -153,13 +153,12 @@ impl EndpointConfig {
     /// Parses and validates endpoint YAML.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         if has_no_content(text) {
-            let issue = Issue {
-                field: String::new(),
-                position: None,
-                problem: "the file is empty; an endpoint file needs at least `name`, \
-                          `traffic` and `deployments` (see config/rollout/1-create-blue.yaml)"
-                    .to_string(),
-            };
+            let issue = Issue::new(
+                "",
+                None,
+                "the file is empty; an endpoint file needs at least `name`, `traffic` and \
+                 `deployments` (see config/rollout/1-create-blue.yaml)",
+            );
             return Err(ConfigError::invalid(text, vec![issue]));
         }
         let raw = deserialize(text).map_err(|issue| ConfigError::invalid(text, vec![issue]))?;
