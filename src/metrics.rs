@@ -59,6 +59,8 @@ pub enum RouteLabel {
     Weighted,
     /// Named by the pin header.
     Pinned,
+    /// Chosen by the value of the sticky header.
+    Sticky,
     /// A copy of a weighted request, sent to the mirror deployment; its answer is discarded.
     Mirrored,
     /// Never reached a deployment.
@@ -71,6 +73,7 @@ impl RouteLabel {
         match self {
             RouteLabel::Weighted => "weighted",
             RouteLabel::Pinned => "pinned",
+            RouteLabel::Sticky => "sticky",
             RouteLabel::Mirrored => "mirrored",
             RouteLabel::Unrouted => "unrouted",
         }
@@ -82,6 +85,7 @@ impl From<RouteReason> for RouteLabel {
         match reason {
             RouteReason::Weighted => RouteLabel::Weighted,
             RouteReason::Pinned => RouteLabel::Pinned,
+            RouteReason::Sticky => RouteLabel::Sticky,
         }
     }
 }
@@ -133,7 +137,7 @@ pub struct DeploymentMetrics {
     requests: IntCounterVec,
     /// The `200` series, weighted and pinned: nearly every answer. Made on first use, so a
     /// series that never happened does not show.
-    answered_ok: [OnceLock<IntCounter>; 2],
+    answered_ok: [OnceLock<IntCounter>; 3],
 }
 
 // === impl Metrics ===
@@ -301,7 +305,7 @@ impl Metrics {
             duration: self.duration.with_label_values(&[name]),
             in_flight: self.in_flight.with_label_values(&[name]),
             requests: self.requests.clone(),
-            answered_ok: [OnceLock::new(), OnceLock::new()],
+            answered_ok: [OnceLock::new(), OnceLock::new(), OnceLock::new()],
         }
     }
 
@@ -445,6 +449,7 @@ impl DeploymentMetrics {
         let slot = match (status, route) {
             (http::StatusCode::OK, RouteLabel::Weighted) => Some(0),
             (http::StatusCode::OK, RouteLabel::Pinned) => Some(1),
+            (http::StatusCode::OK, RouteLabel::Sticky) => Some(2),
             _ => None,
         };
         let labels = [&*self.name, status.as_str(), route.as_str()];

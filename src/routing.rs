@@ -5,10 +5,14 @@
 //! 100-slot array, so a weighted pick is one index, and a pin is a scan of at most 20 words.
 //! The index comes from a [`Deck`]: every 100 draws hold each slot once, so the observed split
 //! is exact over every 100 weighted requests a serving thread routes, not only on average.
+//!
+//! With `sticky_header`, a request that carries the header is routed by its value instead, with
+//! weighted rendezvous hashing ([`Sticky`]): the same value lands on the same deployment for as
+//! long as the split allows, and a split change moves only the users it has to.
 
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::seq::SliceRandom;
 
 use crate::auth::Keys;
@@ -40,6 +44,23 @@ pub struct RoutingTable {
     /// [`pin_key`] of each deployment's name, in config order: a pin is looked for in this one
     /// contiguous array, and only a matching key's name is compared in full.
     pin_keys: Box<[u64]>,
+    /// Routes requests that carry the `sticky_header`; `None` without one.
+    sticky: Option<Sticky>,
+}
+
+/// Weighted rendezvous hashing over the deployments with live traffic.
+///
+/// Each deployment scores a key `-ln(u) / weight`, where `u` in `(0, 1)` hashes the key with the
+/// deployment's name, and the lowest score wins. So a deployment wins a share of keys equal to
+/// its share of the weights, and the winner depends only on the key and on the deployments'
+/// names and weights: when green grows from 10 to 20%, users already on green stay there and
+/// only users that green takes over move, each from wherever it was; deployments whose weight
+/// did not change keep every user they still win.
+#[derive(Debug)]
+struct Sticky {
+    header: HeaderName,
+    /// Deployments with positive weight: index, seed from the name, and `1 / weight`.
+    candidates: Box<[(u8, u64, f64)]>,
 }
 
 /// How a deployment was chosen; a metric label, so a small closed set.
@@ -49,6 +70,8 @@ pub enum RouteReason {
     Weighted,
     /// Named by the pin header.
     Pinned,
+    /// Chosen by the value of the sticky header.
+    Sticky,
 }
 
 /// The outcome of routing one request.
@@ -161,6 +184,20 @@ impl RoutingTable {
             .map(|deployment| pin_key(deployment.header_value().as_bytes()))
             .collect();
 
+        let sticky = config.sticky_header.as_ref().map(|header| Sticky {
+            header: header.clone(),
+            candidates: config
+                .deployments
+                .iter()
+                .enumerate()
+                .filter(|(_, deployment)| deployment.traffic > 0)
+                .map(|(index, deployment)| {
+                    let seed = mix(hash_bytes(deployment.name.as_bytes()));
+                    (index as u8, seed, 1.0 / f64::from(deployment.traffic))
+                })
+                .collect(),
+        });
+
         RoutingTable {
             config,
             generation,
@@ -170,6 +207,7 @@ impl RoutingTable {
             slots,
             mirror,
             pin_keys,
+            sticky,
         }
     }
 
@@ -200,6 +238,36 @@ impl RoutingTable {
         Ok(Route {
             deployment: Arc::clone(&self.deployments[usize::from(index)]),
             reason: RouteReason::Weighted,
+        })
+    }
+
+    /// The value of the sticky header, when the endpoint has one and the request carries it with
+    /// a value that is not empty.
+    pub fn sticky_key<'a>(&self, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
+        let sticky = self.sticky.as_ref()?;
+        headers
+            .get(&sticky.header)
+            .filter(|value| !value.as_bytes().trim_ascii().is_empty())
+    }
+
+    /// Picks the deployment for a request whose sticky header has the value `key`: always the
+    /// same one for the same key under the same split (see [`Sticky`]).
+    pub fn route_sticky(&self, key: &[u8]) -> Result<Route, RouteError> {
+        let sticky = self.sticky.as_ref().ok_or(RouteError::NoPositiveWeight)?;
+        let key = hash_bytes(key);
+        let (index, _) = sticky
+            .candidates
+            .iter()
+            .map(|&(index, seed, inverse_weight)| {
+                // The top 53 bits as a float strictly inside (0, 1), so `ln` stays finite.
+                let u = ((mix(key ^ seed) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                (index, -u.ln() * inverse_weight)
+            })
+            .min_by(|(_, a), (_, b)| a.total_cmp(b))
+            .ok_or(RouteError::NoPositiveWeight)?;
+        Ok(Route {
+            deployment: Arc::clone(&self.deployments[usize::from(index)]),
+            reason: RouteReason::Sticky,
         })
     }
 
@@ -269,6 +337,23 @@ fn pin_key(name: &[u8]) -> u64 {
         .fold(length << 56, |key, (index, &byte)| {
             key | u64::from(byte) << (8 * index)
         })
+}
+
+/// FNV-1a over `bytes`: cheap, and stable across builds and platforms, so a user stays where
+/// they are when the gateway is restarted or upgraded. [`mix`] makes up for its weak low bits.
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// MurmurHash3's 64-bit finalizer: every input bit flips each output bit with probability 1/2.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
 }
 
 #[cfg(test)]
@@ -438,6 +523,148 @@ mod tests {
                 .count();
             assert_eq!(green, 10);
         }
+    }
+
+    /// The table for three deployments with `traffic`, sticky by `x-user-id`.
+    fn sticky_table(traffic: &str) -> RoutingTable {
+        table_from(&format!(
+            "name: e-1\nauth_mode: none\nsticky_header: X-User-Id\ntraffic: {traffic}\n\
+             deployments:\n\
+             - {{name: blue, instances: [http://127.0.0.1:1]}}\n\
+             - {{name: green, instances: [http://127.0.0.1:2]}}\n\
+             - {{name: red, instances: [http://127.0.0.1:3]}}\n"
+        ))
+    }
+
+    /// Where each of 10,000 users lands.
+    fn sticky_routes(table: &RoutingTable) -> Vec<String> {
+        (0..10_000)
+            .map(|user| name_of(table.route_sticky(format!("user-{user}").as_bytes())))
+            .collect()
+    }
+
+    fn count(routes: &[String], name: &str) -> usize {
+        routes.iter().filter(|route| *route == name).count()
+    }
+
+    #[test]
+    fn a_sticky_key_always_lands_on_the_same_deployment() {
+        let table = sticky_table("{blue: 50, green: 50}");
+        let first = sticky_routes(&table);
+        assert_eq!(first, sticky_routes(&table));
+        // And on a table built afresh from the same file, as after a restart.
+        assert_eq!(first, sticky_routes(&sticky_table("{blue: 50, green: 50}")));
+    }
+
+    #[test]
+    fn sticky_keys_follow_the_split() {
+        // Over 10,000 users, a deployment with share p gets 10,000 p users, give or take
+        // 100 sqrt(p (1 - p)) (at most 50) for a well-mixed hash. The bound allows 5 of those,
+        // for 1/99 too, where the standard deviation is 10. The hash is fixed, so this cannot
+        // flake; the bound is what a hash that splits users fairly must meet.
+        for (traffic, shares) in [
+            ("{blue: 90, green: 10}", [9000, 1000, 0]),
+            ("{blue: 50, green: 50}", [5000, 5000, 0]),
+            ("{blue: 99, green: 1}", [9900, 100, 0]),
+            ("{blue: 1, green: 99}", [100, 9900, 0]),
+            ("{blue: 33, green: 33, red: 34}", [3300, 3300, 3400]),
+            ("{blue: 0, green: 100}", [0, 10_000, 0]),
+        ] {
+            let routes = sticky_routes(&sticky_table(traffic));
+            for (name, expected) in ["blue", "green", "red"].into_iter().zip(shares) {
+                let got = count(&routes, name);
+                let tolerance = if expected == 0 || expected == 10_000 {
+                    0
+                } else {
+                    250
+                };
+                assert!(
+                    got.abs_diff(expected) <= tolerance,
+                    "{traffic}: {name} got {got} users, expected {expected} +- {tolerance}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_growing_deployment_keeps_its_users_and_takes_only_what_it_needs() {
+        let steps = [
+            "{blue: 100, green: 0}",
+            "{blue: 90, green: 10}",
+            "{blue: 80, green: 20}",
+            "{blue: 50, green: 50}",
+            "{blue: 0, green: 100}",
+        ];
+        for pair in steps.windows(2) {
+            let before = sticky_routes(&sticky_table(pair[0]));
+            let after = sticky_routes(&sticky_table(pair[1]));
+            let mut moved = 0;
+            for (old, new) in before.iter().zip(&after) {
+                assert!(
+                    !(old == "green" && new == "blue"),
+                    "{} -> {}: a green user went back to blue",
+                    pair[0],
+                    pair[1]
+                );
+                moved += usize::from(old != new);
+            }
+            // Only as many users move as the split has to move: the difference in green's
+            // share, nothing more.
+            let needed = count(&after, "green") - count(&before, "green");
+            assert_eq!(moved, needed, "{} -> {}", pair[0], pair[1]);
+        }
+    }
+
+    #[test]
+    fn a_user_moves_only_off_a_deployment_that_shrank_or_onto_one_that_grew() {
+        // Blue shrinks, green grows, red keeps its weight.
+        let before = sticky_routes(&sticky_table("{blue: 33, green: 33, red: 34}"));
+        let after = sticky_routes(&sticky_table("{blue: 23, green: 43, red: 34}"));
+        let mut moves = 0;
+        for (old, new) in before.iter().zip(&after) {
+            if old != new {
+                moves += 1;
+                assert!(
+                    old == "blue" || new == "green",
+                    "a {old} user moved to {new}"
+                );
+            }
+        }
+        // About a tenth of the users have to move; a hash that reshuffled everyone would move
+        // about two thirds.
+        assert!((500..=1500).contains(&moves), "{moves} users moved");
+    }
+
+    #[test]
+    fn a_new_deployment_at_zero_moves_no_one() {
+        let before = sticky_routes(&table_from(
+            "name: e-1\nauth_mode: none\nsticky_header: x-user-id\ntraffic: {blue: 100}\n\
+             deployments:\n- {name: blue, instances: [http://127.0.0.1:1]}\n",
+        ));
+        let after = sticky_routes(&sticky_table("{blue: 100, green: 0, red: 0}"));
+        assert_eq!(before, after);
+        assert_eq!(count(&after, "blue"), 10_000);
+    }
+
+    #[test]
+    fn the_sticky_key_is_the_header_value_when_there_is_one() {
+        let zero = sticky_table("{blue: 0, green: 0}");
+        let mut headers = HeaderMap::new();
+        assert_eq!(zero.sticky_key(&headers), None);
+        headers.insert("x-user-id", HeaderValue::from_static("  "));
+        assert_eq!(zero.sticky_key(&headers), None);
+        headers.insert("x-user-id", HeaderValue::from_static("alice"));
+        assert_eq!(
+            zero.sticky_key(&headers),
+            Some(&HeaderValue::from_static("alice"))
+        );
+        // With every weight at 0 there is nowhere to stick to.
+        assert_eq!(
+            zero.route_sticky(b"alice").map(|route| route.reason),
+            Err(RouteError::NoPositiveWeight)
+        );
+        // An endpoint without a sticky header has no sticky keys.
+        assert_eq!(table("{blue: 100}").sticky_key(&headers), None);
     }
 
     #[test]

@@ -22,17 +22,6 @@ fn mirrored_endpoint(blue: &str, green: &str, percent: u8) -> String {
     with_mirror(&text, "green", percent)
 }
 
-/// The value of the series of `name` carrying every one of `labels` (`key="value"`), or 0.
-fn metric(gateway: &Gateway, name: &str, labels: &[&str]) -> u64 {
-    gateway
-        .metrics()
-        .render()
-        .lines()
-        .filter(|line| line.starts_with(name) && labels.iter().all(|l| line.contains(l)))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 fn mirrored_ok(gateway: &Gateway) -> u64 {
     metric(
         gateway,

@@ -112,6 +112,20 @@ pub fn diff(old: &EndpointConfig, new: &EndpointConfig) -> Vec<Change> {
         &keys_file(new),
         &mut changes,
     );
+    let sticky_header = |config: &EndpointConfig| {
+        config
+            .sticky_header
+            .as_ref()
+            .map_or("-", |header| header.as_str())
+            .to_string()
+    };
+    setting(
+        None,
+        "sticky_header",
+        &sticky_header(old),
+        &sticky_header(new),
+        &mut changes,
+    );
     for deployment in &new.deployments {
         match old.deployments.iter().find(|d| d.name == deployment.name) {
             None => {
@@ -339,7 +353,7 @@ mod tests {
             "name: e-1\nauth_mode: none\ntraffic: {blue: 100}\ndeployments:\n- {name: blue, instances: [http://a:1]}\n",
         );
         let new = config(
-            "name: e-1\nauth_mode: key\nkeys_file: keys.yaml\ntraffic: {blue: 100}\ndeployments:\n\
+            "name: e-1\nauth_mode: key\nkeys_file: keys.yaml\nsticky_header: x-user-id\ntraffic: {blue: 100}\ndeployments:\n\
              - {name: blue, instances: [http://a:1], request_settings: {request_timeout_ms: 250}, readiness_probe: {path: /health}}\n",
         );
         let lines: Vec<String> = diff(&old, &new).iter().map(ToString::to_string).collect();
@@ -348,6 +362,7 @@ mod tests {
             [
                 "auth_mode none -> key",
                 "keys_file - -> keys.yaml",
+                "sticky_header - -> x-user-id",
                 "request_settings.request_timeout_ms of blue 5000 -> 250",
                 "readiness_probe of blue none -> GET /health every 10s",
             ]

@@ -1,7 +1,7 @@
 //! The endpoint file exactly as a user writes it.
 //!
-//! These types mirror Azure ML's declarative endpoint file plus the one key Switchyard adds
-//! (`instances`). They are only ever read by [`super::validate`]; nothing else in the program sees
+//! These types mirror Azure ML's declarative endpoint file plus the keys Switchyard adds
+//! (`instances`, `keys_file`, `sticky_header`, `protocol`). They are only ever read by [`super::validate`]; nothing else in the program sees
 //! them. Every struct denies unknown keys so that a typo is an error, never a silent default.
 //! Azure keys that mean nothing to a gateway are accepted and ignored (`IgnoredAny`).
 
@@ -27,6 +27,9 @@ pub(crate) struct EndpointFile {
     /// Switchyard's addition: where the keys for `auth_mode: key` live.
     #[serde(default)]
     pub(crate) keys_file: Option<Spanned<String>>,
+    /// Switchyard's addition: the request header whose value keeps a user on one deployment.
+    #[serde(default)]
+    pub(crate) sticky_header: Option<Spanned<String>>,
 
     // Azure keys a gateway has no use for.
     #[serde(rename = "$schema", default)]

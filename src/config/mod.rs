@@ -38,6 +38,9 @@ pub struct EndpointConfig {
     /// For `auth_mode: key`: the file holding the keys, relative to the endpoint file's directory
     /// unless absolute.
     pub keys_file: Option<PathBuf>,
+    /// The request header whose value keeps a user on one deployment while the split allows
+    /// (`sticky_header`; lowercase).
+    pub sticky_header: Option<http::HeaderName>,
     /// Deployments in file order.
     pub deployments: Vec<DeploymentConfig>,
 }
@@ -228,6 +231,9 @@ impl EndpointConfig {
         if let Some(keys_file) = &self.keys_file {
             value["keys_file"] = serde_json::Value::from(keys_file.display().to_string());
         }
+        if let Some(header) = &self.sticky_header {
+            value["sticky_header"] = serde_json::Value::from(header.as_str());
+        }
         if let Some(mirrored) = self.mirrored() {
             value["mirror_traffic"] = serde_json::json!({ &mirrored.name: mirrored.mirror });
         }
@@ -367,12 +373,17 @@ fn validate(raw: EndpointFile) -> Result<EndpointConfig, Vec<Issue>> {
 
     check_traffic(&raw.traffic, &mut deployments, &mut issues);
     check_mirror(&raw.mirror_traffic, &mut deployments, &mut issues);
+    let sticky_header = raw
+        .sticky_header
+        .as_ref()
+        .and_then(|header| check_sticky_header(header, &mut issues));
 
     if issues.is_empty() {
         Ok(EndpointConfig {
             name: raw.name.value,
             auth_mode,
             keys_file: raw.keys_file.map(|file| PathBuf::from(file.value)),
+            sticky_header,
             deployments,
         })
     } else {
@@ -676,6 +687,45 @@ fn check_traffic(
                  (or 0 to send live traffic nowhere)"
             ),
         ));
+    }
+}
+
+/// The header `sticky_header` names, if it is a header a client can send for the purpose.
+fn check_sticky_header(
+    header: &Spanned<String>,
+    issues: &mut Vec<Issue>,
+) -> Option<http::HeaderName> {
+    let field = "sticky_header";
+    let location = Some(header.referenced);
+    let Ok(name) = http::HeaderName::from_bytes(header.value.trim().as_bytes()) else {
+        issues.push(Issue::new(
+            field,
+            location,
+            format!(
+                "`{}` is not a header name; use letters, digits and `-`, like `x-user-id`",
+                header.value
+            ),
+        ));
+        return None;
+    };
+    let why = match name.as_str() {
+        crate::routing::PIN_HEADER => Some(
+            "already pins a request to the deployment it names, whatever the split; name the \
+             header that identifies your user or session instead, like `x-user-id`",
+        ),
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+        | "proxy-connection" | "content-length" => Some(
+            "describes the connection or the body, not the user; name the header that \
+             identifies your user or session instead, like `x-user-id`",
+        ),
+        _ => None,
+    };
+    match why {
+        Some(why) => {
+            issues.push(Issue::new(field, location, format!("`{name}` {why}")));
+            None
+        }
+        None => Some(name),
     }
 }
 

@@ -355,6 +355,54 @@ fn mirroring_follows_azures_rules() {
 }
 
 #[test]
+fn a_sticky_header_is_read_lowercase_and_written_back() {
+    let text = VALID.replace(
+        "auth_mode: none",
+        "auth_mode: none\nsticky_header: X-User-Id",
+    );
+    let config = EndpointConfig::parse(&text).expect("valid");
+    assert_eq!(
+        config.sticky_header.as_ref().map(http::HeaderName::as_str),
+        Some("x-user-id")
+    );
+    let again = EndpointConfig::parse(&config.to_file_value().to_string()).expect("valid");
+    assert_eq!(again, config);
+    assert_eq!(
+        EndpointConfig::parse(VALID).expect("valid").sticky_header,
+        None
+    );
+}
+
+#[test]
+fn a_sticky_header_must_be_one_a_client_sends_about_itself() {
+    let sticky = |header: &str| {
+        VALID.replace(
+            "auth_mode: none",
+            &format!("auth_mode: none\nsticky_header: {header}"),
+        )
+    };
+    assert_issue(
+        &sticky("\"user id\""),
+        "sticky_header",
+        12,
+        "is not a header name",
+    );
+    assert_issue(&sticky("\"\""), "sticky_header", 12, "like `x-user-id`");
+    assert_issue(
+        &sticky("azureml-model-deployment"),
+        "sticky_header",
+        12,
+        "already pins a request",
+    );
+    assert_issue(
+        &sticky("Connection"),
+        "sticky_header",
+        12,
+        "`connection` describes the connection",
+    );
+}
+
+#[test]
 fn an_unknown_auth_mode_is_rejected() {
     let text = VALID.replace("auth_mode: none", "auth_mode: password");
     assert_issue(&text, "auth_mode", 11, "use `key` or `none`");

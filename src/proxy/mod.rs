@@ -199,15 +199,22 @@ impl Proxy {
                 return Err(ProxyError::Unauthorized);
             }
             let pin = headers::pin(request.headers())?;
-            // Pinned requests take no draw, so they leave the weighted split exact.
-            let draw = if pin.is_none() {
-                DRAWS.with_borrow_mut(|draws| draws.split.draw(&mut rand::rng()))
-            } else {
-                0
+            let route = match (pin, table.sticky_key(request.headers())) {
+                (None, Some(key)) => table.route_sticky(key.as_bytes())?,
+                _ => {
+                    // Pinned and sticky requests take no draw, so they leave the weighted
+                    // split exact.
+                    let draw = if pin.is_none() {
+                        DRAWS.with_borrow_mut(|draws| draws.split.draw(&mut rand::rng()))
+                    } else {
+                        0
+                    };
+                    table.route(pin, draw)?
+                }
             };
-            let route = table.route(pin, draw)?;
-            // Only weighted requests are copied to the mirror, as in Azure.
-            let mirror = (route.reason == RouteReason::Weighted && table.mirrors())
+            // Requests the traffic rules routed are copied to the mirror; pinned ones never
+            // are, as in Azure.
+            let mirror = (route.reason != RouteReason::Pinned && table.mirrors())
                 .then(|| {
                     let draw = DRAWS.with_borrow_mut(|draws| draws.mirror.draw(&mut rand::rng()));
                     table.mirror(draw).cloned()

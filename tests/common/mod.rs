@@ -53,6 +53,17 @@ pub async fn refused_url() -> String {
     format!("http://{addr}")
 }
 
+/// The value of the series of `name` carrying every one of `labels` (`key="value"`), or 0.
+pub fn metric(gateway: &Gateway, name: &str, labels: &[&str]) -> u64 {
+    gateway
+        .metrics()
+        .render()
+        .lines()
+        .filter(|line| line.starts_with(name) && labels.iter().all(|l| line.contains(l)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// An endpoint file in its own temporary directory.
 pub struct EndpointFile {
     pub dir: TempDir,
