@@ -1,5 +1,6 @@
 //! What does the routing decision cost per request, pick a deployment and then an instance,
-//! and does it stay flat from 2 to 20 deployments?
+//! and does it stay flat from 2 to 20 deployments? And what does a sticky user's hash cost,
+//! which has to score every deployment with live traffic?
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -15,7 +16,8 @@ fn table(n: usize) -> RoutingTable {
     let mut traffic = vec![format!("d00: {}", 101 - n)];
     traffic.extend((1..n).map(|i| format!("d{i:02}: 1")));
     let mut text = format!(
-        "name: bench\nauth_mode: none\ntraffic: {{{}}}\ndeployments:\n",
+        "name: bench\nauth_mode: none\nsticky_header: x-user-id\ntraffic: {{{}}}\n\
+         deployments:\n",
         traffic.join(", ")
     );
     for i in 0..n {
@@ -71,5 +73,25 @@ fn pinned(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, weighted, pinned);
+fn sticky(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_sticky_then_instance");
+    for n in [2, 5, 20] {
+        let table = table(n);
+        let users: Vec<String> = (0..1024)
+            .map(|user| format!("5f0c6a1e-user-{user:04}"))
+            .collect();
+        let mut next = 0;
+        let mut rng = rand::rng();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &table, |b, table| {
+            b.iter(|| {
+                next = (next + 1) % users.len();
+                let route = table.route_sticky(users[next].as_bytes()).expect("routed");
+                black_box(route.deployment.select(&mut rng, None));
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, weighted, pinned, sticky);
 criterion_main!(benches);

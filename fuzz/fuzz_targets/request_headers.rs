@@ -1,6 +1,7 @@
-//! Whatever a client puts in the headers the request path reads (the pin, the request id, the
-//! key), routing answers or refuses, and only a weighted request may be copied to the mirror;
-//! nothing panics.
+//! Whatever a client puts in the headers the request path reads (the pin, the sticky header, the
+//! request id, the key), routing answers or refuses; a sticky value always lands on the same
+//! deployment with live traffic, and a pinned request is never copied to the mirror; nothing
+//! panics.
 #![no_main]
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use switchyard::proxy::headers;
 use switchyard::routing::{PIN_HEADER, RouteReason, RoutingTable};
 
 const ENDPOINT: &str = "name: fuzz\nauth_mode: none\ntraffic: {blue: 90, green: 10}\n\
-    mirror_traffic: {red: 20}\ndeployments:\n\
+    mirror_traffic: {red: 20}\nsticky_header: x-user-id\ndeployments:\n\
     - {name: blue, instances: [http://127.0.0.1:1, http://127.0.0.1:2]}\n\
     - {name: green, instances: [http://127.0.0.1:3]}\n\
     - {name: red, instances: [http://127.0.0.1:4]}\n";
@@ -23,13 +24,15 @@ fuzz_target!(|data: &[u8]| {
     let Some((&draw, rest)) = data.split_first() else {
         return;
     };
-    let thirds = rest.len() / 3;
-    let (pin, rest) = rest.split_at(thirds);
-    let (request_id, authorization) = rest.split_at(thirds);
+    let quarter = rest.len() / 4;
+    let (pin, rest) = rest.split_at(quarter);
+    let (user, rest) = rest.split_at(quarter);
+    let (request_id, authorization) = rest.split_at(quarter);
 
     let mut map = HeaderMap::new();
     for (name, bytes) in [
         (PIN_HEADER, pin),
+        ("x-user-id", user),
         ("x-request-id", request_id),
         ("authorization", authorization),
     ] {
@@ -51,8 +54,22 @@ fuzz_target!(|data: &[u8]| {
     let _ = table.authorizes(&map);
     let _ = headers::request_id(&map);
     if let Ok(pin) = headers::pin(&map) {
-        if let Ok(route) = table.route(pin, draw) {
-            if route.reason == RouteReason::Weighted {
+        let route = match (pin, table.sticky_key(&map)) {
+            (None, Some(user)) => {
+                let route = table
+                    .route_sticky(user.as_bytes())
+                    .expect("a live deployment");
+                let again = table
+                    .route_sticky(user.as_bytes())
+                    .expect("a live deployment");
+                assert!(Arc::ptr_eq(&route.deployment, &again.deployment));
+                assert_ne!(route.deployment.name(), "red", "red has no live traffic");
+                Ok(route)
+            }
+            _ => table.route(pin, draw),
+        };
+        if let Ok(route) = route {
+            if route.reason != RouteReason::Pinned {
                 // The mirror's draw is its own; any value picks red or nothing.
                 let mirror = table.mirror(draw.wrapping_mul(37) % 100);
                 assert!(mirror.is_none_or(|deployment| deployment.name() == "red"));
