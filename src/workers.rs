@@ -23,7 +23,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
 use socket2::{Domain, Socket, Type};
@@ -34,13 +34,38 @@ use crate::server::{self, Accepted, Connections, Listener, Slot};
 /// How many connections may wait in each listening socket's accept queue.
 const BACKLOG: i32 = 1024;
 
+/// How long a thread serves requests before it offers its CPU to other runnable threads.
+const SERVE_BEFORE_YIELD: Duration = Duration::from_micros(250);
+
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
+    /// When this thread last offered its CPU (or first served a request).
+    static LAST_YIELD: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// The index of the serving thread this code runs on; 0 off serving threads.
 pub(crate) fn current() -> usize {
     INDEX.get()
+}
+
+/// Called between two requests: once the thread has served for [`SERVE_BEFORE_YIELD`] since
+/// it last did, offers its CPU to any other thread waiting for it.
+///
+/// Under load a serving thread always finds another connection ready, so it never sleeps, and
+/// the kernel lets it run until its next scheduler tick (4 ms at the common 250 Hz) while the
+/// clients and model servers it trades bytes with wait for that CPU, with their requests. That
+/// was the long tail against HAProxy (BENCHMARKS.md). With nothing else waiting, the yield
+/// returns at once.
+pub(crate) fn offer_cpu() {
+    let now = Instant::now();
+    match LAST_YIELD.get() {
+        Some(last) if now.duration_since(last) < SERVE_BEFORE_YIELD => {}
+        Some(_) => {
+            std::thread::yield_now();
+            LAST_YIELD.set(Some(Instant::now()));
+        }
+        None => LAST_YIELD.set(Some(now)),
+    }
 }
 
 /// Binds `count` listening sockets to one address; with port 0, the port the first one got.

@@ -327,6 +327,8 @@ pub(crate) async fn serve(
         let close = head.close || client.draining();
         let keep_alive =
             write_response(&mut client.stream, &mut out, reply, to_head, close).await?;
+        // The response is on its way: a good moment to let others run.
+        crate::workers::offer_cpu();
         if !keep_alive {
             // A clean end: the client reads the response to its last byte, then the close.
             let _ = client.stream.shutdown().await;
