@@ -11,6 +11,10 @@
 //! request path. The admin API, the config watcher and readiness probes run on the caller's
 //! runtime.
 //!
+//! A busy serving thread never sleeps, as there is always another connection ready, so between
+//! requests it offers its CPU every 250 µs ([`offer_cpu`]): the clients and model servers that
+//! share its cores get to run without waiting for a scheduler tick.
+//!
 //! Optionally (`--pin-workers`) each thread is pinned to a CPU of its own. Unpinned, the kernel
 //! at times runs two serving threads on one core while another is busy elsewhere, and the
 //! connections of the thread left waiting stall for a time slice: on a 2-core machine shared with
