@@ -38,7 +38,7 @@ use crate::server::{self, Accepted, Connections, Listener, Slot};
 /// How many connections may wait in each listening socket's accept queue.
 const BACKLOG: i32 = 1024;
 
-/// How long a thread serves requests before it offers its CPU to other runnable threads.
+/// How often, at most, a thread between requests offers its CPU to other runnable threads.
 const SERVE_BEFORE_YIELD: Duration = Duration::from_micros(250);
 
 thread_local! {
@@ -52,14 +52,14 @@ pub(crate) fn current() -> usize {
     INDEX.get()
 }
 
-/// Called between two requests: once the thread has served for [`SERVE_BEFORE_YIELD`] since
-/// it last did, offers its CPU to any other thread waiting for it.
+/// Called between two requests: once [`SERVE_BEFORE_YIELD`] has passed since the thread last
+/// offered its CPU, offers it to any other thread waiting for it.
 ///
 /// Under load a serving thread always finds another connection ready, so it never sleeps, and
 /// the kernel lets it run until its next scheduler tick (4 ms at the common 250 Hz) while the
 /// clients and model servers it trades bytes with wait for that CPU, with their requests. That
-/// was the long tail against HAProxy (BENCHMARKS.md). With nothing else waiting, the yield
-/// returns at once.
+/// had made the p90 to p97 a tick longer than HAProxy's (BENCHMARKS.md). With nothing else
+/// waiting, the yield returns at once; it is a clock read otherwise.
 pub(crate) fn offer_cpu() {
     let now = Instant::now();
     match LAST_YIELD.get() {
