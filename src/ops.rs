@@ -207,6 +207,12 @@ pub fn render_status(status: &EndpointStatus) -> String {
     if status.deployments.is_empty() {
         let _ = writeln!(out, "(no deployments)");
     }
+    if let Some(header) = status.config.get("sticky_header").and_then(|v| v.as_str()) {
+        let _ = writeln!(
+            out,
+            "sticky: requests carrying {header} stay on one deployment per value"
+        );
+    }
     if let Some(error) = &status.last_rejected {
         let _ = writeln!(
             out,
@@ -332,6 +338,26 @@ mod tests {
         assert_eq!(
             lines[4],
             "red         mirror 20%  model-3:1    1/1          1   20.0    1.0%"
+        );
+        assert_eq!(lines.len(), 5);
+    }
+
+    #[test]
+    fn show_says_which_header_keeps_users_on_one_deployment() {
+        let mut status = status();
+        status.config["sticky_header"] = serde_json::Value::from("x-user-id");
+        let text = render_status(&status);
+        assert_eq!(
+            text.lines().nth(5),
+            Some("sticky: requests carrying x-user-id stay on one deployment per value")
+        );
+        assert_eq!(
+            serving_config(&status)
+                .expect("valid")
+                .sticky_header
+                .map(|h| h.to_string())
+                .as_deref(),
+            Some("x-user-id")
         );
     }
 
