@@ -11,9 +11,10 @@
 //! request path. The admin API, the config watcher and readiness probes run on the caller's
 //! runtime.
 //!
-//! A busy serving thread never sleeps, as there is always another connection ready, so between
-//! requests it offers its CPU every 250 µs ([`offer_cpu`]): the clients and model servers that
-//! share its cores get to run without waiting for a scheduler tick.
+//! A busy serving thread never sleeps, as there is always another connection ready, so once it
+//! has run for 250 µs without pausing it offers its CPU between two requests ([`offer_cpu`]):
+//! the clients and model servers that share its cores get to run without waiting for a
+//! scheduler tick.
 //!
 //! Optionally (`--pin-workers`) each thread is pinned to a CPU of its own. Unpinned, the kernel
 //! at times runs two serving threads on one core while another is busy elsewhere, and the
@@ -38,13 +39,17 @@ use crate::server::{self, Accepted, Connections, Listener, Slot};
 /// How many connections may wait in each listening socket's accept queue.
 const BACKLOG: i32 = 1024;
 
-/// How often, at most, a thread between requests offers its CPU to other runnable threads.
+/// How long a thread runs requests without pausing before it offers its CPU to others.
 const SERVE_BEFORE_YIELD: Duration = Duration::from_micros(250);
+/// A wait for events that returns sooner found them already there: the thread did not pause.
+const PAUSE: Duration = Duration::from_micros(5);
 
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
-    /// When this thread last offered its CPU (or first served a request).
-    static LAST_YIELD: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// When this thread last paused or offered its CPU.
+    static BUSY_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// When this thread's runtime last began to wait for events.
+    static PARKED_AT: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// The index of the serving thread this code runs on; 0 off serving threads.
@@ -52,23 +57,39 @@ pub(crate) fn current() -> usize {
     INDEX.get()
 }
 
-/// Called between two requests: once [`SERVE_BEFORE_YIELD`] has passed since the thread last
-/// offered its CPU, offers it to any other thread waiting for it.
+/// Called between two requests: once the thread has run for [`SERVE_BEFORE_YIELD`] without
+/// pausing, offers its CPU to any other thread waiting for it.
 ///
 /// Under load a serving thread always finds another connection ready, so it never sleeps, and
 /// the kernel lets it run until its next scheduler tick (4 ms at the common 250 Hz) while the
 /// clients and model servers it trades bytes with wait for that CPU, with their requests. That
-/// had made the p90 to p97 a tick longer than HAProxy's (BENCHMARKS.md). With nothing else
-/// waiting, the yield returns at once; it is a clock read otherwise.
+/// had made the p90 to p97 a tick longer than HAProxy's (BENCHMARKS.md). A thread that pauses
+/// on its own (its runtime finds nothing to do and sleeps) starts afresh: at lighter load a
+/// yield would only queue it behind others, which lengthened the p99 there.
 pub(crate) fn offer_cpu() {
     let now = Instant::now();
-    match LAST_YIELD.get() {
-        Some(last) if now.duration_since(last) < SERVE_BEFORE_YIELD => {}
+    match BUSY_SINCE.get() {
+        Some(since) if now.duration_since(since) < SERVE_BEFORE_YIELD => {}
         Some(_) => {
             std::thread::yield_now();
-            LAST_YIELD.set(Some(Instant::now()));
+            BUSY_SINCE.set(Some(Instant::now()));
         }
-        None => LAST_YIELD.set(Some(now)),
+        None => BUSY_SINCE.set(Some(now)),
+    }
+}
+
+/// The runtime is about to wait for events.
+fn parking() {
+    PARKED_AT.set(Some(Instant::now()));
+}
+
+/// The runtime is back from waiting for events: if it really slept, the thread paused.
+fn unparked() {
+    if let Some(parked_at) = PARKED_AT.take() {
+        let now = Instant::now();
+        if now.duration_since(parked_at) >= PAUSE {
+            BUSY_SINCE.set(Some(now));
+        }
     }
 }
 
@@ -141,6 +162,8 @@ impl Workers {
         for (index, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
             let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
             let runtime = tokio::runtime::Builder::new_current_thread()
+                .on_thread_park(parking)
+                .on_thread_unpark(unparked)
                 .enable_all()
                 .build()?;
             let serve = serve.clone();
