@@ -34,15 +34,6 @@ fn mirrored_ok(gateway: &Gateway) -> u64 {
     )
 }
 
-/// Waits until `done` holds, failing after [`PATIENCE`].
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < PATIENCE, "{what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_share_of_weighted_requests_is_copied_and_the_client_sees_only_the_live_answer() {
     let blue = model_server(Model::Diabetes, "blue-1").await;

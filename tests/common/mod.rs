@@ -64,6 +64,15 @@ pub fn metric(gateway: &Gateway, name: &str, labels: &[&str]) -> u64 {
         .sum()
 }
 
+/// Waits until `done` holds, failing after [`PATIENCE`].
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < PATIENCE, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// An endpoint file in its own temporary directory.
 pub struct EndpointFile {
     pub dir: TempDir,
@@ -216,7 +225,12 @@ pub async fn read(response: Response<Incoming>) -> Scored {
 }
 
 pub async fn score(client: &TestClient, gateway: SocketAddr, pin: Option<&str>) -> Scored {
-    let response = tokio::time::timeout(PATIENCE, client.request(score_request(gateway, pin)))
+    send(client, score_request(gateway, pin)).await
+}
+
+/// Sends `request`, failing after [`PATIENCE`], and reads the answer.
+pub async fn send(client: &TestClient, request: Request<Full<Bytes>>) -> Scored {
+    let response = tokio::time::timeout(PATIENCE, client.request(request))
         .await
         .expect("no answer in time")
         .expect("request failed");
