@@ -54,8 +54,8 @@ pub struct RoutingTable {
 /// deployment's name, and the lowest score wins. So a deployment wins a share of keys equal to
 /// its share of the weights, and the winner depends only on the key and on the deployments'
 /// names and weights: when green grows from 10 to 20%, users already on green stay there and
-/// only users that green takes over move, each from wherever it was; deployments whose weight
-/// did not change keep every user they still win.
+/// only the users green takes over move. In general a user moves only off a deployment whose
+/// weight fell or onto one whose weight rose.
 #[derive(Debug)]
 struct Sticky {
     header: HeaderName,
