@@ -5,7 +5,9 @@
 # file is rewritten under full load (the full-scale run of tests/reload_under_load.rs)?
 #
 # Everything runs on loopback ports picked at run time. Rounds alternate between contestants, so
-# drift in the machine's speed hits all of them alike; the table reports medians and ratios.
+# drift in the machine's speed hits all of them alike, and each round starts one contestant
+# further along the list, so none always runs right after the same other one; the table reports
+# medians and ratios.
 # Every process started here is stopped on exit.
 #
 #   bash benches/compare.sh                      # 5 rounds of 10 s per contestant
@@ -93,7 +95,9 @@ for name in "${CONTESTANTS[@]}"; do measure "$name" 2 >/dev/null; done  # warm-u
 
 : > "$work/results"
 for round in $(seq "$ROUNDS"); do
-  for name in "${CONTESTANTS[@]}"; do
+  count=${#CONTESTANTS[@]}
+  for step in $(seq 0 $((count - 1))); do
+    name=${CONTESTANTS[$(((round - 1 + step) % count))]}
     echo "$name $(measure "$name" "$DURATION")" | tee -a "$work/results" | sed "s/^/round $round: /"
   done
 done
