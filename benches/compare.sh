@@ -5,9 +5,9 @@
 # file is rewritten under full load (the full-scale run of tests/reload_under_load.rs)?
 #
 # Everything runs on loopback ports picked at run time. Rounds alternate between contestants, so
-# drift in the machine's speed hits all of them alike, and each round starts one contestant
-# further along the list, so none always runs right after the same other one; the table reports
-# medians and ratios.
+# drift in the machine's speed hits all of them alike. Every second round runs the list backwards,
+# and each pair of rounds starts one contestant further along it, so each contestant takes every
+# place in the order and follows more than one other; the table reports medians and ratios.
 # Every process started here is stopped on exit.
 #
 #   bash benches/compare.sh                      # 5 rounds of 10 s per contestant
@@ -97,7 +97,9 @@ for name in "${CONTESTANTS[@]}"; do measure "$name" 2 >/dev/null; done  # warm-u
 for round in $(seq "$ROUNDS"); do
   count=${#CONTESTANTS[@]}
   for step in $(seq 0 $((count - 1))); do
-    name=${CONTESTANTS[$(((round - 1 + step) % count))]}
+    index=$((((round - 1) / 2 + step) % count))
+    if ((round % 2 == 0)); then index=$((count - 1 - index)); fi
+    name=${CONTESTANTS[$index]}
     echo "$name $(measure "$name" "$DURATION")" | tee -a "$work/results" | sed "s/^/round $round: /"
   done
 done
