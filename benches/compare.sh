@@ -94,8 +94,8 @@ echo "load: wrk -t1 -c$CONNECTIONS, ${DURATION}s per run, $ROUNDS rounds; proxie
 for name in "${CONTESTANTS[@]}"; do measure "$name" 2 >/dev/null; done  # warm-up
 
 : > "$work/results"
+count=${#CONTESTANTS[@]}
 for round in $(seq "$ROUNDS"); do
-  count=${#CONTESTANTS[@]}
   for step in $(seq 0 $((count - 1))); do
     index=$((((round - 1) / 2 + step) % count))
     if ((round % 2 == 0)); then index=$((count - 1 - index)); fi
