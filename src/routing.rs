@@ -7,7 +7,7 @@
 //! is exact over every 100 weighted requests a serving thread routes, not only on average.
 //!
 //! With `sticky_header`, a request that carries the header is routed by its value instead, with
-//! weighted rendezvous hashing ([`Sticky`]): the same value lands on the same deployment for as
+//! weighted rendezvous hashing (`Sticky`): the same value lands on the same deployment for as
 //! long as the split allows, and a split change moves only the users it has to.
 
 use std::sync::Arc;
@@ -251,7 +251,7 @@ impl RoutingTable {
     }
 
     /// Picks the deployment for a request whose sticky header has the value `key`: always the
-    /// same one for the same key under the same split (see [`Sticky`]).
+    /// same one for the same key under the same split (see `Sticky`).
     pub fn route_sticky(&self, key: &[u8]) -> Result<Route, RouteError> {
         let sticky = self.sticky.as_ref().ok_or(RouteError::NoPositiveWeight)?;
         let key = hash_bytes(key);

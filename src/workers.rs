@@ -12,10 +12,10 @@
 //! runtime.
 //!
 //! A busy serving thread never sleeps, as there is always another connection ready, so once it
-//! has run for 250 µs without pausing it offers its CPU between two requests ([`offer_cpu`]):
+//! has run for 250 µs without pausing it offers its CPU between two requests (`offer_cpu`):
 //! the clients and model servers that share its cores get to run without waiting for a
 //! scheduler tick. While busy it also looks for new socket events every few tasks
-//! ([`EVENT_INTERVAL`]), so a request that arrives is not kept waiting behind a long batch.
+//! (`EVENT_INTERVAL`), so a request that arrives is not kept waiting behind a long batch.
 //!
 //! Optionally (`--pin-workers`) each thread is pinned to a CPU of its own. Unpinned, the kernel
 //! at times runs two serving threads on one core while another is busy elsewhere, and the
