@@ -464,3 +464,55 @@ async fn shutdown_closes_idle_connections_and_finishes_a_request_under_way() {
         .expect("the serve loop ends once both connections are done")
         .expect("serve loop");
 }
+
+#[tokio::test]
+async fn an_http2_connection_that_never_sends_a_request_is_closed() {
+    let timeout = Duration::from_millis(200);
+    let addr = serve(describe, timeout).await;
+    // The whole preface, then silence; and only its first line, then silence.
+    for opening in [
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+        &b"PRI * HTTP/2.0\r\n\r\n"[..],
+    ] {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(opening).await.expect("write");
+        let waited = closed_after(&mut stream).await;
+        assert!(
+            waited <= 2 * timeout + Duration::from_millis(500),
+            "closed after {waited:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_sent_a_request_is_not_cut_by_the_first_request_deadline() {
+    let timeout = Duration::from_millis(100);
+    let slow = |request: Request<ClientBody>, connection| async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        describe(request, connection).await
+    };
+    let addr = serve(slow, timeout).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let uri: http::Uri = format!("http://{addr}/").parse().expect("uri");
+    for _ in 0..2 {
+        let response = client
+            .request(
+                Request::get(uri.clone())
+                    .body(Full::default())
+                    .expect("request"),
+            )
+            .await
+            .expect("answered over the same connection");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"GET 0 HTTP/2.0");
+        // Idle between requests for longer than the deadline.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -349,3 +349,68 @@ async fn a_body_still_arriving_when_the_pooled_connection_idles_out_moves_to_a_n
     );
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn an_answer_with_both_a_length_and_chunked_framing_ends_its_connection() {
+    // Framed by the chunked coding; the stray `smuggled` bytes after it are what a reused
+    // connection would hand the next client as its answer.
+    let (url, accepted) = instance(|_| {
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n\
+             2\r\nok\r\n0\r\n\r\n"
+                .to_string(),
+            Then::KeepOpen,
+        )
+    })
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&url])]));
+    let gateway = gateway(&file.path).await;
+    let client = client();
+    for _ in 0..3 {
+        let (status, answer) = post(&client, gateway.addr(), "{}").await;
+        assert_eq!((status, &answer[..]), (StatusCode::OK, &b"ok"[..]));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "no connection that carried a conflicting framing is used again"
+    );
+}
+
+#[tokio::test]
+async fn bytes_an_instance_sends_after_its_answer_never_reach_another_request() {
+    let (url, accepted) = instance(|request| {
+        let answer = ok(&request.body.len().to_string());
+        // The same write carries a second, unasked-for answer.
+        (
+            format!("{answer}HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nstolen!"),
+            Then::KeepOpen,
+        )
+    })
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&url])]));
+    let gateway = gateway(&file.path).await;
+    let client = client();
+    for n in 1..6 {
+        let (status, answer) = post(&client, gateway.addr(), &"x".repeat(n)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer, n.to_string(), "request {n} got its own answer");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn a_response_head_over_64_kib_is_refused_however_it_arrives() {
+    let padding = "a".repeat(130 * 1024);
+    let (url, _) = instance(move |_| {
+        (
+            format!("HTTP/1.1 200 OK\r\nx-padding: {padding}\r\ncontent-length: 2\r\n\r\nok"),
+            Then::KeepOpen,
+        )
+    })
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&url])]));
+    let gateway = gateway(&file.path).await;
+    let (status, _) = post(&client(), gateway.addr(), "{}").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+}

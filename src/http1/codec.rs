@@ -173,6 +173,11 @@ fn read_head(buf: &[u8], method: &Method, own: &[HeaderName]) -> Result<Read, Ma
         buf,
         &mut slots,
     ) {
+        // A head that arrived whole in one large read is held to the same limit as one that
+        // arrives in pieces.
+        Ok(httparse::Status::Complete(length)) if length > MAX_HEAD_BYTES => {
+            return Err(Malformed("response head larger than 64 KiB"));
+        }
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(Read::Partial),
         Err(httparse::Error::TooManyHeaders) => {
@@ -205,8 +210,14 @@ fn read_head(buf: &[u8], method: &Method, own: &[HeaderName]) -> Result<Read, Ma
         }
     }
     let body = hop.body_framing(status, method)?;
-    let keep_alive =
-        body != BodyFraming::UntilClose && body != BodyFraming::Upgrade && hop.keep_alive(version);
+    // An answer with both a length and a transfer coding is framed by the coding (RFC 9112,
+    // section 6.3), but an instance that sends both may mean the other: whatever follows on
+    // the connection could be read as the next client's answer, so it carries no other.
+    let conflicting = hop.transfer_coding.is_some() && hop.content_length.is_some();
+    let keep_alive = body != BodyFraming::UntilClose
+        && body != BodyFraming::Upgrade
+        && !conflicting
+        && hop.keep_alive(version);
     // RFC 9112, section 6.3: a proxy drops a length that the transfer coding overrides. One
     // that does not parse frames nothing here (the framing above failed if it had to).
     let declared = match hop.transfer_coding {
@@ -800,6 +811,15 @@ mod tests {
         ] {
             assert!(head(text, &Method::GET).is_err(), "{text:?}");
         }
+        let whole = format!(
+            "HTTP/1.1 200 OK\r\nx: {}\r\ncontent-length: 0\r\n\r\n",
+            "a".repeat(2 * MAX_HEAD_BYTES)
+        );
+        assert_eq!(
+            head(&whole, &Method::GET).err(),
+            Some(Malformed("response head larger than 64 KiB")),
+            "a head that arrived in one read is held to the limit too"
+        );
         let endless = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
         assert_eq!(
             head(&endless, &Method::GET).err(),
@@ -816,7 +836,10 @@ mod tests {
             &Method::GET,
         );
         assert_eq!(chunked.body, BodyFraming::Chunked);
-        assert!(chunked.keep_alive);
+        assert!(
+            !chunked.keep_alive,
+            "a length beside a transfer coding: the connection carries no other answer"
+        );
         assert_eq!(
             lines(&chunked),
             "x-model: m\r\n",

@@ -19,6 +19,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::Request;
@@ -164,7 +165,8 @@ pub(crate) async fn serve_connections(
                     Ok(h1::Ended::Closed) => Ok(()),
                     Ok(h1::Ended::HandOver { stream, read }) => {
                         let stream = h1::Prefixed::new(read.freeze(), stream);
-                        serve_with_hyper(stream, &builder, handler, connection, draining).await
+                        serve_with_hyper(stream, &builder, handler, connection, draining, timeout)
+                            .await
                     }
                     Err(error) => Err(error),
                 },
@@ -175,7 +177,10 @@ pub(crate) async fn serve_connections(
                         tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
                     match handshake.await {
                         Ok(Ok(stream)) => {
-                            serve_with_hyper(stream, &builder, handler, connection, draining).await
+                            serve_with_hyper(
+                                stream, &builder, handler, connection, draining, timeout,
+                            )
+                            .await
                         }
                         Ok(Err(error)) => {
                             tracing::debug!(%error, %peer, "TLS handshake failed");
@@ -223,26 +228,45 @@ pub(crate) async fn serve_connections(
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Serves `io` with hyper (HTTP/1.1 with upgrades, or HTTP/2), closing gracefully once
-/// `draining` turns true.
+/// `draining` turns true. A connection that has not begun a request within `first_request`
+/// is closed: hyper bounds an HTTP/1.1 head, but an HTTP/2 connection that sent its preface
+/// and then nothing would otherwise hold a connection slot for good.
 async fn serve_with_hyper<I>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
     handler: impl Handler,
     connection: Connection,
     mut draining: watch::Receiver<bool>,
+    first_request: Duration,
 ) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request: Request<Incoming>| {
-        let reply = handler.call(request.map(ClientBody::from), connection.clone());
-        async move { Ok::<_, Infallible>(reply.await.into_reply().into_response()) }
-    });
+    let peer = connection.peer;
+    let began = Arc::new(AtomicBool::new(false));
+    let service = {
+        let began = Arc::clone(&began);
+        service_fn(move |request: Request<Incoming>| {
+            began.store(true, Ordering::Relaxed);
+            let reply = handler.call(request.map(ClientBody::from), connection.clone());
+            async move { Ok::<_, Infallible>(reply.await.into_reply().into_response()) }
+        })
+    };
     let mut served = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    let silent = async {
+        tokio::time::sleep(first_request).await;
+        if began.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         result = served.as_mut() => return result,
         // Also when the loop is gone: nobody is left to wait for this connection.
         _ = draining.wait_for(|draining| *draining) => {}
+        () = silent => {
+            tracing::debug!(%peer, "no request within the header read timeout; closing");
+            return Ok(());
+        }
     }
     served.as_mut().graceful_shutdown();
     served.await
