@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::Metrics;
 use crate::reload::{ReloadOutcome, Reloader};
 
+/// How often the counts behind the recent rates of [`EndpointStatus`] are sampled.
+pub const RECENT_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the admin handlers read.
 #[derive(Debug, Clone)]
 pub struct AdminState {
@@ -44,6 +47,10 @@ pub struct EndpointStatus {
     pub uptime_seconds: f64,
     /// True once shutdown has begun.
     pub draining: bool,
+    /// The span, in seconds, that each deployment's `recent_requests` and `recent_errors`
+    /// cover: the last minute, or less right after the gateway started.
+    #[serde(default)]
+    pub recent_window_seconds: f64,
     /// The error of the file on disk, if it was rejected after the serving config was applied.
     pub last_rejected: Option<String>,
     /// Percent of live traffic per deployment.
@@ -75,6 +82,12 @@ pub struct DeploymentStatus {
     pub requests: u64,
     /// Of those, answered with 408, 429 or 5xx.
     pub errors: u64,
+    /// Requests answered in the last `recent_window_seconds`.
+    #[serde(default)]
+    pub recent_requests: u64,
+    /// Of those, answered with 408, 429 or 5xx.
+    #[serde(default)]
+    pub recent_errors: u64,
     /// Its instances.
     pub instances: Vec<InstanceStatus>,
 }
@@ -140,6 +153,7 @@ pub fn status(state: &AdminState) -> EndpointStatus {
     let table = state.reloader.table().load_full();
     let config = table.config();
     let counts = state.metrics.request_counts();
+    let (window, recent) = state.metrics.recent_counts();
     let deployments = table
         .deployments()
         .iter()
@@ -152,6 +166,8 @@ pub fn status(state: &AdminState) -> EndpointStatus {
             in_flight: deployment.in_flight(),
             requests: counts.get(deployment.name()).map_or(0, |c| c.answered),
             errors: counts.get(deployment.name()).map_or(0, |c| c.errors),
+            recent_requests: recent.get(deployment.name()).map_or(0, |c| c.answered),
+            recent_errors: recent.get(deployment.name()).map_or(0, |c| c.errors),
             instances: deployment
                 .instances()
                 .iter()
@@ -170,6 +186,7 @@ pub fn status(state: &AdminState) -> EndpointStatus {
         applied_at: humantime::format_rfc3339_millis(reload.applied_at).to_string(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         draining: state.draining.load(Ordering::SeqCst),
+        recent_window_seconds: window.as_secs_f64(),
         last_rejected: reload.last_error.map(|error| error.to_string()),
         traffic: config
             .deployments
@@ -249,9 +266,11 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     // Readiness changes between reloads, so it is read fresh at each scrape.
     let table = state.reloader.table().load();
     for deployment in table.deployments() {
-        state
-            .metrics
-            .set_ready_instances(deployment.name(), deployment.available_instances());
+        state.metrics.set_ready_instances(
+            &table.config().name,
+            deployment.name(),
+            deployment.available_instances(),
+        );
     }
     (
         [(

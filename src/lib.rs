@@ -247,12 +247,24 @@ impl Gateway {
                 started,
             });
             let (stop_admin, stopped) = oneshot::channel::<()>();
+            let metrics = Arc::clone(&metrics);
             let task = tokio::spawn(async move {
                 let serving = axum::serve(listener, router).with_graceful_shutdown(async {
                     let _ = stopped.await;
                 });
-                if let Err(error) = serving.await {
-                    tracing::error!(%error, "admin API stopped");
+                // `show`'s recent rates are read from these samples.
+                let sampling = async {
+                    let mut ticks = tokio::time::interval(admin::RECENT_SAMPLE_INTERVAL);
+                    loop {
+                        ticks.tick().await;
+                        metrics.sample_recent();
+                    }
+                };
+                tokio::select! {
+                    served = serving => if let Err(error) = served {
+                        tracing::error!(%error, "admin API stopped");
+                    },
+                    () = sampling => {}
                 }
             });
             tracing::info!(addr = %admin_addr, "admin API listening");

@@ -141,13 +141,14 @@ pub fn render_status(status: &EndpointStatus) -> String {
         .iter()
         .map(|d| {
             let ready = d.instances.iter().filter(|i| i.ready).count();
-            let rate = if status.uptime_seconds > 0.0 {
-                d.requests as f64 / status.uptime_seconds
+            // Recent, not since start: a deployment failing now must look like it.
+            let rate = if status.recent_window_seconds > 0.0 {
+                d.recent_requests as f64 / status.recent_window_seconds
             } else {
                 0.0
             };
-            let error_rate = if d.requests > 0 {
-                100.0 * d.errors as f64 / d.requests as f64
+            let error_rate = if d.recent_requests > 0 {
+                100.0 * d.recent_errors as f64 / d.recent_requests as f64
             } else {
                 0.0
             };
@@ -206,6 +207,12 @@ pub fn render_status(status: &EndpointStatus) -> String {
     }
     if status.deployments.is_empty() {
         let _ = writeln!(out, "(no deployments)");
+    } else {
+        let _ = writeln!(
+            out,
+            "REQ/S and ERRORS cover the last {:.0} s",
+            status.recent_window_seconds
+        );
     }
     if let Some(header) = status.config.get("sticky_header").and_then(|v| v.as_str()) {
         let _ = writeln!(
@@ -264,8 +271,9 @@ mod tests {
             config_path: "endpoint.yaml".into(),
             generation: 4,
             applied_at: "2026-01-01T00:00:00.000Z".into(),
-            uptime_seconds: 10.0,
+            uptime_seconds: 100.0,
             draining: false,
+            recent_window_seconds: 10.0,
             last_rejected: None,
             traffic: [("blue".to_string(), 90), ("green".to_string(), 10)].into(),
             mirror_traffic: [("red".to_string(), 20)].into(),
@@ -276,8 +284,10 @@ mod tests {
                     traffic: 90,
                     mirror: 0,
                     in_flight: 3,
-                    requests: 900,
-                    errors: 9,
+                    requests: 9000,
+                    errors: 91,
+                    recent_requests: 900,
+                    recent_errors: 9,
                     instances: vec![instance(9001, true), instance(9002, false)],
                 },
                 DeploymentStatus {
@@ -286,8 +296,10 @@ mod tests {
                     traffic: 10,
                     mirror: 0,
                     in_flight: 0,
-                    requests: 100,
-                    errors: 0,
+                    requests: 1000,
+                    errors: 1,
+                    recent_requests: 100,
+                    recent_errors: 0,
                     instances: vec![instance(9003, true)],
                 },
                 DeploymentStatus {
@@ -296,8 +308,10 @@ mod tests {
                     traffic: 0,
                     mirror: 20,
                     in_flight: 1,
-                    requests: 200,
-                    errors: 2,
+                    requests: 2000,
+                    errors: 21,
+                    recent_requests: 200,
+                    recent_errors: 2,
                     instances: vec![instance(9004, true)],
                 },
             ],
@@ -339,7 +353,8 @@ mod tests {
             lines[4],
             "red         mirror 20%  model-3:1    1/1          1   20.0    1.0%"
         );
-        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[5], "REQ/S and ERRORS cover the last 10 s");
+        assert_eq!(lines.len(), 6);
     }
 
     #[test]
@@ -348,7 +363,7 @@ mod tests {
         status.config["sticky_header"] = serde_json::Value::from("x-user-id");
         let text = render_status(&status);
         assert_eq!(
-            text.lines().nth(5),
+            text.lines().nth(6),
             Some("sticky: requests carrying x-user-id stay on one deployment per value")
         );
         assert_eq!(

@@ -155,7 +155,7 @@ impl RoutingTable {
             .iter()
             .map(|deployment| {
                 let before = previous.and_then(|table| table.deployment(&deployment.name));
-                Deployment::build(deployment, before, metrics, &resolved)
+                Deployment::build(&config.name, deployment, before, metrics, &resolved)
             })
             .collect();
 

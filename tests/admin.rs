@@ -154,14 +154,14 @@ async fn a_rejected_reload_is_visible_in_status_reload_and_metrics() {
     let (_, metrics) = oneshot(&state, Method::GET, "/metrics").await;
     assert!(metrics.contains("switchyard_config_reloads_total{result=\"applied\"} 1"));
     assert!(metrics.contains("switchyard_config_last_reload_rejected 0"));
-    assert!(metrics.contains("switchyard_deployment_traffic_percent{deployment=\"blue\"} 0"));
-}
-
-/// Reads one sample's value from Prometheus text; `None` if the series is absent.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    assert_eq!(
+        sample(
+            &metrics,
+            "switchyard_deployment_traffic_percent",
+            &[("endpoint", "test-endpoint"), ("deployment", "blue")]
+        ),
+        Some(0.0)
+    );
 }
 
 #[tokio::test]
@@ -207,58 +207,103 @@ async fn counters_agree_exactly_with_the_requests_sent() {
     .expect("scrape");
     assert_eq!(metrics.status, StatusCode::OK);
     let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
-    let value = |series: &str| sample(&metrics, series);
+    let value = |name: &str, labels: &[(&str, &str)]| sample(&metrics, name, labels);
     assert_eq!(
-        value("switchyard_requests_total{code=\"200\",deployment=\"blue\",route=\"weighted\"}"),
+        value(
+            "switchyard_requests_total",
+            &[
+                ("code", "200"),
+                ("deployment", "blue"),
+                ("route", "weighted")
+            ]
+        ),
         Some(30.0)
     );
     assert_eq!(
-        value("switchyard_requests_total{code=\"200\",deployment=\"green\",route=\"pinned\"}"),
+        value(
+            "switchyard_requests_total",
+            &[
+                ("code", "200"),
+                ("deployment", "green"),
+                ("route", "pinned")
+            ]
+        ),
         Some(10.0)
     );
     assert_eq!(
-        value("switchyard_requests_total{code=\"404\",deployment=\"\",route=\"unrouted\"}"),
+        value(
+            "switchyard_requests_total",
+            &[
+                ("code", "404"),
+                ("deployment", "(none)"),
+                ("route", "unrouted")
+            ]
+        ),
         Some(3.0)
     );
     assert_eq!(
-        value("switchyard_requests_total{code=\"200\",deployment=\"blue\",route=\"pinned\"}"),
-        None
+        value(
+            "switchyard_requests_total",
+            &[("code", "200"), ("deployment", "blue"), ("route", "pinned")]
+        ),
+        Some(0.0),
+        "the usual series exist at 0 before their first request"
     );
     assert_eq!(
-        value("switchyard_gateway_errors_total{kind=\"deployment_not_found\"}"),
+        value(
+            "switchyard_gateway_errors_total",
+            &[("kind", "deployment_not_found")]
+        ),
         Some(3.0)
     );
     assert_eq!(
-        value("switchyard_request_duration_seconds_count{deployment=\"blue\"}"),
+        value(
+            "switchyard_request_duration_seconds_count",
+            &[("deployment", "blue")]
+        ),
         Some(30.0)
     );
     assert_eq!(
-        value("switchyard_request_duration_seconds_count{deployment=\"green\"}"),
+        value(
+            "switchyard_request_duration_seconds_count",
+            &[("deployment", "green")]
+        ),
         Some(10.0)
     );
     assert_eq!(
-        value("switchyard_requests_in_flight{deployment=\"blue\"}"),
+        value("switchyard_requests_in_flight", &[("deployment", "blue")]),
         Some(0.0)
     );
     assert_eq!(
-        value("switchyard_deployment_traffic_percent{deployment=\"blue\"}"),
+        value(
+            "switchyard_deployment_traffic_percent",
+            &[("deployment", "blue")]
+        ),
         Some(100.0)
     );
     assert_eq!(
-        value("switchyard_deployment_traffic_percent{deployment=\"green\"}"),
+        value(
+            "switchyard_deployment_traffic_percent",
+            &[("deployment", "green")]
+        ),
         Some(0.0)
     );
     assert_eq!(
-        value("switchyard_deployment_instances{deployment=\"blue\"}"),
+        value("switchyard_deployment_instances", &[("deployment", "blue")]),
         Some(1.0)
     );
     assert_eq!(
-        value("switchyard_deployment_instances_ready{deployment=\"green\"}"),
+        value(
+            "switchyard_deployment_instances_ready",
+            &[("deployment", "green")]
+        ),
         Some(1.0)
     );
-    assert_eq!(value("switchyard_config_generation"), Some(1.0));
-    assert!(value("switchyard_config_last_applied_timestamp_seconds").is_some_and(|t| t > 1.7e9));
-    assert!(value("process_resident_memory_bytes").is_some_and(|bytes| bytes > 0.0));
+    assert_eq!(value("switchyard_config_generation", &[]), Some(1.0));
+    assert!(
+        value("switchyard_config_last_applied_timestamp_seconds", &[]).is_some_and(|t| t > 1.7e9)
+    );
+    assert!(value("process_resident_memory_bytes", &[]).is_some_and(|bytes| bytes > 0.0));
     assert_eq!((blue.scored(), green.scored()), (30, 10));
 
     // The status the CLI shows is built from the same counters.
@@ -286,11 +331,15 @@ async fn counters_agree_exactly_with_the_requests_sent() {
     assert_eq!(
         sample(
             &metrics,
-            "switchyard_deployment_traffic_percent{deployment=\"green\"}"
+            "switchyard_deployment_traffic_percent",
+            &[("deployment", "green")]
         ),
         None
     );
-    assert_eq!(sample(&metrics, "switchyard_config_generation"), Some(2.0));
+    assert_eq!(
+        sample(&metrics, "switchyard_config_generation", &[]),
+        Some(2.0)
+    );
 }
 
 #[tokio::test]
@@ -323,7 +372,8 @@ async fn in_flight_counts_until_the_response_body_ends() {
     assert_eq!(
         sample(
             &metrics,
-            "switchyard_requests_in_flight{deployment=\"blue\"}"
+            "switchyard_requests_in_flight",
+            &[("deployment", "blue")]
         ),
         Some(1.0)
     );
@@ -337,7 +387,8 @@ async fn in_flight_counts_until_the_response_body_ends() {
     assert_eq!(
         sample(
             &metrics,
-            "switchyard_requests_in_flight{deployment=\"blue\"}"
+            "switchyard_requests_in_flight",
+            &[("deployment", "blue")]
         ),
         Some(0.0)
     );

@@ -315,6 +315,10 @@ async fn json_logs_are_one_object_per_line_with_the_access_fields_on_top() {
     assert_eq!(entry["status"], 200);
     assert_eq!(entry["route"], "weighted");
     assert!(entry["duration_ms"].as_f64().is_some(), "{entry}");
+    assert!(entry["head_ms"].as_f64().is_some(), "{entry}");
+    assert!(entry["first_byte_ms"].as_f64().is_some(), "{entry}");
+    assert_eq!(entry["body"], "complete", "{entry}");
+    assert!(entry["bytes"].as_u64().is_some_and(|b| b > 0), "{entry}");
 }
 
 #[tokio::test]

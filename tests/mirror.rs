@@ -68,8 +68,8 @@ async fn a_share_of_weighted_requests_is_copied_and_the_client_sees_only_the_liv
     assert_eq!(pinned.deployment.as_deref(), Some("green"));
     let metrics = gateway.metrics().render();
     for series in [
-        r#"switchyard_deployment_mirror_traffic_percent{deployment="green"} 10"#,
-        r#"switchyard_mirrored_requests_abandoned_total{deployment="green"} 0"#,
+        r#"switchyard_deployment_mirror_traffic_percent{deployment="green",endpoint="test-endpoint"} 10"#,
+        r#"switchyard_mirrored_requests_abandoned_total{deployment="green",endpoint="test-endpoint"} 0"#,
     ] {
         assert!(metrics.contains(series), "{series} in {metrics}");
     }

@@ -290,8 +290,8 @@ async fn an_ejected_instance_shows_as_not_ready_in_status_and_metrics() {
     .expect("scrape");
     let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
     assert!(
-        metrics.contains("switchyard_deployment_instances_ready{deployment=\"blue\"} 1"),
+        metrics.contains("switchyard_deployment_instances_ready{deployment=\"blue\",endpoint=\"test-endpoint\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("switchyard_deployment_instances{deployment=\"blue\"} 2"));
+    assert!(metrics.contains("switchyard_deployment_instances{deployment=\"blue\",endpoint=\"test-endpoint\"} 2"));
 }

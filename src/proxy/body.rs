@@ -20,14 +20,18 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::sync::{Notify, mpsc};
 
+use super::record::Record;
 use crate::http1;
 use crate::server::ClientBody;
 use crate::upstream::InFlight;
 
 /// What the gateway answers with: an instance's body streamed through, or a small body of its
-/// own.
+/// own. It carries the request's [`Record`], finished when the body ends or is dropped.
 #[derive(Debug)]
-pub struct ProxyBody(Kind);
+pub struct ProxyBody {
+    kind: Kind,
+    record: Option<Box<Record>>,
+}
 
 #[derive(Debug)]
 enum Kind {
@@ -51,12 +55,12 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 impl ProxyBody {
     /// The body of an HTTP/1.1 instance's response.
     pub(crate) fn http1(body: http1::ResponseBody<UpstreamBody>, in_flight: InFlight) -> Self {
-        ProxyBody(Kind::Http1 { body, in_flight })
+        ProxyBody::of(Kind::Http1 { body, in_flight })
     }
 
     /// The body of an HTTP/2 instance's response.
     pub(crate) fn http2(body: Incoming, in_flight: InFlight) -> Self {
-        ProxyBody(Kind::Http2 {
+        ProxyBody::of(Kind::Http2 {
             body,
             _in_flight: in_flight,
         })
@@ -64,12 +68,31 @@ impl ProxyBody {
 
     /// A body of the gateway's own.
     pub(crate) fn local(body: Bytes) -> Self {
-        ProxyBody(Kind::Local(Full::new(body)))
+        ProxyBody::of(Kind::Local(Full::new(body)))
     }
 
     /// No body.
     pub(crate) fn empty() -> Self {
-        ProxyBody(Kind::Local(Full::default()))
+        ProxyBody::of(Kind::Local(Full::default()))
+    }
+
+    fn of(kind: Kind) -> Self {
+        ProxyBody { kind, record: None }
+    }
+
+    /// Hands the body the request's record, to finish when the body is over.
+    pub(crate) fn attach(&mut self, record: Record) {
+        self.record = Some(Box::new(record));
+    }
+
+    fn poll_kind(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.kind {
+            Kind::Http1 { body, in_flight } => body.poll_frame(cx, in_flight.instance().pool()),
+            Kind::Http2 { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Local(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        }
     }
 }
 
@@ -81,17 +104,23 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().0 {
-            Kind::Http1 { body, in_flight } => body.poll_frame(cx, in_flight.instance().pool()),
-            Kind::Http2 { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Kind::Local(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map_err(|never| match never {}),
+        let this = self.get_mut();
+        let polled = this.poll_kind(cx);
+        if let Some(record) = &mut this.record {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    record.data(frame.data_ref().map_or(0, Bytes::len));
+                }
+                Poll::Ready(Some(Err(_))) => record.failed(),
+                Poll::Ready(None) => record.ended(),
+                Poll::Pending => {}
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.0 {
+        match &self.kind {
             Kind::Http1 { body, .. } => body.is_end_stream(),
             Kind::Http2 { body, .. } => body.is_end_stream(),
             Kind::Local(body) => body.is_end_stream(),
@@ -99,10 +128,18 @@ impl Body for ProxyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.0 {
+        match &self.kind {
             Kind::Http1 { body, .. } => body.size_hint(),
             Kind::Http2 { body, .. } => body.size_hint(),
             Kind::Local(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.finish(self.is_end_stream());
         }
     }
 }

@@ -52,7 +52,7 @@ impl Proxy {
         let status = match copied {
             Copied::Answered(status) => status,
             Copied::Abandoned => {
-                self.metrics.count_mirror_abandoned(deployment.name());
+                deployment.metrics().count_mirror_abandoned();
                 tracing::debug!(
                     request_id = request_id.to_str().unwrap_or(""),
                     deployment = deployment.name(),
@@ -62,7 +62,7 @@ impl Proxy {
             }
         };
         deployment.metrics().count(status, RouteLabel::Mirrored);
-        deployment.metrics().observe(elapsed);
+        deployment.metrics().observe_head(elapsed, status);
         tracing::info!(
             target: "switchyard::access",
             request_id = request_id.to_str().unwrap_or(""),
@@ -70,7 +70,7 @@ impl Proxy {
             route = RouteLabel::Mirrored.as_str(),
             instance = instance.as_deref().unwrap_or(""),
             status = status.as_u16(),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            duration_ms = super::record::millis(elapsed),
         );
     }
 

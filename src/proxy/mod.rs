@@ -4,6 +4,7 @@
 mod body;
 pub mod headers;
 mod mirror;
+mod record;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -24,11 +25,12 @@ use tokio::io::{self as io, AsyncWriteExt};
 pub use body::{ProxyBody, UpstreamBody};
 use body::{RequestBody, SentBody, is_body_too_large};
 use headers::{Forwarded, OWN_RESPONSE_HEADERS, PIN, REQUEST_ID};
+use record::Record;
 
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::http1;
-use crate::metrics::{Metrics, NO_DEPLOYMENT, RouteLabel};
+use crate::metrics::{Metrics, RouteLabel};
 use crate::routing::{Deck, RouteReason, RoutingTable};
 use crate::server::{ClientBody, Connection, Reply};
 use crate::upstream::health::Outcome;
@@ -154,32 +156,26 @@ impl Proxy {
             }
         };
 
-        let elapsed = started.elapsed();
         let status = reply.status();
-        let deployment_name = trace
-            .deployment
-            .as_ref()
-            .map_or(NO_DEPLOYMENT, |d| d.name());
         match &trace.deployment {
             Some(deployment) => {
                 deployment.metrics().count(status, trace.route);
-                deployment.metrics().observe(elapsed);
+                deployment.metrics().observe_head(started.elapsed(), status);
                 reply.set_own_header(&PIN, deployment.header_value().clone());
             }
-            None => self
-                .metrics
-                .count_request(NO_DEPLOYMENT, status, trace.route),
+            None => self.metrics.count_unrouted(status),
         }
-        tracing::info!(
-            target: "switchyard::access",
-            request_id = request_id.to_str().unwrap_or(""),
-            deployment = deployment_name,
-            route = trace.route.as_str(),
-            instance = trace.instance_target().map(|a| a.as_str()).unwrap_or(""),
-            status = status.as_u16(),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-        );
-        reply.set_own_header(&REQUEST_ID, request_id);
+        let instance = trace.instance_target().cloned();
+        reply.set_own_header(&REQUEST_ID, request_id.clone());
+        // Logged, and its stream timings observed, when the body is over.
+        reply.body_mut().attach(Record::new(
+            started,
+            trace.deployment,
+            trace.route,
+            status,
+            request_id,
+            instance,
+        ));
         reply
     }
 

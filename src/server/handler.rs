@@ -71,6 +71,11 @@ impl<B> Reply<B> {
         }
     }
 
+    /// The response's body.
+    pub(crate) fn body_mut(&mut self) -> &mut B {
+        self.response.body_mut()
+    }
+
     /// The response and the lines still to be written after its headers.
     pub(crate) fn into_parts(self) -> (Response<B>, Option<HeaderBlock>) {
         (self.response, self.lines)

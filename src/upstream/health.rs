@@ -66,12 +66,18 @@ pub struct Health {
     /// Error rate in parts per million.
     error_rate_ppm: AtomicU32,
     epoch: Instant,
+    /// Whose health this is, for the log lines of its changes.
+    deployment: Arc<str>,
+    instance: Box<str>,
 }
 
 impl Health {
-    /// Ready at once without probes; unready until the first passed probe with them.
-    pub fn new(probed: bool) -> Health {
+    /// The health of `instance` of `deployment`: ready at once without probes; unready until
+    /// the first passed probe with them.
+    pub fn new(probed: bool, deployment: &str, instance: &str) -> Health {
         Health {
+            deployment: deployment.into(),
+            instance: instance.into(),
             ready: AtomicBool::new(!probed),
             ejected_until_ms: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -98,9 +104,17 @@ impl Health {
         }
         // Over: a racing new ejection may be overwritten here, which at worst lets one
         // request through to an instance that is failing anyway.
-        let _ =
-            self.ejected_until_ms
-                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        let ended = self
+            .ejected_until_ms
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if ended {
+            tracing::info!(
+                deployment = &*self.deployment,
+                instance = &*self.instance,
+                "instance back in rotation: its ejection period is over"
+            );
+        }
         false
     }
 
@@ -129,12 +143,14 @@ impl Health {
             return;
         }
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if outcome == Outcome::ConnectFailure || failures >= EJECT_AFTER_FAILURES {
-            self.eject();
+        if outcome == Outcome::ConnectFailure {
+            self.eject("the connection was refused or broke");
+        } else if failures >= EJECT_AFTER_FAILURES {
+            self.eject("5 answers in a row were 5xx or 429");
         }
     }
 
-    fn eject(&self) {
+    fn eject(&self, reason: &str) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
         let in_a_row = self.ejections_in_a_row.fetch_add(1, Ordering::Relaxed);
         let period = EJECT_BASE
@@ -143,7 +159,13 @@ impl Health {
         // Never 0, which means "not ejected".
         let until = self.now_ms() + period.as_millis() as u64 + 1;
         self.ejected_until_ms.store(until, Ordering::Relaxed);
-        tracing::warn!(?period, "instance ejected after failures");
+        tracing::warn!(
+            deployment = &*self.deployment,
+            instance = &*self.instance,
+            reason,
+            period = %humantime::format_duration(period),
+            "instance ejected: it gets no traffic for the period"
+        );
     }
 
     fn update_error_rate(&self, failed: bool) {
@@ -180,21 +202,45 @@ pub fn spawn_probe(instance: &Arc<Instance>, probe: ReadinessProbe) {
         tokio::time::sleep(probe.initial_delay).await;
         let (mut passes, mut fails) = (0u32, 0u32);
         loop {
-            let passed = probe_once(&client, &uri, probe.timeout).await;
-            let Some(instance) = weak.upgrade() else { return };
-            if passed {
-                passes += 1;
-                fails = 0;
-                if passes >= probe.success_threshold && !instance.health.is_ready() {
-                    tracing::info!(instance = %instance.describe(), "instance is ready");
-                    instance.health.set_ready(true);
+            let probed = probe_once(&client, &uri, probe.timeout).await;
+            let Some(instance) = weak.upgrade() else {
+                return;
+            };
+            let health = &instance.health;
+            match probed {
+                Ok(()) => {
+                    passes += 1;
+                    fails = 0;
+                    if passes >= probe.success_threshold && !health.is_ready() {
+                        tracing::info!(
+                            deployment = &*health.deployment,
+                            instance = &*health.instance,
+                            passes,
+                            "instance is ready: its readiness probe passes"
+                        );
+                        health.set_ready(true);
+                    }
                 }
-            } else {
-                fails += 1;
-                passes = 0;
-                if fails >= probe.failure_threshold && instance.health.is_ready() {
-                    tracing::warn!(instance = %instance.describe(), "instance failed its readiness probe and gets no traffic");
-                    instance.health.set_ready(false);
+                Err(reason) => {
+                    fails += 1;
+                    passes = 0;
+                    if fails >= probe.failure_threshold && health.is_ready() {
+                        tracing::warn!(
+                            deployment = &*health.deployment,
+                            instance = &*health.instance,
+                            %reason,
+                            fails,
+                            "instance is unready: its readiness probe fails, it gets no traffic"
+                        );
+                        health.set_ready(false);
+                    } else {
+                        tracing::debug!(
+                            deployment = &*health.deployment,
+                            instance = &*health.instance,
+                            %reason,
+                            "readiness probe failed"
+                        );
+                    }
                 }
             }
             drop(instance);
@@ -203,18 +249,37 @@ pub fn spawn_probe(instance: &Arc<Instance>, probe: ReadinessProbe) {
     });
 }
 
+/// One probe; the error says why it failed.
 async fn probe_once(
     client: &Client<HttpConnector, Empty<Bytes>>,
     uri: &Uri,
     timeout: Duration,
-) -> bool {
-    let Ok(request) = Request::get(uri.clone()).body(Empty::new()) else {
-        return false;
-    };
+) -> Result<(), String> {
+    let request = Request::get(uri.clone())
+        .body(Empty::new())
+        .map_err(|error| format!("cannot build the probe request: {error}"))?;
     match tokio::time::timeout(timeout, client.request(request)).await {
-        Ok(Ok(response)) => response.status().is_success(),
-        _ => false,
+        Ok(Ok(response)) if response.status().is_success() => Ok(()),
+        Ok(Ok(response)) => Err(format!("GET {uri} answered {}", response.status())),
+        Ok(Err(error)) if error.is_connect() => Err(format!("cannot connect to {uri}")),
+        Ok(Err(error)) => Err(format!("GET {uri} failed: {}", with_causes(&error))),
+        Err(_) => Err(format!(
+            "GET {uri} gave no answer within {}",
+            humantime::format_duration(timeout)
+        )),
     }
+}
+
+/// An error and each of its causes, as one line.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
 }
 
 fn probe_uri(instance: &Instance, probe: &ReadinessProbe) -> Option<Uri> {
@@ -234,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_refused_connection_ejects_at_once() {
-        let health = Health::new(false);
+        let health = Health::new(false, "blue", "http://a:1");
         assert!(health.is_available());
         health.record(Outcome::ConnectFailure);
         assert!(health.is_ejected());
@@ -243,7 +308,7 @@ mod tests {
 
     #[test]
     fn a_run_of_failures_ejects_and_a_success_resets_the_run() {
-        let health = Health::new(false);
+        let health = Health::new(false, "blue", "http://a:1");
         for _ in 0..EJECT_AFTER_FAILURES - 1 {
             health.record(Outcome::Failure);
         }
@@ -258,7 +323,7 @@ mod tests {
 
     #[test]
     fn failures_raise_the_load_factor() {
-        let health = Health::new(false);
+        let health = Health::new(false, "blue", "http://a:1");
         assert_eq!(health.load_factor_ppm(), 1_000_000);
         for _ in 0..3 {
             health.record(Outcome::Failure);
@@ -273,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_probed_instance_starts_unready() {
-        assert!(!Health::new(true).is_ready());
-        assert!(Health::new(false).is_ready());
+        assert!(!Health::new(true, "blue", "http://a:1").is_ready());
+        assert!(Health::new(false, "blue", "http://a:1").is_ready());
     }
 }

@@ -88,9 +88,10 @@ pub struct InFlight {
 // === impl Deployment ===
 
 impl Deployment {
-    /// Builds the deployment for `config`, reusing `previous` whole when nothing that matters to
-    /// it changed, and reusing each unchanged instance otherwise.
+    /// Builds deployment `config` of `endpoint`, reusing `previous` whole when nothing that
+    /// matters to it changed, and reusing each unchanged instance otherwise.
     pub fn build(
+        endpoint: &str,
         config: &DeploymentConfig,
         previous: Option<&Arc<Deployment>>,
         metrics: &Metrics,
@@ -120,7 +121,10 @@ impl Deployment {
                     .iter()
                     .zip(&wanted)
                     .all(|(old, (addr, target))| old.addr == **addr && old.target == *target);
-            if same_instances && *previous.model == *config.model {
+            // Its metrics are labelled with the endpoint's name, so a renamed endpoint needs
+            // new ones.
+            let same_endpoint = previous.metrics.endpoint() == endpoint;
+            if same_instances && same_endpoint && *previous.model == *config.model {
                 return Arc::clone(previous);
             }
         }
@@ -150,7 +154,7 @@ impl Deployment {
             protocol: config.protocol,
             instances,
             pending: AtomicUsize::new(0),
-            metrics: metrics.deployment(&config.name),
+            metrics: metrics.deployment(endpoint, &config.name),
         })
     }
 
@@ -263,12 +267,17 @@ impl Deployment {
 impl Instance {
     fn start(addr: InstanceAddr, target: Authority, config: &DeploymentConfig) -> Arc<Instance> {
         let permits = config.request_settings.max_concurrent_requests_per_instance as usize;
+        let health = Health::new(
+            config.readiness_probe.is_some(),
+            &config.name,
+            &describe(&addr, &target),
+        );
         let instance = Arc::new(Instance {
             addr,
             target,
             in_flight: AtomicUsize::new(0),
             permits: Arc::new(Semaphore::new(permits)),
-            health: Health::new(config.readiness_probe.is_some()),
+            health,
             // More idle connections than requests allowed at once would never be used.
             pool: http1::Pool::new(permits.min(MAX_IDLE_CONNECTIONS)),
         });
@@ -295,11 +304,7 @@ impl Instance {
 
     /// The URL, with the address connected to when it differs.
     pub fn describe(&self) -> String {
-        if self.is_resolved() {
-            format!("{} ({})", self.addr, self.target)
-        } else {
-            self.addr.to_string()
-        }
+        describe(&self.addr, &self.target)
     }
 
     /// Requests assigned to this instance and not finished, waiting ones included.
@@ -320,6 +325,15 @@ impl Instance {
     /// What the balancer compares: outstanding requests, weighted up by recent errors.
     fn load(&self) -> u64 {
         (self.in_flight() as u64 + 1) * self.health.load_factor_ppm()
+    }
+}
+
+/// An instance's URL, with the address connected to when it differs.
+fn describe(addr: &InstanceAddr, target: &Authority) -> String {
+    if *target == addr.authority {
+        addr.to_string()
+    } else {
+        format!("{addr} ({target})")
     }
 }
 
@@ -377,7 +391,13 @@ mod tests {
     use crate::config::EndpointConfig;
 
     fn build(config: &DeploymentConfig, previous: Option<&Arc<Deployment>>) -> Arc<Deployment> {
-        Deployment::build(config, previous, &Metrics::new(), &Resolved::default())
+        Deployment::build(
+            "e-1",
+            config,
+            previous,
+            &Metrics::new(),
+            &Resolved::default(),
+        )
     }
 
     fn deployment(instances: &str, model: &str) -> DeploymentConfig {

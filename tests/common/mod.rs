@@ -276,3 +276,33 @@ pub async fn echo_server_with(
     ));
     (url, task)
 }
+
+/// The sum of the samples of `name`, in Prometheus' text format, whose labels include every
+/// one of `labels`; `None` if no sample matches.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let pairs: Vec<(&str, &str)> = series_labels
+            .split(',')
+            .filter_map(|pair| {
+                let (label, value) = pair.split_once('=')?;
+                Some((label, value.trim_matches('"')))
+            })
+            .collect();
+        if labels.iter().all(|wanted| pairs.contains(wanted)) {
+            let value: f64 = value.parse().expect("a sample value");
+            found = Some(found.unwrap_or(0.0) + value);
+        }
+    }
+    found
+}
