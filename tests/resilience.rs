@@ -293,5 +293,7 @@ async fn an_ejected_instance_shows_as_not_ready_in_status_and_metrics() {
         metrics.contains("switchyard_deployment_instances_ready{deployment=\"blue\",endpoint=\"test-endpoint\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("switchyard_deployment_instances{deployment=\"blue\",endpoint=\"test-endpoint\"} 2"));
+    assert!(metrics.contains(
+        "switchyard_deployment_instances{deployment=\"blue\",endpoint=\"test-endpoint\"} 2"
+    ));
 }

@@ -480,6 +480,8 @@ where
     }
 
     let mut sent = 0u64;
+    // Whether a close by the client is still looked for while the body waits.
+    let mut watching = true;
     loop {
         // Take what is ready; write out what is buffered before waiting for more, so a
         // streamed answer reaches the client as it is made.
@@ -495,11 +497,20 @@ where
                     stream.write_all(out).await?;
                     out.clear();
                 }
-                poll_fn(&mut next).await
+                next_frame_unless_client_left(stream, &mut next, &mut watching).await?
             }
         };
         let Some(frame) = frame else { break };
-        let Ok(mut data) = frame?.into_data() else {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                // What came before the failure still goes out, so the client sees the answer
+                // begin and then end short of its framing, rather than no answer at all.
+                let _ = stream.write_all(out).await;
+                return Err(error);
+            }
+        };
+        let Ok(mut data) = frame.into_data() else {
             // Trailers: HTTP/1.1 clients of a model seldom ask for them; they are dropped.
             continue;
         };
@@ -541,6 +552,38 @@ where
     }
     stream.write_all(out).await?;
     Ok(!close)
+}
+
+/// Waits for the body's next frame, but gives up when the client closes the connection: a
+/// stream that is quiet for minutes (server-sent events, a slow generation) must not keep an
+/// instance working for a client that is gone. Once the client has sent bytes of a next
+/// request, the socket stays readable, so it is no longer watched.
+async fn next_frame_unless_client_left<T>(
+    stream: &TcpStream,
+    next: &mut impl FnMut(&mut Context<'_>) -> Poll<Option<T>>,
+    watching: &mut bool,
+) -> Result<Option<T>, BoxError> {
+    loop {
+        tokio::select! {
+            biased;
+            frame = poll_fn(&mut *next) => return Ok(frame),
+            ready = stream.readable(), if *watching => {
+                ready?;
+                let mut byte = [0u8; 1];
+                let mut peeked = tokio::io::ReadBuf::new(&mut byte);
+                // Readiness can be spurious: a peek that would wait is no news.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match stream.poll_peek(&mut cx, &mut peeked) {
+                    Poll::Ready(Ok(0)) => {
+                        return Err("the client closed the connection mid-answer".into());
+                    }
+                    Poll::Ready(Ok(_)) => *watching = false,
+                    Poll::Ready(Err(error)) => return Err(error.into()),
+                    Poll::Pending => {}
+                }
+            }
+        }
+    }
 }
 
 fn write_length(out: &mut Vec<u8>, length: u64) {
