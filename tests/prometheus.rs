@@ -1,0 +1,271 @@
+//! A real Prometheus server scraping a gateway under a known mix of traffic, asked through its
+//! HTTP API the queries README gives: the figures must match what the clients saw. Needs the
+//! `prometheus` binary (Debian's `prometheus` package, which `.ci/run` installs).
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use switchyard::model_server::{Model, ModelServer, ModelServerOptions};
+use switchyard::{Gateway, GatewayOptions};
+
+/// A Prometheus server scraping one target every second, stopped on drop.
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: std::net::SocketAddr) -> Option<Prometheus> {
+        if Command::new("prometheus")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n  - job_name: switchyard\n    \
+                 static_configs: [{{targets: ['{target}']}}]\n"
+            ),
+        )
+        .expect("write config");
+        // Prometheus cannot report a port it chose, so a free one is found first.
+        let port = std::net::TcpListener::bind(loopback())
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        Some(Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        })
+    }
+
+    /// An instant query's result: each series' labels and value.
+    async fn query(&self, promql: &str) -> Vec<(HashMap<String, String>, f64)> {
+        let url = format!("{}/api/v1/query?query={}", self.url, encode(promql));
+        let answer = switchyard::ops::send(http::Method::GET, &url, &[], bytes::Bytes::new())
+            .await
+            .expect("prometheus answers");
+        assert_eq!(answer.status, StatusCode::OK, "{promql}");
+        let json: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
+        json["data"]["result"]
+            .as_array()
+            .expect("a vector")
+            .iter()
+            .map(|series| {
+                let labels = series["metric"]
+                    .as_object()
+                    .expect("labels")
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect();
+                let value = series["value"][1]
+                    .as_str()
+                    .expect("a value")
+                    .parse()
+                    .expect("a number");
+                (labels, value)
+            })
+            .collect()
+    }
+
+    /// The value of `promql` for each deployment.
+    async fn by_deployment(&self, promql: &str) -> HashMap<String, f64> {
+        self.query(promql)
+            .await
+            .into_iter()
+            .map(|(labels, value)| (labels.get("deployment").cloned().unwrap_or_default(), value))
+            .collect()
+    }
+
+    /// Waits until the server is up and has scraped the target.
+    async fn wait_until_scraping(&self) {
+        let started = Instant::now();
+        loop {
+            let up = switchyard::ops::send(
+                http::Method::GET,
+                &format!("{}/api/v1/query?query=up", self.url),
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await;
+            if let Ok(answer) = up {
+                if String::from_utf8_lossy(&answer.body).contains("\"1\"") {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "prometheus never scraped the gateway"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encodes everything but letters and digits.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+const SUCCESS_RATE: &str = r#"sum by (deployment) (rate(switchyard_request_duration_seconds_count{outcome!="error"}[1m])) / sum by (deployment) (rate(switchyard_request_duration_seconds_count[1m]))"#;
+const SUCCESS_P99: &str = r#"histogram_quantile(0.99, sum by (deployment, le) (rate(switchyard_request_duration_seconds_bucket{outcome="success"}[1m])))"#;
+const REQUEST_RATE: &str = r#"sum by (deployment) (rate(switchyard_requests_total[1m]))"#;
+const ERROR_RATE: &str =
+    r#"sum by (deployment) (rate(switchyard_request_duration_seconds_count{outcome="error"}[1m]))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_reads_success_rate_p99_and_request_rate_as_the_clients_saw_them() {
+    let blue = slow_model_server(Model::Diabetes, "blue-1", Duration::from_millis(2)).await;
+    let mut options = ModelServerOptions::new(Model::Constant, "green-1");
+    options.latency = Duration::from_millis(60);
+    options.failure_rate = 0.2;
+    let green = ModelServer::bind(loopback(), options).await.expect("bind");
+    let file = EndpointFile::new(&endpoint_yaml(&[
+        ("blue", 50, &[&blue.url()]),
+        ("green", 50, &[&green.url()]),
+    ]));
+    let mut options = GatewayOptions::new(&file.path, loopback());
+    options.admin_listen = Some(loopback());
+    let gateway = Gateway::start(options).await.expect("start");
+    let Some(prometheus) = Prometheus::start(gateway.admin_addr().expect("admin")) else {
+        eprintln!("prometheus is not installed (Debian's prometheus package); skipped");
+        return;
+    };
+    prometheus.wait_until_scraping().await;
+
+    // 4 clients, 100 requests each; what each deployment answered is counted as seen.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let addr = gateway.addr();
+        clients.push(tokio::spawn(async move {
+            let client = client();
+            let mut seen: HashMap<(String, bool), u64> = HashMap::new();
+            for _ in 0..100 {
+                let answer = score(&client, addr, None).await;
+                let deployment = answer.deployment.expect("served by a deployment");
+                *seen
+                    .entry((deployment, answer.status == StatusCode::OK))
+                    .or_default() += 1;
+            }
+            seen
+        }));
+    }
+    let mut seen: HashMap<(String, bool), u64> = HashMap::new();
+    for client in clients {
+        for (key, count) in client.await.expect("client") {
+            *seen.entry(key).or_default() += count;
+        }
+    }
+    let answered = |deployment: &str| {
+        seen.get(&(deployment.to_string(), true))
+            .copied()
+            .unwrap_or(0)
+            + seen
+                .get(&(deployment.to_string(), false))
+                .copied()
+                .unwrap_or(0)
+    };
+    let failed = |deployment: &str| {
+        seen.get(&(deployment.to_string(), false))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(answered("blue") + answered("green"), 400);
+    assert_eq!(failed("blue"), 0);
+    // 200 requests at 20%: below 15 has a chance far under one in a million.
+    assert!(failed("green") >= 15, "{seen:?}");
+
+    // Once the last scrape holds every answer, the counters match the clients exactly.
+    let started = Instant::now();
+    loop {
+        let totals = prometheus
+            .by_deployment("sum by (deployment) (switchyard_requests_total)")
+            .await;
+        if totals.get("blue") == Some(&(answered("blue") as f64))
+            && totals.get("green") == Some(&(answered("green") as f64))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the scraped totals never matched the clients: {totals:?} vs {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let success = prometheus.by_deployment(SUCCESS_RATE).await;
+    let expected_green = 1.0 - failed("green") as f64 / answered("green") as f64;
+    assert!((success["blue"] - 1.0).abs() < 1e-9, "{success:?}");
+    // Both rates come from series scraped at the same instants, so their ratio is the ratio
+    // of the counts; the margin only allows for float rounding.
+    assert!(
+        (success["green"] - expected_green).abs() < 1e-6,
+        "{success:?} vs {expected_green}"
+    );
+
+    let p99 = prometheus.by_deployment(SUCCESS_P99).await;
+    assert!(p99["green"] >= 0.05, "green answers after 60 ms: {p99:?}");
+    assert!(p99["blue"] < p99["green"], "{p99:?}");
+
+    let rate = prometheus.by_deployment(REQUEST_RATE).await;
+    assert!(rate["blue"] > 0.0 && rate["green"] > 0.0, "{rate:?}");
+
+    // A deployment added now answers the same queries with 0, not with no data.
+    let red = model_server(Model::Constant, "red-1").await;
+    file.write_in_place(&endpoint_yaml(&[
+        ("blue", 50, &[&blue.url()]),
+        ("green", 50, &[&green.url()]),
+        ("red", 0, &[&red.url()]),
+    ]));
+    wait_for_generation(&gateway, 2).await;
+    let started = Instant::now();
+    loop {
+        let rate = prometheus.by_deployment(REQUEST_RATE).await;
+        let errors = prometheus.by_deployment(ERROR_RATE).await;
+        if let (Some(rate), Some(errors)) = (rate.get("red"), errors.get("red")) {
+            assert_eq!((*rate, *errors), (0.0, 0.0));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "red never answered: {rate:?} {errors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
