@@ -757,3 +757,71 @@ fn unix_seconds(time: SystemTime) -> f64 {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn outcomes_put_overload_and_timeouts_with_the_errors() {
+        let outcome = |code| Outcome::of(StatusCode::from_u16(code).expect("status"));
+        assert_eq!(outcome(200), Outcome::Success);
+        assert_eq!(outcome(304), Outcome::Success);
+        assert_eq!(outcome(404), Outcome::ClientError);
+        assert_eq!(outcome(408), Outcome::Error);
+        assert_eq!(outcome(429), Outcome::Error);
+        assert_eq!(outcome(503), Outcome::Error);
+    }
+
+    #[test]
+    fn recent_counts_cover_only_what_came_after_the_window_began() {
+        let metrics = Metrics::new();
+        let green = metrics.deployment("e", "green");
+        for _ in 0..100 {
+            green.count(StatusCode::OK, RouteLabel::Weighted);
+        }
+        // A sample now stands for the start of the window...
+        {
+            let mut recent = lock(&metrics.recent);
+            recent.clear();
+        }
+        metrics.sample_recent();
+        // ... so only what follows it is recent.
+        for _ in 0..3 {
+            green.count(StatusCode::INTERNAL_SERVER_ERROR, RouteLabel::Weighted);
+        }
+        let (window, recent) = metrics.recent_counts();
+        assert!(window < RECENT_WINDOW);
+        assert_eq!(
+            recent["green"],
+            RequestCounts {
+                answered: 3,
+                errors: 3
+            }
+        );
+        assert_eq!(
+            metrics.request_counts()["green"],
+            RequestCounts {
+                answered: 103,
+                errors: 3
+            }
+        );
+    }
+
+    #[test]
+    fn samples_older_than_the_window_are_let_go_but_one_to_measure_from() {
+        let metrics = Metrics::new();
+        let old = Instant::now() - 3 * RECENT_WINDOW;
+        {
+            let mut recent = lock(&metrics.recent);
+            recent.clear();
+            recent.push_back((old, HashMap::new()));
+            recent.push_back((old + RECENT_WINDOW, HashMap::new()));
+        }
+        metrics.sample_recent();
+        let recent = lock(&metrics.recent);
+        assert_eq!(recent.len(), 2, "the newest old sample and the one just taken");
+        assert_eq!(recent[0].0, old + RECENT_WINDOW);
+    }
+}

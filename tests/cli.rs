@@ -350,3 +350,29 @@ async fn workers_sets_the_number_of_serving_threads() {
         );
     }
 }
+
+#[tokio::test]
+async fn every_health_change_names_the_deployment_and_the_instance() {
+    let dead = refused_url().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&dead])]));
+    let served = Served::start_with(&["--log-format", "json"], &file.path);
+    assert_eq!(
+        score(&client(), served.addr, None).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    let line = served.wait_for_line("instance ejected");
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON object");
+    assert_eq!(entry["deployment"], "blue", "{entry}");
+    assert_eq!(entry["instance"], dead.as_str(), "{entry}");
+    assert!(
+        entry["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused")),
+        "{entry}"
+    );
+    // The first ejection lasts 1 s; the next pick after it finds the instance back.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let _ = score(&client(), served.addr, None).await;
+    let line = served.wait_for_line("instance back in rotation");
+    assert!(line.contains(&dead) && line.contains("blue"), "{line}");
+}
