@@ -821,7 +821,11 @@ mod tests {
         }
         metrics.sample_recent();
         let recent = lock(&metrics.recent);
-        assert_eq!(recent.len(), 2, "the newest old sample and the one just taken");
+        assert_eq!(
+            recent.len(),
+            2,
+            "the newest old sample and the one just taken"
+        );
         assert_eq!(recent[0].0, old + RECENT_WINDOW);
     }
 }

@@ -371,3 +371,86 @@ async fn a_websocket_upgrade_is_spliced_through() {
         assert_eq!(answer, message.to_uppercase().as_bytes());
     }
 }
+
+/// An upstream that answers every request with a 101 to `protocol` and records each request
+/// head it received.
+async fn switching_upstream(
+    protocol: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::AsyncReadExt;
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&heads);
+    let upstream = scripted_upstream(move |mut stream| {
+        let seen = std::sync::Arc::clone(&seen);
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buffer).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                head.extend_from_slice(&buffer[..n]);
+            }
+            seen.lock()
+                .expect("heads")
+                .push(String::from_utf8_lossy(&head).to_lowercase());
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: {protocol}\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+            tokio::time::sleep(PATIENCE).await;
+        })
+    })
+    .await;
+    (upstream, heads)
+}
+
+async fn raw_exchange(gateway: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut stream = TcpStream::connect(gateway).await.expect("connect");
+    stream.write_all(request).await.expect("request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(PATIENCE, stream.read_exact(&mut byte))
+            .await
+            .expect("an answer in time");
+        if read.is_err() {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_never_passed_on_or_tunnelled() {
+    let (upstream, heads) = switching_upstream("h2c").await;
+    let (_file, gateway) = gateway_for(&upstream).await;
+    let answer = raw_exchange(
+        gateway.addr(),
+        b"GET / HTTP/1.1\r\nhost: gateway\r\nconnection: Upgrade, HTTP2-Settings\r\n\
+          upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    assert!(
+        !answer.starts_with("http/1.1 101"),
+        "no tunnel to the instance: {answer}"
+    );
+    let forwarded = heads.lock().expect("heads").join("");
+    assert!(!forwarded.contains("upgrade"), "{forwarded}");
+    assert!(!forwarded.contains("http2-settings"), "{forwarded}");
+}
+
+#[tokio::test]
+async fn a_switch_to_a_protocol_the_client_did_not_ask_for_is_refused() {
+    let (upstream, _) = switching_upstream("something-else").await;
+    let (_file, gateway) = gateway_for(&upstream).await;
+    let answer = raw_exchange(
+        gateway.addr(),
+        b"GET /ws HTTP/1.1\r\nhost: gateway\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("http/1.1 502"), "{answer}");
+}

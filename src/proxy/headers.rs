@@ -77,6 +77,11 @@ fn new_request_id() -> HeaderValue {
 
 /// The `Upgrade` protocol of an HTTP/1.1 upgrade handshake (`Connection: upgrade` plus
 /// `Upgrade: websocket`), if the request is one.
+///
+/// An upgrade to `h2c` is never one: the connection would become a raw tunnel to the instance,
+/// and the requests that followed on it would pass no key check, no request id and no
+/// forwarding headers. The request is served as plain HTTP/1.1 instead, which RFC 9113 lets a
+/// server do; clients that want HTTP/2 use prior knowledge or ALPN.
 pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
@@ -84,8 +89,26 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+    let upgrade = headers.get(header::UPGRADE).filter(|_| asks)?;
+    let h2c = upgrade
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (!h2c).then(|| upgrade.clone())
+}
+
+/// Whether the protocol an instance switched to (its 101's `Upgrade`) is one the client asked
+/// for: a 101 to anything else would splice the client into a conversation it never began.
+pub fn upgrade_agreed(requested: &HeaderValue, answered: Option<&HeaderValue>) -> bool {
+    let Some(answered) = answered else {
+        return false;
+    };
+    let protocol = |value: &[u8]| -> Vec<u8> { value.trim_ascii().to_ascii_lowercase() };
+    let answered = protocol(answered.as_bytes());
+    requested
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|offered| protocol(offered) == answered)
 }
 
 /// Whether `name` is a hop-by-hop header: one that describes one connection, not the message,

@@ -245,7 +245,8 @@ impl Proxy {
 
         // Only a deployment with another instance to try pays for keeping the request around.
         let retryable = deployment.instances().len() > 1;
-        let mut outgoing = Outgoing::new(request, connection, request_id, retryable, upgrade);
+        let mut outgoing =
+            Outgoing::new(request, connection, request_id, retryable, upgrade.clone());
         if keyed {
             // The key is the gateway's credential; model servers never see it.
             outgoing.headers.remove(header::AUTHORIZATION);
@@ -266,8 +267,10 @@ impl Proxy {
                 Ok(answer) => {
                     let status = answer.status();
                     if status == StatusCode::SWITCHING_PROTOCOLS {
-                        return match (answer, client_upgrade) {
-                            (Answer::Http1(head, body), Some(client)) => {
+                        return match (answer, client_upgrade, &upgrade) {
+                            (Answer::Http1(head, body), Some(client), Some(requested))
+                                if head_agrees(&head, requested) =>
+                            {
                                 lease.record(Outcome::Success);
                                 Ok(splice(client, head, body, lease).into())
                             }
@@ -516,6 +519,16 @@ fn splice(
         switched.headers_mut().insert(header::UPGRADE, upgrade);
     }
     switched
+}
+
+/// Whether a 101 switches to the protocol the client asked for.
+fn head_agrees(head: &http1::ResponseHead, requested: &http::HeaderValue) -> bool {
+    let answered = head
+        .headers
+        .fields()
+        .find(|(name, _)| name.eq_ignore_ascii_case(b"upgrade"))
+        .and_then(|(_, value)| http::HeaderValue::from_bytes(value).ok());
+    headers::upgrade_agreed(requested, answered.as_ref())
 }
 
 /// How one attempt went wrong.
