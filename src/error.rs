@@ -27,6 +27,14 @@ pub enum ProxyError {
     /// The pin header is present but unusable.
     #[error("invalid `azureml-model-deployment` header: {0}")]
     InvalidPinHeader(&'static str),
+    /// The request target is not one a model server can be sent unchanged.
+    #[error("invalid request target: {0}")]
+    InvalidTarget(&'static str),
+    /// `CONNECT`: the gateway is no tunnel.
+    #[error(
+        "CONNECT is not supported: the gateway forwards requests to models, it opens no tunnels"
+    )]
+    ConnectMethod,
     /// The client did not present a valid key.
     #[error("missing or invalid key; send `Authorization: Bearer <key>`")]
     Unauthorized,
@@ -96,6 +104,8 @@ impl ProxyError {
             ProxyError::NoValidDeployments => StatusCode::NOT_FOUND,
             ProxyError::UnknownDeployment { .. } => StatusCode::NOT_FOUND,
             ProxyError::InvalidPinHeader(_) => StatusCode::BAD_REQUEST,
+            ProxyError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -114,6 +124,8 @@ impl ProxyError {
             ProxyError::NoValidDeployments => "no_valid_deployments",
             ProxyError::UnknownDeployment { .. } => "deployment_not_found",
             ProxyError::InvalidPinHeader(_) => "invalid_deployment_header",
+            ProxyError::InvalidTarget(_) => "invalid_request_target",
+            ProxyError::ConnectMethod => "method_not_allowed",
             ProxyError::Unauthorized => "unauthorized",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::Overloaded { .. } => "too_many_pending_requests",

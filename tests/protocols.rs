@@ -454,3 +454,27 @@ async fn a_switch_to_a_protocol_the_client_did_not_ask_for_is_refused() {
     .await;
     assert!(answer.starts_with("http/1.1 502"), "{answer}");
 }
+
+#[tokio::test]
+async fn request_targets_reach_the_instance_in_origin_form_or_are_refused() {
+    let (upstream, _task) = echo_server().await;
+    let (_file, gateway) = gateway_for(&upstream).await;
+    let answer = raw_exchange(
+        gateway.addr(),
+        b"GET http://gateway?q=1 HTTP/1.1\r\nhost: gateway\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("x-echo-uri: /?q=1"), "{answer}");
+    for target in ["foo", "!", "example.com:80", "ftp://gateway/a"] {
+        let request = format!("GET {target} HTTP/1.1\r\nhost: gateway\r\n\r\n");
+        let answer = raw_exchange(gateway.addr(), request.as_bytes()).await;
+        assert!(answer.starts_with("http/1.1 400"), "{target}: {answer}");
+    }
+    let answer = raw_exchange(
+        gateway.addr(),
+        b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("http/1.1 405"), "{answer}");
+}

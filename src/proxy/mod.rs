@@ -186,6 +186,7 @@ impl Proxy {
         request_id: &http::HeaderValue,
         trace: &mut Trace,
     ) -> Result<Reply<ProxyBody>, ProxyError> {
+        let path_and_query = target_path(request.method(), request.uri())?;
         // One snapshot per request: the route is decided against a single table, and the
         // in-flight guard holds the chosen deployment until the response body ends, even if a
         // reload removes it meanwhile.
@@ -245,8 +246,14 @@ impl Proxy {
 
         // Only a deployment with another instance to try pays for keeping the request around.
         let retryable = deployment.instances().len() > 1;
-        let mut outgoing =
-            Outgoing::new(request, connection, request_id, retryable, upgrade.clone());
+        let mut outgoing = Outgoing::new(
+            request,
+            path_and_query,
+            connection,
+            request_id,
+            retryable,
+            upgrade.clone(),
+        );
         if keyed {
             // The key is the gateway's credential; model servers never see it.
             outgoing.headers.remove(header::AUTHORIZATION);
@@ -446,6 +453,52 @@ impl Proxy {
     }
 }
 
+/// The target to send an instance: the origin form (`/path?query`) of what the client sent, or
+/// a refusal for a target an instance could read otherwise than the gateway did (RFC 9112,
+/// section 3.2).
+fn target_path(method: &Method, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
+    if method == Method::CONNECT {
+        return Err(ProxyError::ConnectMethod);
+    }
+    let path_and_query = uri.path_and_query();
+    match (uri.scheme(), uri.authority()) {
+        // Absolute form: the path is what follows the authority, `/` when empty.
+        (Some(scheme), Some(_)) => {
+            if *scheme != http::uri::Scheme::HTTP && *scheme != http::uri::Scheme::HTTPS {
+                return Err(ProxyError::InvalidTarget("only http and https URLs"));
+            }
+            // Read as sent: `PathAndQuery::path` shows an empty path as `/`.
+            let sent = path_and_query.map_or("", PathAndQuery::as_str);
+            if sent.starts_with('/') {
+                return Ok(path_and_query
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")));
+            }
+            if !sent.is_empty() && !sent.starts_with('?') {
+                return Err(ProxyError::InvalidTarget("the path must start with `/`"));
+            }
+            let rebuilt = match sent {
+                "" => Ok(PathAndQuery::from_static("/")),
+                query => PathAndQuery::try_from(format!("/{query}").as_str()),
+            };
+            rebuilt.map_err(|_| ProxyError::InvalidTarget("the query is malformed"))
+        }
+        (None, None) => match path_and_query {
+            Some(target) if target.as_str().starts_with('/') => Ok(target.clone()),
+            Some(target) if target.as_str() == "*" && method == Method::OPTIONS => {
+                Ok(target.clone())
+            }
+            _ => Err(ProxyError::InvalidTarget(
+                "it must start with `/` (or be an http URL)",
+            )),
+        },
+        // Authority form, which only CONNECT may use.
+        _ => Err(ProxyError::InvalidTarget(
+            "it must start with `/` (or be an http URL)",
+        )),
+    }
+}
+
 /// The name a certificate must carry for `host`: an IPv6 literal without its URL brackets.
 fn tls_server_name(host: &str) -> &str {
     host.strip_prefix('[')
@@ -565,6 +618,7 @@ fn refusal_error(
 impl Outgoing {
     fn new(
         request: Request<SentBody>,
+        path_and_query: PathAndQuery,
         connection: Connection,
         request_id: &http::HeaderValue,
         retryable: bool,
@@ -599,11 +653,7 @@ impl Outgoing {
         }
         Outgoing {
             method: parts.method,
-            path_and_query: parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            path_and_query,
             headers,
             forwarded,
             body: RequestBody::new(body, retryable),
@@ -661,6 +711,38 @@ impl Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_reach_instances_in_origin_form_or_not_at_all() {
+        let target = |method: Method, text: &str| {
+            let uri: Uri = text.parse().expect("a URI");
+            target_path(&method, &uri).map(|path| path.as_str().to_string())
+        };
+        let ok = |method: Method, text: &str| target(method, text).ok();
+        assert_eq!(
+            ok(Method::POST, "/score?x=1").as_deref(),
+            Some("/score?x=1")
+        );
+        assert_eq!(ok(Method::GET, "http://h/a?q").as_deref(), Some("/a?q"));
+        assert_eq!(ok(Method::GET, "http://h?q").as_deref(), Some("/?q"));
+        assert_eq!(ok(Method::GET, "http://h").as_deref(), Some("/"));
+        assert_eq!(ok(Method::OPTIONS, "*").as_deref(), Some("*"));
+        for (method, text) in [
+            (Method::GET, "foo"),
+            (Method::GET, "example.com:80"),
+            (Method::GET, "*"),
+            (Method::GET, "ftp://h/a"),
+        ] {
+            assert!(
+                matches!(target(method, text), Err(ProxyError::InvalidTarget(_))),
+                "{text}"
+            );
+        }
+        assert!(matches!(
+            target(Method::CONNECT, "example.com:443"),
+            Err(ProxyError::ConnectMethod)
+        ));
+    }
 
     #[test]
     fn certificates_are_checked_against_the_bare_host() {
