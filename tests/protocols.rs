@@ -478,3 +478,54 @@ async fn request_targets_reach_the_instance_in_origin_form_or_are_refused() {
     .await;
     assert!(answer.starts_with("http/1.1 405"), "{answer}");
 }
+
+#[tokio::test]
+async fn trailer_fields_that_could_reframe_or_reroute_never_reach_the_instance() {
+    use tokio::io::AsyncReadExt;
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let upstream = scripted_upstream(move |mut stream| {
+        let seen = seen_tx.clone();
+        tokio::spawn(async move {
+            let mut wire = Vec::new();
+            let mut buffer = [0u8; 4096];
+            // The whole chunked request, to the blank line after its trailers.
+            while !(wire.windows(5).any(|w| w == b"0\r\n\r\n")
+                || wire.windows(3).any(|w| w == b"0\r\n") && wire.ends_with(b"\r\n\r\n"))
+            {
+                let n = stream.read(&mut buffer).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                wire.extend_from_slice(&buffer[..n]);
+            }
+            let _ = seen.send(String::from_utf8_lossy(&wire).to_lowercase());
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        })
+    })
+    .await;
+    let (_file, gateway) = gateway_for(&upstream).await;
+    let answer = raw_exchange(
+        gateway.addr(),
+        b"POST /score HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\n\
+          trailer: x-checksum\r\n\r\n2\r\n{}\r\n0\r\nx-checksum: abc\r\ncontent-length: 99\r\n\
+          host: elsewhere\r\ntransfer-encoding: chunked\r\nazureml-model-deployment: green\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    let forwarded = tokio::time::timeout(PATIENCE, seen_rx.recv())
+        .await
+        .expect("the instance got the request")
+        .expect("request");
+    let trailers = &forwarded[forwarded.find("\r\n0\r\n").expect("the last chunk")..];
+    assert!(trailers.contains("x-checksum: abc"), "{forwarded}");
+    for forbidden in [
+        "content-length",
+        "host",
+        "transfer-encoding",
+        "azureml-model-deployment",
+    ] {
+        assert!(!trailers.contains(forbidden), "{forbidden} in {trailers}");
+    }
+}

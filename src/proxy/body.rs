@@ -105,7 +105,12 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = this.poll_kind(cx);
+        let mut polled = this.poll_kind(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled {
+            if let Some(trailers) = frame.trailers_mut() {
+                super::headers::strip_forbidden_trailers(trailers);
+            }
+        }
         if let Some(record) = &mut this.record {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -250,7 +255,10 @@ impl Body for UpstreamBody {
             return Poll::Ready(None);
         };
         match Pin::new(body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    super::headers::strip_forbidden_trailers(trailers);
+                }
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {

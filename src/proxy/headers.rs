@@ -111,6 +111,48 @@ pub fn upgrade_agreed(requested: &HeaderValue, answered: Option<&HeaderValue>) -
         .any(|offered| protocol(offered) == answered)
 }
 
+/// Removes the trailer fields that must not come after a body (RFC 9110, section 6.5.1): those
+/// about framing, routing, authentication, request handling and the content's form, the
+/// hop-by-hop ones, and the gateway's own. Sent after the body they could reframe or re-route
+/// a message for whoever merges trailers into headers, and HTTP/2 peers reset a stream whose
+/// trailers carry connection-level fields.
+pub fn strip_forbidden_trailers(trailers: &mut HeaderMap) {
+    const FORBIDDEN: [&str; 19] = [
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "content-range",
+        "host",
+        "authorization",
+        "proxy-authorization",
+        "www-authenticate",
+        "proxy-authenticate",
+        "cookie",
+        "set-cookie",
+        "expect",
+        "max-forwards",
+        "range",
+        "cache-control",
+        PIN_HEADER,
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-host",
+    ];
+    let doomed: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|name| {
+            is_hop_by_hop(name)
+                || FORBIDDEN.contains(&name.as_str())
+                || name.as_str().starts_with("x-forwarded-")
+                || name.as_str().starts_with("if-")
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        trailers.remove(name);
+    }
+}
+
 /// Whether `name` is a hop-by-hop header: one that describes one connection, not the message,
 /// and so never crosses the proxy (RFC 9110, section 7.6.1, with the older `Keep-Alive` and
 /// `Proxy-Connection`).
