@@ -17,6 +17,7 @@ pub mod model_server;
 pub mod ops;
 pub mod proxy;
 pub mod reload;
+pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod tls;

@@ -20,6 +20,7 @@ use serde_saphyr::{Location, Spanned};
 pub use diff::{Change, diff};
 pub use error::{ConfigError, Issue};
 use file::{DeploymentFile, EndpointFile, ModelFile, ProbeFile, RequestSettingsFile};
+pub(crate) use suggest::closest as suggest_name;
 
 /// Azure's limit on deployments per endpoint.
 pub const MAX_DEPLOYMENTS: usize = 20;
@@ -286,9 +287,15 @@ fn has_no_content(text: &str) -> bool {
 
 /// YAML -> [`EndpointFile`], with the field path and position of the first problem.
 fn deserialize(text: &str) -> Result<EndpointFile, Issue> {
+    deserialize_yaml(text)
+}
+
+/// Reads YAML into `T`, turning the first problem into an [`Issue`] at its field: the one
+/// reader for every file Switchyard takes.
+pub(crate) fn deserialize_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Issue> {
     let mut path_error = None;
     let parsed = serde_saphyr::with_deserializer_from_str(text, |deserializer| {
-        serde_path_to_error::deserialize::<_, EndpointFile>(deserializer).map_err(|error| {
+        serde_path_to_error::deserialize::<_, T>(deserializer).map_err(|error| {
             path_error = Some(error.path().to_string());
             error.into_inner()
         })
