@@ -5,27 +5,26 @@
 //! # The test
 //!
 //! Each request to a deployment is a trial that is *bad* (an error, or slower than the plan's
-//! threshold) or not. For each deployment the judge keeps an anytime-valid confidence sequence
-//! for its bad share `p`: the set of `p0` whose Beta(1/2, 1/2)-mixture likelihood ratio
+//! threshold) or not. Two tests look at the counts, each given half of the check's `alpha`:
 //!
-//! ```text
-//! M_n(p0) = B(1/2 + x, 1/2 + n - x) / B(1/2, 1/2) / (p0^x (1 - p0)^(n - x))
-//! ```
+//! - **Exact confidence sequences**, one per deployment. After `x` bad answers in `n`, the
+//!   shares `p0` still allowed are those whose mixture likelihood ratio
+//!   `M_n(p0) = mean over b of [B(1 + x, b + n - x) / B(1, b)] / (p0^x (1 - p0)^(n - x))`,
+//!   with Beta(1, b) priors for b in 999, 99, 9, 1 (shares from 0.1% to 50%), is below `1/a`.
+//!   At the true share `M_n` is a nonnegative martingale of mean 1, so by Ville's inequality
+//!   it *ever* reaches `1/a`, however often one looks, with probability at most `a`. Green is
+//!   worse once the least share its sequence allows exceeds the most the baseline's allows by
+//!   more than the margin. Valid at any count, but wide.
+//! - **The normal mixture sequential test** (mSPRT, as used for always-valid A/B tests) of
+//!   the difference of the two shares against the margin. Sharper once each deployment has a
+//!   hundred requests; it rests on the normal approximation of the shares.
 //!
-//! is below `1/a`, after `x` bad answers in `n`. `M_n(p)` at the true `p` is a nonnegative
-//! martingale of mean 1, so by Ville's inequality the chance that it *ever* reaches `1/a`,
-//! however often one looks, is at most `a`: the sequence holds the true share at every moment
-//! of the step at once, with probability at least `1 - a`.
-//!
-//! Green is **worse** once even the lowest share its sequence allows exceeds the highest the
-//! baseline's allows by more than the margin; **not worse** once the highest green share
-//! allowed is within the margin of the lowest baseline share allowed; otherwise there is **not
-//! enough data yet**. A verdict is wrong only if a sequence missed its true share, so each is
-//! wrong with probability at most the sum of the `a`s spent on it. A rollout spends its
-//! `1 - confidence` evenly over its judged steps and checks, and each check over its two
-//! sequences: a green as good as the baseline is rolled back with probability at most
-//! `1 - confidence` over the whole rollout, however long it runs and however often it is
-//! judged.
+//! Either test concluding **worse** rolls back; either concluding **not worse** (the
+//! difference is within the margin) lets the step pass; otherwise there is **not enough data
+//! yet**. A verdict is wrong only if a test erred, so a check is wrong with probability at most
+//! its `alpha`. A rollout spends its `1 - confidence` evenly over its judged steps and checks:
+//! a green as good as the baseline is rolled back with probability at most `1 - confidence`
+//! over the whole rollout, however long it runs and however often it is judged.
 //!
 //! A threshold checked every interval has no such bound: every look is another chance for
 //! noise to cross it. BENCHMARKS.md compares the two on simulated traffic.
@@ -85,6 +84,11 @@ pub struct Evidence {
     pub green_bounds: (f64, f64),
     /// The shares the baseline's sequence allows.
     pub baseline_bounds: (f64, f64),
+    /// Green's observed share minus the baseline's.
+    pub difference: f64,
+    /// How far past the margin the difference must be for the mixture test's verdict;
+    /// infinite while the counts are too small for it.
+    pub boundary: f64,
     /// How much worse green may be, as a share.
     pub margin: f64,
     /// What it adds up to.
@@ -104,17 +108,19 @@ impl Evidence {
     }
 }
 
-/// Compares green with the baseline, spending `alpha` (at most 1) on the verdict: half on
-/// each deployment's sequence.
+/// Compares green with the baseline, spending `alpha` (at most 1) on the verdict: half on the
+/// exact confidence sequences (a quarter on each deployment's), half on the normal mixture
+/// test of the difference.
 pub fn judge(green: Counts, baseline: Counts, margin: f64, alpha: f64) -> Evidence {
-    let each = alpha / 2.0;
+    let each = alpha / 4.0;
     let green_bounds = confidence_sequence(green, each);
     let baseline_bounds = confidence_sequence(baseline, each);
     let least = green_bounds.0 - baseline_bounds.1;
     let most = green_bounds.1 - baseline_bounds.0;
-    let verdict = if least > margin {
+    let (difference, boundary) = mixture_test(green, baseline, margin, alpha / 2.0);
+    let verdict = if least > margin || difference - margin > boundary {
         Verdict::Worse
-    } else if most <= margin {
+    } else if most <= margin || margin - difference > boundary {
         Verdict::NotWorse
     } else {
         Verdict::NotEnoughData
@@ -124,10 +130,47 @@ pub fn judge(green: Counts, baseline: Counts, margin: f64, alpha: f64) -> Eviden
         baseline,
         green_bounds,
         baseline_bounds,
+        difference,
+        boundary,
         margin,
         verdict,
     }
 }
+
+/// The normal mixture sequential test (mSPRT) of `p_green - p_baseline` against `margin`:
+/// the observed difference, and how far from the margin it must be for a verdict at level
+/// `alpha`. With the difference's variance `V` and a normal mixture of spread `tau` over the
+/// alternatives, the mixture likelihood ratio reaches `1/alpha` once
+///
+/// ```text
+/// (difference - margin)^2 >= 2 V (V + tau^2) / tau^2 * (ln(1/alpha) + ln((V + tau^2) / V) / 2)
+/// ```
+///
+/// It rests on the normal approximation of the two shares, so the variance is taken with one
+/// bad and one good answer added to each (it is never 0), and the test says nothing until each
+/// deployment has [`MIXTURE_MIN_REQUESTS`]; the exact sequences cover the smaller counts.
+fn mixture_test(green: Counts, baseline: Counts, margin: f64, alpha: f64) -> (f64, f64) {
+    let difference = green.rate() - baseline.rate();
+    if green.requests < MIXTURE_MIN_REQUESTS || baseline.requests < MIXTURE_MIN_REQUESTS {
+        return (difference, f64::INFINITY);
+    }
+    let variance = |counts: Counts| {
+        let smoothed = (counts.bad as f64 + 1.0) / (counts.requests as f64 + 2.0);
+        smoothed * (1.0 - smoothed) / counts.requests as f64
+    };
+    let v = variance(green) + variance(baseline);
+    let tau2 = margin.max(MIXTURE_MIN_SPREAD).powi(2);
+    let boundary =
+        (2.0 * v * (v + tau2) / tau2 * ((1.0 / alpha).ln() + 0.5 * ((v + tau2) / v).ln())).sqrt();
+    (difference, boundary)
+}
+
+/// Requests each deployment needs before the normal mixture test speaks.
+pub const MIXTURE_MIN_REQUESTS: u64 = 100;
+
+/// Least spread of the mixture over the alternatives: the test is tuned to differences of
+/// about the margin, and of at least half a percentage point.
+const MIXTURE_MIN_SPREAD: f64 = 0.005;
 
 /// The shares `p0` the mixture martingale has not ruled out at level `alpha`: an interval
 /// around the observed share (the log-ratio is convex in `p0`, lowest there).
@@ -138,7 +181,7 @@ pub fn confidence_sequence(counts: Counts, alpha: f64) -> (f64, f64) {
         return (0.0, 1.0);
     }
     let threshold = (1.0 / alpha).ln();
-    let mixture = ln_beta(0.5 + x, 0.5 + n - x) - ln_beta(0.5, 0.5);
+    let mixture = ln_mixture(x, n);
     let log_ratio = |p0: f64| mixture - x * p0.ln() - (n - x) * (1.0 - p0).ln();
     let observed = x / n;
     let lower = if x == 0.0 {
@@ -153,6 +196,20 @@ pub fn confidence_sequence(counts: Counts, alpha: f64) -> (f64, f64) {
         bisect(observed, 1.0, |p0| log_ratio(p0) < threshold)
     };
     (lower, upper)
+}
+
+/// The priors mixed: Beta(1, b) has its mean at `1 / (1 + b)` and a spread of the same size,
+/// so each one fits shares of one order of magnitude, from 0.1% to 50%.
+const PRIORS: [f64; 4] = [999.0, 99.0, 9.0, 1.0];
+
+/// `ln` of the mixture's weight of `x` bad in `n`: the mean over [`PRIORS`] of
+/// `B(1 + x, b + n - x) / B(1, b)`. The part of the ratio that depends on `p0` is the same
+/// for every prior, so the mixture only sets this constant.
+fn ln_mixture(x: f64, n: f64) -> f64 {
+    let terms = PRIORS.map(|b| ln_beta(1.0 + x, b + n - x) - ln_beta(1.0, b));
+    let top = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = terms.iter().map(|t| (t - top).exp()).sum();
+    top + (sum / PRIORS.len() as f64).ln()
 }
 
 /// The boundary in `[low, high]` where `outside_below` turns from true to false, to 1e-12.

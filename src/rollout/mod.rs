@@ -8,3 +8,4 @@
 pub mod edit;
 pub mod judge;
 pub mod plan;
+pub mod step;
