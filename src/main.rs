@@ -12,6 +12,7 @@ use switchyard::config::EndpointConfig;
 use switchyard::demo::DemoServers;
 use switchyard::model_server::{Model, ModelServer, ModelServerOptions};
 use switchyard::ops;
+use switchyard::rollout::edit;
 use switchyard::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Gateway, GatewayOptions};
 use tracing_subscriber::EnvFilter;
 
@@ -109,6 +110,17 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         against: Option<PathBuf>,
     },
+    /// Carry a deployment from 0% to 100% in planned steps, judged against the baseline on
+    /// live traffic, rolled back by itself when it is worse.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutAction,
+    },
+    /// Change the live traffic split in the endpoint file; every other byte stays as written.
+    Traffic {
+        #[command(subcommand)]
+        action: TrafficAction,
+    },
     /// Check an endpoint file without running anything; exit 1 if it is invalid.
     Validate {
         /// The endpoint file (YAML).
@@ -144,6 +156,86 @@ enum Command {
         /// Share of /score requests answered with 500, from 0 to 1.
         #[arg(long, default_value_t = 0.0)]
         failure_rate: f64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutAction {
+    /// Check a plan, and that it fits the endpoint file.
+    Validate {
+        /// The rollout plan (YAML).
+        plan: PathBuf,
+        /// The endpoint file the plan will edit.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run the plan: each step edits the endpoint file, waits until every gateway serves it,
+    /// and is judged; exits 0 once promoted, 1 if rolled back.
+    Start {
+        /// The rollout plan (YAML).
+        plan: PathBuf,
+        /// The endpoint file the gateways watch.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// A gateway's admin API; repeat it for each replica watching the file.
+        #[arg(long, value_name = "URL", default_value = DEFAULT_ADMIN_URL)]
+        admin: Vec<String>,
+        /// Read the counts (and whether each replica serves a step) from this Prometheus
+        /// server instead of the admin APIs.
+        #[arg(long, value_name = "URL")]
+        prometheus: Option<String>,
+    },
+    /// Where the rollout on an endpoint file stands.
+    Status {
+        /// The endpoint file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Refresh every second until the rollout ends (the default on a terminal).
+        #[arg(long)]
+        watch: bool,
+        /// Print once, even on a terminal.
+        #[arg(long, conflicts_with = "watch")]
+        once: bool,
+    },
+    /// Hold the rollout where it is.
+    Pause {
+        /// The endpoint file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Go on from where the rollout was paused.
+    Resume {
+        /// The endpoint file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Roll back now: all live traffic back to the baseline.
+    Abort {
+        /// The endpoint file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Skip to the last step (recorded as a manual decision).
+    Promote {
+        /// The endpoint file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TrafficAction {
+    /// Set deployments' shares of live traffic, like `az ml online-endpoint update --traffic`.
+    Set {
+        /// `NAME=PERCENT` pairs, e.g. `blue=90 green=10`.
+        #[arg(value_name = "NAME=PERCENT", required = true)]
+        shares: Vec<String>,
+        /// Mirror a share of live traffic: `NAME=PERCENT` (0 stops it).
+        #[arg(long, value_name = "NAME=PERCENT")]
+        mirror: Vec<String>,
+        /// The endpoint file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
     },
 }
 
@@ -204,6 +296,35 @@ struct Threads {
 
 async fn run(command: Command, threads: Threads) -> anyhow::Result<()> {
     match command {
+        Command::Rollout { action } => rollout(action).await,
+        Command::Traffic {
+            action:
+                TrafficAction::Set {
+                    shares,
+                    mirror,
+                    config,
+                },
+        } => {
+            let traffic = parse_shares(&shares)?;
+            let mirror = parse_shares(&mirror)?;
+            let text = switchyard::config::read_file(&config)
+                .map_err(|error| anyhow::anyhow!("{}", error.render().trim_end()))?;
+            let edited =
+                edit::set_shares(&text, &traffic, (!mirror.is_empty()).then_some(&mirror))?;
+            if edited == text {
+                println!("{}: unchanged", config.display());
+                return Ok(());
+            }
+            let before = load_config(&config)?;
+            edit::write_atomically(&config, &edited)?;
+            let after =
+                EndpointConfig::parse(&edited).map_err(|e| anyhow::anyhow!("{}", e.render()))?;
+            print!(
+                "{}",
+                ops::render_changes(&switchyard::config::diff(&before, &after))
+            );
+            Ok(())
+        }
         Command::Validate { path } => {
             let config = load_config(&path)?;
             println!("{}: valid. {}", path.display(), config.summary());
@@ -345,6 +466,150 @@ async fn run(command: Command, threads: Threads) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// `NAME=PERCENT` pairs.
+fn parse_shares(pairs: &[String]) -> anyhow::Result<edit::Shares> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let (name, percent) = pair
+                .split_once('=')
+                .with_context(|| format!("`{pair}`: write NAME=PERCENT, e.g. green=10"))?;
+            let percent: u8 = percent
+                .trim_end_matches('%')
+                .parse()
+                .ok()
+                .filter(|p| *p <= 100)
+                .with_context(|| {
+                    format!("`{pair}`: the percent must be a whole number from 0 to 100")
+                })?;
+            Ok((name.to_string(), percent))
+        })
+        .collect()
+}
+
+async fn rollout(action: RolloutAction) -> anyhow::Result<()> {
+    use switchyard::rollout::controller::{Controller, WATCH_INTERVAL};
+    use switchyard::rollout::plan::Plan;
+    use switchyard::rollout::source::Source;
+    use switchyard::rollout::state::{Command as Request, Files, Status};
+
+    let request = |config: &std::path::Path, command: Request| -> anyhow::Result<()> {
+        let files = Files::beside(config);
+        let state = files
+            .read_state()
+            .map_err(anyhow::Error::msg)?
+            .with_context(|| format!("no rollout was started on {}", config.display()))?;
+        anyhow::ensure!(
+            !state.status.is_final(),
+            "the rollout on {} has ended: {}",
+            config.display(),
+            state.status.as_str()
+        );
+        files.request(command).map_err(anyhow::Error::msg)?;
+        let running = state
+            .controller_pid
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if running {
+            println!(
+                "asked the controller to {}; it acts at its next look",
+                command.as_str()
+            );
+        } else {
+            println!(
+                "no controller runs: `switchyard rollout start` acts on this when it starts;                  to move traffic now, use `switchyard traffic set`"
+            );
+        }
+        Ok(())
+    };
+    match action {
+        RolloutAction::Validate { plan, config } => {
+            let parsed =
+                Plan::load(&plan).map_err(|e| anyhow::anyhow!("{}", e.render().trim_end()))?;
+            let endpoint = load_config(&config)?;
+            let baseline = parsed
+                .check_against(&endpoint)
+                .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
+            println!(
+                "{}: valid. {} against {} in {} steps:",
+                plan.display(),
+                parsed.deployment,
+                baseline,
+                parsed.steps.len()
+            );
+            for (index, step) in parsed.steps.iter().enumerate() {
+                let what = match step.kind {
+                    switchyard::rollout::plan::StepKind::Traffic(p) => format!("traffic {p}%"),
+                    switchyard::rollout::plan::StepKind::Mirror(p) => format!("mirror {p}%"),
+                };
+                let judged = if step.is_judged() {
+                    format!("hold {}, judged", humantime::format_duration(step.hold))
+                } else {
+                    "promotion".to_string()
+                };
+                println!("  {}. {what}: {judged}", index + 1);
+            }
+            Ok(())
+        }
+        RolloutAction::Start {
+            plan,
+            config,
+            admin,
+            prometheus,
+        } => {
+            let source = match prometheus {
+                Some(url) => Source::Prometheus {
+                    url,
+                    endpoint: load_config(&config)?.name,
+                },
+                None => Source::Admin(admin),
+            };
+            let controller = Controller::start(&plan, &config, source)?;
+            print!("{}", controller.state().render());
+            let ended = tokio::select! {
+                ended = controller.run() => ended?,
+                () = shutdown_signal() => {
+                    // The state is on disk: the next `rollout start` resumes here.
+                    println!("stopped; traffic stays where it is until the rollout is started again");
+                    return Ok(());
+                }
+            };
+            print!("{}", ended.render());
+            anyhow::ensure!(
+                ended.status == Status::Succeeded,
+                "the rollout was rolled back"
+            );
+            Ok(())
+        }
+        RolloutAction::Status {
+            config,
+            watch,
+            once,
+        } => {
+            let files = Files::beside(&config);
+            let live = watch || (!once && std::io::stdout().is_terminal());
+            loop {
+                let state = files
+                    .read_state()
+                    .map_err(anyhow::Error::msg)?
+                    .with_context(|| format!("no rollout was started on {}", config.display()))?;
+                if live {
+                    // Clear the screen and go home, then draw afresh.
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{}", state.render());
+                if !live || state.status.is_final() {
+                    return Ok(());
+                }
+                tokio::time::sleep(WATCH_INTERVAL).await;
+            }
+        }
+        RolloutAction::Pause { config } => request(&config, Request::Pause),
+        RolloutAction::Resume { config } => request(&config, Request::Resume),
+        RolloutAction::Abort { config } => request(&config, Request::Abort),
+        RolloutAction::Promote { config } => request(&config, Request::Promote),
     }
 }
 

@@ -4,11 +4,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
+
+pub use crate::client::{Answer, send};
 
 use crate::admin::EndpointStatus;
 use crate::config::{Change, ConfigError, EndpointConfig};
@@ -18,13 +16,8 @@ use crate::routing::PIN_HEADER;
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     /// No HTTP exchange happened.
-    #[error("cannot reach {url}: {reason}")]
-    Unreachable {
-        /// What was asked.
-        url: String,
-        /// Why it failed.
-        reason: String,
-    },
+    #[error(transparent)]
+    Unreachable(#[from] crate::client::Unreachable),
     /// The admin API answered with something unexpected.
     #[error("{url} answered {status}: {body}")]
     Status {
@@ -57,53 +50,6 @@ pub enum OpsError {
 }
 
 /// A response read whole.
-#[derive(Debug)]
-pub struct Answer {
-    /// Status code.
-    pub status: StatusCode,
-    /// Response headers.
-    pub headers: http::HeaderMap,
-    /// Body.
-    pub body: Bytes,
-}
-
-/// Sends one request and reads the whole answer.
-pub async fn send(
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-) -> Result<Answer, OpsError> {
-    let unreachable = |reason: String| OpsError::Unreachable {
-        url: url.to_string(),
-        reason,
-    };
-    let mut request = Request::builder().method(method).uri(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request
-        .body(Full::new(body))
-        .map_err(|error| unreachable(error.to_string()))?;
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let response = client
-        .request(request)
-        .await
-        .map_err(|error| unreachable(error.to_string()))?;
-    let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(|error| unreachable(error.to_string()))?
-        .to_bytes();
-    Ok(Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
-}
-
 /// `GET {admin}/-/endpoint`.
 pub async fn fetch_status(admin: &str) -> Result<EndpointStatus, OpsError> {
     let url = format!("{}/-/endpoint", admin.trim_end_matches('/'));
@@ -252,7 +198,7 @@ pub async fn invoke(
     if let Some(deployment) = deployment {
         headers.push((PIN_HEADER, deployment));
     }
-    send(Method::POST, url, &headers, Bytes::from(body)).await
+    Ok(send(Method::POST, url, &headers, Bytes::from(body)).await?)
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 //! traffic in the endpoint file and nothing else, `source` reads the counts from the gateways or
 //! from Prometheus, and `controller` runs the steps and keeps their state on disk.
 
+pub mod controller;
 pub mod edit;
 pub mod judge;
 pub mod plan;
+pub mod source;
+pub mod state;
 pub mod step;
