@@ -118,12 +118,7 @@ impl Controller {
     /// Runs until the rollout succeeds or is rolled back; returns how it ended.
     pub async fn run(mut self) -> Result<RolloutState, RolloutError> {
         loop {
-            if let Err(error) = self.tick().await {
-                // A gateway or Prometheus that does not answer holds the step where it is.
-                tracing::warn!(target: "switchyard::rollout", %error, "cannot judge the step now; trying again");
-                self.state.reason = Some(format!("cannot read the counts: {error}"));
-            }
-            self.save()?;
+            self.tick().await?;
             if self.state.status.is_final() {
                 self.state.controller_pid = None;
                 self.save()?;
@@ -133,8 +128,18 @@ impl Controller {
         }
     }
 
-    /// One look: an operator's request, a hand edit, then the step.
+    /// One look, and its outcome on disk. A gateway or Prometheus that does not answer holds
+    /// the step where it is; only a state that cannot be written is an error.
     pub async fn tick(&mut self) -> Result<(), RolloutError> {
+        if let Err(error) = self.look().await {
+            tracing::warn!(target: "switchyard::rollout", %error, "cannot judge the step now; trying again");
+            self.state.reason = Some(format!("cannot go on now: {error}"));
+        }
+        self.save()
+    }
+
+    /// An operator's request, a hand edit, then the step.
+    async fn look(&mut self) -> Result<(), RolloutError> {
         if let Some(command) = self.files.take_request() {
             self.on_command(command)?;
         }
@@ -518,11 +523,12 @@ fn describe_worse(e: &super::judge::Evidence) -> String {
             100.0 * e.least_increase()
         ));
     }
-    if e.difference - e.margin > e.boundary {
+    if let Some(boundary) = e.boundary.filter(|b| e.difference - e.margin > *b) {
         why.push(format!(
-            "the difference +{:.2} points is past the margin by more than the mixture test's              bound of {:.2}",
+            "the difference +{:.2} points is past the margin by more than the mixture test's \
+             bound of {:.2}",
             100.0 * e.difference,
-            100.0 * e.boundary
+            100.0 * boundary
         ));
     }
     format!(

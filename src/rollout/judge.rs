@@ -87,8 +87,8 @@ pub struct Evidence {
     /// Green's observed share minus the baseline's.
     pub difference: f64,
     /// How far past the margin the difference must be for the mixture test's verdict;
-    /// infinite while the counts are too small for it.
-    pub boundary: f64,
+    /// `None` while the counts are too small for it.
+    pub boundary: Option<f64>,
     /// How much worse green may be, as a share.
     pub margin: f64,
     /// What it adds up to.
@@ -118,9 +118,10 @@ pub fn judge(green: Counts, baseline: Counts, margin: f64, alpha: f64) -> Eviden
     let least = green_bounds.0 - baseline_bounds.1;
     let most = green_bounds.1 - baseline_bounds.0;
     let (difference, boundary) = mixture_test(green, baseline, margin, alpha / 2.0);
-    let verdict = if least > margin || difference - margin > boundary {
+    let beyond = |excess: f64| boundary.is_some_and(|boundary| excess > boundary);
+    let verdict = if least > margin || beyond(difference - margin) {
         Verdict::Worse
-    } else if most <= margin || margin - difference > boundary {
+    } else if most <= margin || beyond(margin - difference) {
         Verdict::NotWorse
     } else {
         Verdict::NotEnoughData
@@ -149,10 +150,10 @@ pub fn judge(green: Counts, baseline: Counts, margin: f64, alpha: f64) -> Eviden
 /// It rests on the normal approximation of the two shares, so the variance is taken with one
 /// bad and one good answer added to each (it is never 0), and the test says nothing until each
 /// deployment has [`MIXTURE_MIN_REQUESTS`]; the exact sequences cover the smaller counts.
-fn mixture_test(green: Counts, baseline: Counts, margin: f64, alpha: f64) -> (f64, f64) {
+fn mixture_test(green: Counts, baseline: Counts, margin: f64, alpha: f64) -> (f64, Option<f64>) {
     let difference = green.rate() - baseline.rate();
     if green.requests < MIXTURE_MIN_REQUESTS || baseline.requests < MIXTURE_MIN_REQUESTS {
-        return (difference, f64::INFINITY);
+        return (difference, None);
     }
     let variance = |counts: Counts| {
         let smoothed = (counts.bad as f64 + 1.0) / (counts.requests as f64 + 2.0);
@@ -162,7 +163,7 @@ fn mixture_test(green: Counts, baseline: Counts, margin: f64, alpha: f64) -> (f6
     let tau2 = margin.max(MIXTURE_MIN_SPREAD).powi(2);
     let boundary =
         (2.0 * v * (v + tau2) / tau2 * ((1.0 / alpha).ln() + 0.5 * ((v + tau2) / v).ln())).sqrt();
-    (difference, boundary)
+    (difference, Some(boundary))
 }
 
 /// Requests each deployment needs before the normal mixture test speaks.
