@@ -433,19 +433,14 @@ async fn every_replica_must_serve_a_step_and_the_counts_are_summed_over_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_prometheus_as_the_source_the_verdicts_are_the_same() {
-    if std::process::Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("prometheus is not installed (Debian's prometheus package); skipped");
+    if !prometheus::installed() {
         return;
     }
     for (failure_rate, expected) in [(0.0, Status::Succeeded), (0.2, Status::RolledBack)] {
         let endpoint = Endpoint::new(green(failure_rate, Duration::ZERO)).await;
         let (first, first_admin) = gateway_with_admin(&endpoint.file.path).await;
         let (second, second_admin) = gateway_with_admin(&endpoint.file.path).await;
-        let prometheus = prometheus::Server::start(&[&first_admin, &second_admin]);
+        let prometheus = prometheus::Prometheus::start(&[first_admin, second_admin]);
         prometheus.wait_until_scraping(2).await;
         let load = Load::start(&[first.addr(), second.addr()]);
         let plan = endpoint.plan(
@@ -460,87 +455,5 @@ async fn with_prometheus_as_the_source_the_verdicts_are_the_same() {
         let ended = run(controller).await;
         let _ = load.stop().await;
         assert_eq!(ended.status, expected, "{}", ended.render());
-    }
-}
-
-/// A Prometheus server for the test above, scraping gateways every second.
-mod prometheus {
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
-
-    pub struct Server {
-        child: Child,
-        pub url: String,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Server {
-        pub fn start(admins: &[&str]) -> Server {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let targets: Vec<String> = admins
-                .iter()
-                .map(|a| format!("'{}'", a.trim_start_matches("http://")))
-                .collect();
-            let config = dir.path().join("prometheus.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: switchyard\n    \
-                     static_configs: [{{targets: [{}]}}]\n",
-                    targets.join(", ")
-                ),
-            )
-            .expect("config");
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let child = Command::new("prometheus")
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.path().join("data").display()
-                ))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start prometheus");
-            Server {
-                child,
-                url: format!("http://127.0.0.1:{port}"),
-                _dir: dir,
-            }
-        }
-
-        /// Waits until `targets` targets are up.
-        pub async fn wait_until_scraping(&self, targets: usize) {
-            let started = Instant::now();
-            loop {
-                let url = format!("{}/api/v1/query?query=sum(up)", self.url);
-                if let Ok(answer) =
-                    switchyard::ops::send(http::Method::GET, &url, &[], bytes::Bytes::new()).await
-                {
-                    let json: serde_json::Value =
-                        serde_json::from_slice(&answer.body).unwrap_or_default();
-                    if json["data"]["result"][0]["value"][1].as_str() == Some(&targets.to_string())
-                    {
-                        return;
-                    }
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "prometheus never scraped"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }

@@ -5,143 +5,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::prometheus::{Prometheus, installed};
 use common::*;
 use http::StatusCode;
 use switchyard::model_server::{Model, ModelServer, ModelServerOptions};
 use switchyard::{Gateway, GatewayOptions};
-
-/// A Prometheus server scraping one target every second, stopped on drop.
-struct Prometheus {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(target: std::net::SocketAddr) -> Option<Prometheus> {
-        if Command::new("prometheus")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n  - job_name: switchyard\n    \
-                 static_configs: [{{targets: ['{target}']}}]\n"
-            ),
-        )
-        .expect("write config");
-        // Prometheus cannot report a port it chose, so a free one is found first.
-        let port = std::net::TcpListener::bind(loopback())
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus");
-        Some(Prometheus {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        })
-    }
-
-    /// An instant query's result: each series' labels and value.
-    async fn query(&self, promql: &str) -> Vec<(HashMap<String, String>, f64)> {
-        let url = format!("{}/api/v1/query?query={}", self.url, encode(promql));
-        let answer = switchyard::ops::send(http::Method::GET, &url, &[], bytes::Bytes::new())
-            .await
-            .expect("prometheus answers");
-        assert_eq!(answer.status, StatusCode::OK, "{promql}");
-        let json: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
-        json["data"]["result"]
-            .as_array()
-            .expect("a vector")
-            .iter()
-            .map(|series| {
-                let labels = series["metric"]
-                    .as_object()
-                    .expect("labels")
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                    .collect();
-                let value = series["value"][1]
-                    .as_str()
-                    .expect("a value")
-                    .parse()
-                    .expect("a number");
-                (labels, value)
-            })
-            .collect()
-    }
-
-    /// The value of `promql` for each deployment.
-    async fn by_deployment(&self, promql: &str) -> HashMap<String, f64> {
-        self.query(promql)
-            .await
-            .into_iter()
-            .map(|(labels, value)| (labels.get("deployment").cloned().unwrap_or_default(), value))
-            .collect()
-    }
-
-    /// Waits until the server is up and has scraped the target.
-    async fn wait_until_scraping(&self) {
-        let started = Instant::now();
-        loop {
-            let up = switchyard::ops::send(
-                http::Method::GET,
-                &format!("{}/api/v1/query?query=up", self.url),
-                &[],
-                bytes::Bytes::new(),
-            )
-            .await;
-            if let Ok(answer) = up {
-                if String::from_utf8_lossy(&answer.body).contains("\"1\"") {
-                    return;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "prometheus never scraped the gateway"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Percent-encodes everything but letters and digits.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 const SUCCESS_RATE: &str = r#"sum by (deployment) (rate(switchyard_request_duration_seconds_count{outcome!="error"}[1m])) / sum by (deployment) (rate(switchyard_request_duration_seconds_count[1m]))"#;
 const SUCCESS_P99: &str = r#"histogram_quantile(0.99, sum by (deployment, le) (rate(switchyard_request_duration_seconds_bucket{outcome="success"}[1m])))"#;
@@ -163,11 +33,11 @@ async fn prometheus_reads_success_rate_p99_and_request_rate_as_the_clients_saw_t
     let mut options = GatewayOptions::new(&file.path, loopback());
     options.admin_listen = Some(loopback());
     let gateway = Gateway::start(options).await.expect("start");
-    let Some(prometheus) = Prometheus::start(gateway.admin_addr().expect("admin")) else {
-        eprintln!("prometheus is not installed (Debian's prometheus package); skipped");
+    if !installed() {
         return;
-    };
-    prometheus.wait_until_scraping().await;
+    }
+    let prometheus = Prometheus::start(&[gateway.admin_addr().expect("admin").to_string()]);
+    prometheus.wait_until_scraping(1).await;
 
     // 4 clients, 100 requests each; what each deployment answered is counted as seen.
     let mut clients = Vec::new();

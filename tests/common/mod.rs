@@ -2,6 +2,8 @@
 //! temporary directory, and a small HTTP client.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod prometheus;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
