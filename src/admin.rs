@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::Metrics;
 use crate::reload::{ReloadOutcome, Reloader};
+use crate::rollout::state::{Files, RolloutState, Status};
 
 /// How often the counts behind the recent rates of [`EndpointStatus`] are sampled.
 pub const RECENT_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -62,6 +63,9 @@ pub struct EndpointStatus {
     pub deployments: Vec<DeploymentStatus>,
     /// The serving config in the endpoint file's own shape (JSON is YAML), for `switchyard diff`.
     pub config: serde_json::Value,
+    /// The gated rollout on the endpoint file, if one was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutState>,
 }
 
 /// One deployment in [`EndpointStatus`].
@@ -200,7 +204,16 @@ pub fn status(state: &AdminState) -> EndpointStatus {
             .collect(),
         deployments,
         config: config.to_file_value(),
+        rollout: rollout_state(state),
     }
+}
+
+/// The gated rollout beside the endpoint file, as the controller last wrote it.
+fn rollout_state(state: &AdminState) -> Option<RolloutState> {
+    Files::beside(state.reloader.path())
+        .read_state()
+        .ok()
+        .flatten()
 }
 
 /// `POST /-/reload`'s answer.
@@ -272,6 +285,23 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             deployment.available_instances(),
         );
     }
+    let rollout = rollout_state(&state);
+    const STATES: [Status; 4] = [
+        Status::Running,
+        Status::Paused,
+        Status::RolledBack,
+        Status::Succeeded,
+    ];
+    let states = STATES.map(Status::as_str);
+    state.metrics.set_rollout(rollout.as_ref().map(|r| {
+        (
+            r.plan.deployment.as_str(),
+            r.step + 1,
+            r.status.as_str(),
+            &states[..],
+            &r.decisions,
+        )
+    }));
     (
         [(
             header::CONTENT_TYPE,

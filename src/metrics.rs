@@ -1,7 +1,7 @@
 //! Prometheus metrics: one registry of the gateway's own, metric names in one place, labels only
 //! from config names and small closed sets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -54,6 +54,12 @@ pub mod names {
     pub const MIRROR_PERCENT: &str = "switchyard_deployment_mirror_traffic_percent";
     /// Copies of live requests that did not reach the mirror whole, by endpoint and deployment.
     pub const MIRRORS_ABANDONED: &str = "switchyard_mirrored_requests_abandoned_total";
+    /// The step a gated rollout is at (from 1), by the deployment rolled out.
+    pub const ROLLOUT_STEP: &str = "switchyard_rollout_step";
+    /// 1 for the state a gated rollout is in, 0 for the others, by deployment and `state`.
+    pub const ROLLOUT_STATE: &str = "switchyard_rollout_state";
+    /// Decisions a gated rollout made, by deployment and `decision`.
+    pub const ROLLOUT_DECISIONS: &str = "switchyard_rollout_decisions";
 }
 
 /// The `deployment` label of requests that never reached a deployment. Deployment names are
@@ -187,6 +193,9 @@ pub struct Metrics {
     applied_time: Gauge,
     rejected: IntGauge,
     client_connections: IntGaugeVec,
+    rollout_step: IntGaugeVec,
+    rollout_state: IntGaugeVec,
+    rollout_decisions: IntGaugeVec,
     /// The name of the endpoint serving now, for the requests no deployment took.
     endpoint: Mutex<Arc<str>>,
     /// Per-deployment counts over the last minute, for `show`.
@@ -353,6 +362,21 @@ impl Metrics {
             "Open client connections, by serving thread.",
             &["worker"],
         );
+        let rollout_step = gauge(
+            names::ROLLOUT_STEP,
+            "The step a gated rollout is at, from 1.",
+            &["deployment"],
+        );
+        let rollout_state = gauge(
+            names::ROLLOUT_STATE,
+            "1 for the state a gated rollout is in (running, paused, rolled_back, succeeded).",
+            &["deployment", "state"],
+        );
+        let rollout_decisions = gauge(
+            names::ROLLOUT_DECISIONS,
+            "Decisions the gated rollout made so far, by kind.",
+            &["deployment", "decision"],
+        );
         let rejected = IntGauge::new(
             names::CONFIG_REJECTED,
             "1 while the file on disk is rejected and an older config serves.",
@@ -377,6 +401,9 @@ impl Metrics {
             Box::new(applied_time.clone()),
             Box::new(rejected.clone()),
             Box::new(client_connections.clone()),
+            Box::new(rollout_step.clone()),
+            Box::new(rollout_state.clone()),
+            Box::new(rollout_decisions.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry
@@ -399,6 +426,9 @@ impl Metrics {
             applied_time,
             rejected,
             client_connections,
+            rollout_step,
+            rollout_state,
+            rollout_decisions,
             endpoint: Mutex::new(Arc::from("")),
             recent: Mutex::new(VecDeque::from([(Instant::now(), HashMap::new())])),
         }
@@ -566,6 +596,33 @@ impl Metrics {
         self.instances_ready
             .with_label_values(&[endpoint, deployment])
             .set(ready as i64);
+    }
+
+    /// Publishes where the gated rollout of `deployment` stands: its step (from 1), its state
+    /// out of `states`, and its decisions so far. `None` clears them.
+    pub fn set_rollout(
+        &self,
+        rollout: Option<(&str, usize, &str, &[&str], &BTreeMap<String, u64>)>,
+    ) {
+        self.rollout_step.reset();
+        self.rollout_state.reset();
+        self.rollout_decisions.reset();
+        let Some((deployment, step, state, states, decisions)) = rollout else {
+            return;
+        };
+        self.rollout_step
+            .with_label_values(&[deployment])
+            .set(step as i64);
+        for each in states {
+            self.rollout_state
+                .with_label_values(&[deployment, each])
+                .set(i64::from(*each == state));
+        }
+        for (decision, count) in decisions {
+            self.rollout_decisions
+                .with_label_values(&[deployment, decision])
+                .set(*count as i64);
+        }
     }
 
     /// Records a check that found the applied files unchanged: whatever was rejected before

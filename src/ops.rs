@@ -166,6 +166,9 @@ pub fn render_status(status: &EndpointStatus) -> String {
             "sticky: requests carrying {header} stay on one deployment per value"
         );
     }
+    if let Some(rollout) = &status.rollout {
+        let _ = write!(out, "\n{}", rollout.render());
+    }
     if let Some(error) = &status.last_rejected {
         let _ = writeln!(
             out,
@@ -221,6 +224,7 @@ mod tests {
             draining: false,
             recent_window_seconds: 10.0,
             last_rejected: None,
+            rollout: None,
             traffic: [("blue".to_string(), 90), ("green".to_string(), 10)].into(),
             mirror_traffic: [("red".to_string(), 20)].into(),
             deployments: vec![

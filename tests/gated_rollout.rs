@@ -189,13 +189,62 @@ async fn a_good_green_is_carried_through_every_step_without_a_failed_request() {
     let (gateway, admin) = gateway_with_admin(&endpoint.file.path).await;
     let load = Load::start(&[gateway.addr()]);
     let plan = endpoint.plan(GOOD_PLAN);
-    let controller =
-        Controller::start(&plan, &endpoint.file.path, Source::Admin(vec![admin])).expect("start");
+    let controller = Controller::start(
+        &plan,
+        &endpoint.file.path,
+        Source::Admin(vec![admin.clone()]),
+    )
+    .expect("start");
     let ended = run(controller).await;
     let seen = load.stop().await;
 
     assert_eq!(ended.status, Status::Succeeded, "{}", ended.render());
     assert_eq!(endpoint.traffic(), (0, 100, 0));
+    // `show` and the metrics tell the rollout's end.
+    let shown = switchyard::ops::render_status(
+        &switchyard::ops::fetch_status(&admin).await.expect("status"),
+    );
+    assert!(
+        shown.contains("rollout of green against blue: succeeded, step 4 of 4"),
+        "{shown}"
+    );
+    let scraped = switchyard::ops::send(
+        http::Method::GET,
+        &format!("{admin}/metrics"),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await
+    .expect("scrape");
+    let scraped = String::from_utf8_lossy(&scraped.body).into_owned();
+    for (name, labels, value) in [
+        (
+            "switchyard_rollout_step",
+            vec![("deployment", "green")],
+            4.0,
+        ),
+        (
+            "switchyard_rollout_state",
+            vec![("deployment", "green"), ("state", "succeeded")],
+            1.0,
+        ),
+        (
+            "switchyard_rollout_state",
+            vec![("deployment", "green"), ("state", "running")],
+            0.0,
+        ),
+        (
+            "switchyard_rollout_decisions",
+            vec![("deployment", "green"), ("decision", "step_passed")],
+            3.0,
+        ),
+    ] {
+        assert_eq!(
+            sample(&scraped, name, &labels),
+            Some(value),
+            "{name} {labels:?}"
+        );
+    }
     assert_eq!(ended.decisions.get("step_passed"), Some(&3));
     assert_eq!(
         seen.failed(),
