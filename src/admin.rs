@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RolloutGauges};
 use crate::reload::{ReloadOutcome, Reloader};
 use crate::rollout::state::{Files, RolloutState, Status};
 
@@ -293,15 +293,15 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         Status::Succeeded,
     ];
     let states = STATES.map(Status::as_str);
-    state.metrics.set_rollout(rollout.as_ref().map(|r| {
-        (
-            r.plan.deployment.as_str(),
-            r.step + 1,
-            r.status.as_str(),
-            &states[..],
-            &r.decisions,
-        )
-    }));
+    state
+        .metrics
+        .set_rollout(rollout.as_ref().map(|r| RolloutGauges {
+            deployment: &r.plan.deployment,
+            step: r.step + 1,
+            state: r.status.as_str(),
+            states: &states,
+            decisions: &r.decisions,
+        }));
     (
         [(
             header::CONTENT_TYPE,

@@ -598,16 +598,19 @@ impl Metrics {
             .set(ready as i64);
     }
 
-    /// Publishes where the gated rollout of `deployment` stands: its step (from 1), its state
-    /// out of `states`, and its decisions so far. `None` clears them.
-    pub fn set_rollout(
-        &self,
-        rollout: Option<(&str, usize, &str, &[&str], &BTreeMap<String, u64>)>,
-    ) {
+    /// Publishes where a gated rollout stands; `None` clears it.
+    pub fn set_rollout(&self, rollout: Option<RolloutGauges<'_>>) {
         self.rollout_step.reset();
         self.rollout_state.reset();
         self.rollout_decisions.reset();
-        let Some((deployment, step, state, states, decisions)) = rollout else {
+        let Some(RolloutGauges {
+            deployment,
+            step,
+            state,
+            states,
+            decisions,
+        }) = rollout
+        else {
             return;
         };
         self.rollout_step
@@ -652,6 +655,21 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// Where a gated rollout stands, for [`Metrics::set_rollout`].
+#[derive(Debug, Clone, Copy)]
+pub struct RolloutGauges<'a> {
+    /// The deployment rolled out.
+    pub deployment: &'a str,
+    /// Its step, from 1.
+    pub step: usize,
+    /// The state it is in, one of `states`.
+    pub state: &'a str,
+    /// Every state there is, so the others read 0.
+    pub states: &'a [&'a str],
+    /// Its decisions so far, by kind.
+    pub decisions: &'a BTreeMap<String, u64>,
 }
 
 /// How far back `show`'s rates look.
