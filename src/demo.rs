@@ -45,6 +45,12 @@ pub const MIRROR_STEP: (&str, &str) = (
     include_str!("../config/rollout/3a-mirror-green.yaml"),
 );
 
+/// A gated rollout plan for green that works with the demo under `--load`.
+pub const GATED_PLAN: (&str, &str) = (
+    "gated-rollout.yaml",
+    include_str!("../config/gated-rollout.yaml"),
+);
+
 /// Azure's sample scoring request.
 pub const SAMPLE_REQUEST: &str = include_str!("../config/sample-request.json");
 
@@ -98,9 +104,35 @@ impl DemoServers {
             std::fs::write(rollout.join(name), self.render(template))?;
         }
         std::fs::write(dir.join("sample-request.json"), SAMPLE_REQUEST)?;
+        std::fs::write(dir.join(GATED_PLAN.0), GATED_PLAN.1)?;
         let endpoint = dir.join("endpoint.yaml");
         std::fs::write(&endpoint, self.render(ROLLOUT_STEPS[0].1))?;
         Ok(endpoint)
+    }
+}
+
+/// Sends `per_second` copies of the sample request to `gateway` until the task is dropped, so
+/// that a demo rollout has live traffic to judge.
+pub async fn generate_load(gateway: SocketAddr, per_second: u32) {
+    use bytes::Bytes;
+    if per_second == 0 {
+        return;
+    }
+    let url = format!("http://{gateway}/score");
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1) / per_second);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        let url = url.clone();
+        tokio::spawn(async move {
+            let _ = crate::client::send(
+                http::Method::POST,
+                &url,
+                &[("content-type", "application/json")],
+                Bytes::from_static(SAMPLE_REQUEST.as_bytes()),
+            )
+            .await;
+        });
     }
 }
 
@@ -157,10 +189,35 @@ pub fn instructions(
         out,
         "  curl -si http://{gateway}/score -H 'azureml-model-deployment: green' -H 'Content-Type: application/json' -d @{dir}/sample-request.json"
     );
+    let program = program_name();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Or let Switchyard carry green from 0% to 100%, judged against blue at every step and rolled"
+    );
+    let _ = writeln!(
+        out,
+        "back by itself if it is worse (the demo needs traffic for that: run it with --load 100):"
+    );
+    let _ = writeln!(
+        out,
+        "  cp {dir}/rollout/3-create-green.yaml {dir}/endpoint.yaml"
+    );
+    let admin_flag = admin
+        .map(|a| format!(" --admin http://{a}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "  {program} rollout start {dir}/{} --config {dir}/endpoint.yaml{admin_flag}",
+        GATED_PLAN.0
+    );
+    let _ = writeln!(
+        out,
+        "  {program} rollout status --config {dir}/endpoint.yaml      (in another terminal)"
+    );
     if let Some(admin) = admin {
         let _ = writeln!(out);
         let _ = writeln!(out, "Watch it (admin API on {admin}):");
-        let program = program_name();
         let _ = writeln!(out, "  {program} show --admin http://{admin}");
         let _ = writeln!(
             out,

@@ -138,6 +138,10 @@ enum Command {
         /// Where to write the endpoint file and the rollout steps.
         #[arg(long, value_name = "DIR", default_value = "switchyard-demo")]
         dir: PathBuf,
+        /// Also send this many scoring requests a second, so a gated rollout has traffic to
+        /// judge.
+        #[arg(long, value_name = "PER_SECOND", default_value_t = 0)]
+        load: u32,
     },
     /// Run one demo model server (Azure inference-server contract: POST /score, GET /).
     ModelServer {
@@ -415,6 +419,7 @@ async fn run(command: Command, threads: Threads) -> anyhow::Result<()> {
             listen,
             admin_listen,
             dir,
+            load,
         } => {
             let servers = DemoServers::start()
                 .await
@@ -435,7 +440,12 @@ async fn run(command: Command, threads: Threads) -> anyhow::Result<()> {
                     &servers
                 )
             );
+            let traffic = tokio::spawn(switchyard::demo::generate_load(gateway.addr(), load));
+            if load > 0 {
+                println!("Sending {load} scoring requests a second to the endpoint.");
+            }
             shutdown_signal().await;
+            traffic.abort();
             gateway.shutdown().await;
             Ok(())
         }

@@ -376,3 +376,75 @@ async fn every_health_change_names_the_deployment_and_the_instance() {
     let line = served.wait_for_line("instance back in rotation");
     assert!(line.contains(&dead) && line.contains("blue"), "{line}");
 }
+
+/// Runs the binary with `args`; its exit code, standard output and standard error.
+fn switchyard(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(BINARY).args(args).output().expect("run");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn traffic_set_changes_the_split_and_leaves_every_other_byte() {
+    let text = "# the endpoint\nname: my-endpoint   # keep this comment\nauth_mode: none\ntraffic:\n  blue: 100   # stable\n  green: 0\ndeployments:\n  - name: blue\n    instances: [http://127.0.0.1:9001]\n  - name: green\n    instances: [http://127.0.0.1:9002]\n";
+    let file = EndpointFile::new(text);
+    let path = file.path.to_str().expect("utf-8");
+    let (code, out, err) = switchyard(&["traffic", "set", "blue=90", "green=10", "--config", path]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "traffic blue 100% -> 90%\ntraffic green 0% -> 10%\n");
+    let edited = std::fs::read_to_string(&file.path).expect("read");
+    assert_eq!(
+        edited,
+        text.replace("blue: 100   # stable", "blue: 90   # stable")
+            .replace("green: 0", "green: 10")
+    );
+
+    let (code, _, err) = switchyard(&["traffic", "set", "blue=95", "--config", path]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("105"), "the shares must add up: {err}");
+    assert_eq!(
+        std::fs::read_to_string(&file.path).expect("read"),
+        edited,
+        "nothing written"
+    );
+}
+
+#[test]
+fn rollout_validate_checks_the_plan_against_the_endpoint_file() {
+    let text = "name: my-endpoint\nauth_mode: none\ntraffic: {blue: 100, green: 0}\ndeployments:\n  - name: blue\n    instances: [http://127.0.0.1:9001]\n  - name: green\n    instances: [http://127.0.0.1:9002]\n";
+    let file = EndpointFile::new(text);
+    let config = file.path.to_str().expect("utf-8");
+    let plan = file.dir.path().join("plan.yaml");
+    std::fs::write(&plan, switchyard::demo::GATED_PLAN.1).expect("write plan");
+    let plan = plan.to_str().expect("utf-8");
+    let (code, out, err) = switchyard(&["rollout", "validate", plan, "--config", config]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("valid. green against blue in 4 steps"),
+        "{out}"
+    );
+    assert!(out.contains("1. mirror 10%: hold 30s, judged"), "{out}");
+    assert!(out.contains("4. traffic 100%: promotion"), "{out}");
+
+    let other = file.dir.path().join("other.yaml");
+    std::fs::write(&other, "deployment: gren\nsteps:\n  - {traffic: 100}\n").expect("write");
+    let (code, _, err) = switchyard(&[
+        "rollout",
+        "validate",
+        other.to_str().expect("utf-8"),
+        "--config",
+        config,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("`gren`") && err.contains("did you mean `green`?"),
+        "{err}"
+    );
+
+    let (code, _, err) = switchyard(&["rollout", "status", "--config", config, "--once"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no rollout was started"), "{err}");
+}

@@ -506,3 +506,24 @@ async fn with_prometheus_as_the_source_the_verdicts_are_the_same() {
         assert_eq!(ended.status, expected, "{}", ended.render());
     }
 }
+
+#[tokio::test]
+async fn the_shipped_plan_fits_the_demo_endpoint_once_green_is_there() {
+    let demo = switchyard::demo::DemoServers::start()
+        .await
+        .expect("servers");
+    let step = |index: usize| {
+        EndpointConfig::parse(&demo.render(switchyard::demo::ROLLOUT_STEPS[index].1))
+            .expect("a valid step")
+    };
+    let plan = switchyard::rollout::plan::Plan::parse(switchyard::demo::GATED_PLAN.1)
+        .expect("a valid plan");
+    assert_eq!(plan.check_against(&step(2)).as_deref(), Ok("blue"));
+    let before_green = plan
+        .check_against(&step(0))
+        .expect_err("green is not there yet");
+    assert!(
+        before_green[0].contains("`green` is not in endpoint"),
+        "{before_green:?}"
+    );
+}
