@@ -71,15 +71,19 @@ pub struct DemoServers {
 impl DemoServers {
     /// Starts the three demo model servers on free loopback ports.
     pub async fn start() -> io::Result<Self> {
+        Self::start_with_green_failing(0.0).await
+    }
+
+    /// The same, with green answering `failure_rate` of its requests with 500, to watch a gated
+    /// rollout roll it back.
+    pub async fn start_with_green_failing(failure_rate: f64) -> io::Result<Self> {
         let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let mut green = ModelServerOptions::new(Model::Constant, "green-1");
+        green.failure_rate = failure_rate;
         let servers = [
             ModelServer::bind(any_port, ModelServerOptions::new(Model::Diabetes, "blue-1")).await?,
             ModelServer::bind(any_port, ModelServerOptions::new(Model::Diabetes, "blue-2")).await?,
-            ModelServer::bind(
-                any_port,
-                ModelServerOptions::new(Model::Constant, "green-1"),
-            )
-            .await?,
+            ModelServer::bind(any_port, green).await?,
         ];
         Ok(DemoServers { servers })
     }

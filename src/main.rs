@@ -142,6 +142,10 @@ enum Command {
         /// judge.
         #[arg(long, value_name = "PER_SECOND", default_value_t = 0)]
         load: u32,
+        /// Share of green's requests answered with 500, from 0 to 1: a gated rollout then rolls
+        /// green back.
+        #[arg(long, value_name = "SHARE", default_value_t = 0.0)]
+        green_failure_rate: f64,
     },
     /// Run one demo model server (Azure inference-server contract: POST /score, GET /).
     ModelServer {
@@ -420,8 +424,13 @@ async fn run(command: Command, threads: Threads) -> anyhow::Result<()> {
             admin_listen,
             dir,
             load,
+            green_failure_rate,
         } => {
-            let servers = DemoServers::start()
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&green_failure_rate),
+                "--green-failure-rate must be between 0 and 1, got {green_failure_rate}"
+            );
+            let servers = DemoServers::start_with_green_failing(green_failure_rate)
                 .await
                 .context("cannot start the demo model servers")?;
             let endpoint = servers

@@ -124,7 +124,15 @@ impl Controller {
                 self.save()?;
                 return Ok(self.state);
             }
-            tokio::time::sleep(self.state.plan.judge.interval).await;
+            // A step whose clock has not started is looked at often: the sooner every gateway
+            // is seen serving it, the less of its traffic goes unjudged.
+            let pause = match self.state.step_started_at {
+                None if self.state.status == Status::Running => {
+                    self.state.plan.judge.interval.min(WAITING_LOOK)
+                }
+                _ => self.state.plan.judge.interval,
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -543,6 +551,9 @@ fn describe_worse(e: &super::judge::Evidence) -> String {
         why.join(", and ")
     )
 }
+
+/// How often a step is looked at while it waits for the gateways to serve it.
+const WAITING_LOOK: Duration = Duration::from_millis(200);
 
 /// How long `switchyard rollout status --watch` waits between looks.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
