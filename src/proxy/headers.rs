@@ -89,7 +89,10 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    let upgrade = headers.get(header::UPGRADE).filter(|_| asks)?;
+    if !asks {
+        return None;
+    }
+    let upgrade = headers.get(header::UPGRADE)?;
     let h2c = upgrade
         .as_bytes()
         .split(|&b| b == b',')

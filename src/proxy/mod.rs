@@ -76,13 +76,6 @@ struct Trace {
     instance: Option<usize>,
 }
 
-impl Trace {
-    fn instance_target(&self) -> Option<&http::uri::Authority> {
-        let deployment = self.deployment.as_ref()?;
-        Some(deployment.instances().get(self.instance?)?.target())
-    }
-}
-
 /// A request's parts, kept so a refused connection can be retried on another instance.
 struct Outgoing {
     method: Method,
@@ -157,24 +150,25 @@ impl Proxy {
         };
 
         let status = reply.status();
+        let head = started.elapsed();
         match &trace.deployment {
             Some(deployment) => {
                 deployment.metrics().count(status, trace.route);
-                deployment.metrics().observe_head(started.elapsed(), status);
+                deployment.metrics().observe_head(head, status);
                 reply.set_own_header(&PIN, deployment.header_value().clone());
             }
             None => self.metrics.count_unrouted(status),
         }
-        let instance = trace.instance_target().cloned();
         reply.set_own_header(&REQUEST_ID, request_id.clone());
         // Logged, and its stream timings observed, when the body is over.
         reply.body_mut().attach(Record::new(
             started,
+            head,
             trace.deployment,
             trace.route,
             status,
             request_id,
-            instance,
+            trace.instance,
         ));
         reply
     }

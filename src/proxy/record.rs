@@ -44,7 +44,8 @@ pub(crate) struct Record {
     route: RouteLabel,
     status: StatusCode,
     request_id: HeaderValue,
-    instance: Option<Authority>,
+    /// The index of the instance in `deployment`, once one was chosen.
+    instance: Option<usize>,
     /// Time to the response head.
     head: Duration,
     first_byte: Option<Duration>,
@@ -56,14 +57,15 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    /// The record of a request that arrived at `started` and whose head is being sent now.
+    /// The record of a request that arrived at `started` and whose head took `head`.
     pub(crate) fn new(
         started: Instant,
+        head: Duration,
         deployment: Option<Arc<Deployment>>,
         route: RouteLabel,
         status: StatusCode,
         request_id: HeaderValue,
-        instance: Option<Authority>,
+        instance: Option<usize>,
     ) -> Self {
         Record {
             started,
@@ -72,7 +74,7 @@ impl Record {
             status,
             request_id,
             instance,
-            head: started.elapsed(),
+            head,
             first_byte: None,
             bytes: 0,
             ended: false,
@@ -124,6 +126,12 @@ impl Record {
         let total = self.started.elapsed();
         let end = self.end(end_stream);
         let deployment_name = self.deployment.as_ref().map_or("", |d| d.name());
+        let instance = self
+            .deployment
+            .as_ref()
+            .zip(self.instance)
+            .and_then(|(deployment, index)| deployment.instances().get(index))
+            .map(|instance| instance.target());
         if let Some(deployment) = &self.deployment {
             let metrics = deployment.metrics();
             metrics.observe_last_byte(total, self.status);
@@ -136,7 +144,7 @@ impl Record {
             request_id = self.request_id.to_str().unwrap_or(""),
             deployment = deployment_name,
             route = self.route.as_str(),
-            instance = self.instance.as_ref().map(Authority::as_str).unwrap_or(""),
+            instance = instance.map(Authority::as_str).unwrap_or(""),
             status = self.status.as_u16(),
             head_ms = millis(self.head),
             first_byte_ms = self.first_byte.map(millis),
@@ -167,6 +175,7 @@ mod tests {
     fn a_body_is_whole_unless_a_side_cut_it() {
         let mut record = Record::new(
             Instant::now(),
+            Duration::ZERO,
             None,
             RouteLabel::Unrouted,
             StatusCode::OK,
