@@ -290,9 +290,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads an endpoint file, turning an error into its rendering with source lines.
+/// Loads and checks an endpoint file as applying it would, turning an error into its
+/// rendering with source lines.
 fn load_config(path: &std::path::Path) -> anyhow::Result<EndpointConfig> {
-    EndpointConfig::load(path).map_err(|error| anyhow::anyhow!("{}", error.render().trim_end()))
+    switchyard::reload::check_files(path)
+        .map_err(|error| anyhow::anyhow!("{}", error.render().trim_end()))
 }
 
 /// The serving threads `serve` runs on.

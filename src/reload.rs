@@ -338,6 +338,13 @@ fn read_sources(path: &Path) -> (Sources, Result<Loaded, ConfigError>) {
     (sources, loaded)
 }
 
+/// Reads and checks the endpoint file at `path` as applying it would, its keys file included:
+/// the one check behind `validate`, `diff` and every reload, so they cannot disagree. Only the
+/// instances are not reached.
+pub fn check_files(path: &Path) -> Result<EndpointConfig, ConfigError> {
+    read_sources(path).1.map(|loaded| loaded.config)
+}
+
 /// `keys_file` as written, relative to the endpoint file's directory.
 pub fn keys_path(endpoint: &Path, keys_file: &Path) -> PathBuf {
     if keys_file.is_absolute() {

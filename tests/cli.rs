@@ -448,3 +448,32 @@ fn rollout_validate_checks_the_plan_against_the_endpoint_file() {
     assert_eq!(code, Some(1));
     assert!(err.contains("no rollout was started"), "{err}");
 }
+
+#[test]
+fn validate_and_diff_reject_what_the_gateway_would_reject() {
+    // A keys file that is not there, and a key too short: both refused by a reload, so by
+    // `validate` and `diff` too.
+    let base = "name: my-endpoint\nauth_mode: key\nkeys_file: keys.yaml\ntraffic: {blue: 100}\ndeployments:\n  - name: blue\n    instances: [http://127.0.0.1:9001]\n";
+    let file = EndpointFile::new(base);
+    let path = file.path.to_str().expect("utf-8");
+    let (code, _, err) = switchyard(&["validate", path]);
+    assert_eq!(code, Some(1), "a missing keys file");
+    assert!(err.contains("keys.yaml"), "{err}");
+    let (code, _, err) = switchyard(&["diff", path, "--against", path]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("keys.yaml"), "{err}");
+
+    std::fs::write(file.dir.path().join("keys.yaml"), "primary_key: short\n").expect("keys");
+    let (code, _, err) = switchyard(&["validate", path]);
+    assert_eq!(code, Some(1), "a short key");
+    assert!(err.contains("primary_key"), "{err}");
+
+    std::fs::write(
+        file.dir.path().join("keys.yaml"),
+        "primary_key: 0123456789abcdef0123\n",
+    )
+    .expect("keys");
+    let (code, out, err) = switchyard(&["validate", path]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("valid"), "{out}");
+}

@@ -150,3 +150,33 @@ async fn every_hundred_weighted_requests_on_a_serving_thread_follow_the_split_ex
         );
     }
 }
+
+#[tokio::test]
+async fn a_new_config_starts_a_fresh_run_of_a_hundred() {
+    let blue = model_server(Model::Diabetes, "blue").await;
+    let green = model_server(Model::Constant, "green").await;
+    let text = endpoint_yaml(&[("blue", 90, &[&blue.url()]), ("green", 10, &[&green.url()])]);
+    let file = EndpointFile::new(&text);
+    let gateway = gateway_on_threads(&file.path, 1).await;
+    let client = client();
+    let green_of = |count: usize| {
+        let client = client.clone();
+        let addr = gateway.addr();
+        async move {
+            let mut to_green = 0;
+            for _ in 0..count {
+                let answer = score(&client, addr, None).await;
+                assert_eq!(answer.status, StatusCode::OK);
+                to_green += usize::from(answer.deployment.as_deref() == Some("green"));
+            }
+            to_green
+        }
+    };
+    // 37 requests into a run, then a config with the same split and another setting.
+    let _ = green_of(37).await;
+    file.write_in_place(&text.replace("per_instance: 64", "per_instance: 32"));
+    wait_for_generation(&gateway, 2).await;
+    for block in 0..3 {
+        assert_eq!(green_of(100).await, 10, "run {block} under the new config");
+    }
+}

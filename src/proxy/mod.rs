@@ -44,11 +44,28 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 
 type Http2Client = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
-/// The draws of one serving thread: one deck for the split, one for the mirror's share.
+/// The draws of one serving thread: one deck for the split, one for the mirror's share, both
+/// for the table of `generation`.
 #[derive(Default)]
 struct Draws {
+    generation: u64,
     split: Deck,
     mirror: Deck,
+}
+
+impl Draws {
+    /// The draws for `table`: a table the thread has not drawn for starts fresh decks, so that
+    /// every run of 100 weighted requests under one config follows its split exactly, however
+    /// many the thread had drawn under the one before.
+    fn for_table(&mut self, table: &RoutingTable) -> &mut Draws {
+        if self.generation != table.generation() {
+            *self = Draws {
+                generation: table.generation(),
+                ..Draws::default()
+            };
+        }
+        self
+    }
 }
 
 thread_local! {
@@ -196,7 +213,9 @@ impl Proxy {
                     // Pinned and sticky requests take no draw, so they leave the weighted
                     // split exact.
                     let draw = if pin.is_none() {
-                        DRAWS.with_borrow_mut(|draws| draws.split.draw(&mut rand::rng()))
+                        DRAWS.with_borrow_mut(|draws| {
+                            draws.for_table(&table).split.draw(&mut rand::rng())
+                        })
                     } else {
                         0
                     };
@@ -207,7 +226,9 @@ impl Proxy {
             // are, as in Azure.
             let mirror = (route.reason != RouteReason::Pinned && table.mirrors())
                 .then(|| {
-                    let draw = DRAWS.with_borrow_mut(|draws| draws.mirror.draw(&mut rand::rng()));
+                    let draw = DRAWS.with_borrow_mut(|draws| {
+                        draws.for_table(&table).mirror.draw(&mut rand::rng())
+                    });
                     table.mirror(draw).cloned()
                 })
                 .flatten();
