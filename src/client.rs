@@ -57,7 +57,18 @@ pub async fn send(
     let response = tokio::time::timeout(EXCHANGE_TIMEOUT, client.request(request))
         .await
         .map_err(|_| unreachable(format!("no answer within {}s", EXCHANGE_TIMEOUT.as_secs())))?
-        .map_err(|error| unreachable(error.to_string()))?;
+        .map_err(|error| {
+            // hyper says `client error (Connect)`; the cause underneath says what happened.
+            let mut cause: &dyn std::error::Error = &error;
+            while let Some(deeper) = cause.source() {
+                cause = deeper;
+            }
+            if error.is_connect() {
+                unreachable(format!("nothing answers there ({cause})"))
+            } else {
+                unreachable(format!("{error}: {cause}"))
+            }
+        })?;
     let (parts, body) = response.into_parts();
     let body = body
         .collect()

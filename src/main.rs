@@ -98,6 +98,15 @@ enum Command {
         /// The JSON request body.
         #[arg(long, value_name = "FILE")]
         request_file: PathBuf,
+        /// The endpoint key, sent as `Authorization: Bearer KEY` (for `auth_mode: key`). Read
+        /// from SWITCHYARD_KEY when not given, so it stays out of the shell's history.
+        #[arg(
+            long,
+            value_name = "KEY",
+            env = "SWITCHYARD_KEY",
+            hide_env_values = true
+        )]
+        key: Option<String>,
     },
     /// Validate an endpoint file and show what applying it would change.
     Diff {
@@ -249,15 +258,28 @@ enum TrafficAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // An unset RUST_LOG means `info`; one that does not parse is said so, not ignored.
+    let (filter, bad_filter) = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => match EnvFilter::try_new(&text) {
+            Ok(filter) => (filter, None),
+            Err(error) => (EnvFilter::new("info"), Some((text, error))),
+        },
+        _ => (EnvFilter::new("info"), None),
+    };
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         // Fields at the top level of each object, where log pipelines look for them.
         LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    if let Some((text, error)) = bad_filter {
+        tracing::warn!(
+            rust_log = %text,
+            %error,
+            "RUST_LOG is not a valid filter (e.g. `info` or `switchyard=debug`); logging at info"
+        );
     }
 
     // `serve` handles requests on threads of its own (`--workers`); this runtime keeps the
@@ -284,10 +306,24 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, threads)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", each_cause_once(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: most of the gateway's messages
+/// already include their cause, which the chain would repeat.
+fn each_cause_once(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Loads and checks an endpoint file as applying it would, turning an error into its
@@ -381,8 +417,10 @@ async fn run(command: Command, threads: Threads) -> anyhow::Result<()> {
             url,
             deployment,
             request_file,
+            key,
         } => {
-            let answer = ops::invoke(&url, deployment.as_deref(), &request_file).await?;
+            let answer =
+                ops::invoke(&url, deployment.as_deref(), key.as_deref(), &request_file).await?;
             let header = |name: &str| {
                 answer
                     .headers

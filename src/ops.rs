@@ -52,8 +52,17 @@ pub enum OpsError {
 /// A response read whole.
 /// `GET {admin}/-/endpoint`.
 pub async fn fetch_status(admin: &str) -> Result<EndpointStatus, OpsError> {
-    let url = format!("{}/-/endpoint", admin.trim_end_matches('/'));
-    let answer = send(Method::GET, &url, &[], Bytes::new()).await?;
+    let url = format!("{}/-/endpoint", admin_base(admin));
+    let answer = send(Method::GET, &url, &[], Bytes::new())
+        .await
+        .map_err(|error| crate::client::Unreachable {
+            url: error.url,
+            reason: format!(
+                "{}; is the gateway running, with its admin API on {}?",
+                error.reason,
+                admin_base(admin)
+            ),
+        })?;
     if answer.status != StatusCode::OK {
         return Err(OpsError::Status {
             url,
@@ -62,6 +71,17 @@ pub async fn fetch_status(admin: &str) -> Result<EndpointStatus, OpsError> {
         });
     }
     serde_json::from_slice(&answer.body).map_err(|source| OpsError::Json { url, source })
+}
+
+/// An admin API's base URL: `127.0.0.1:9090` and `http://127.0.0.1:9090/` both mean
+/// `http://127.0.0.1:9090`.
+pub fn admin_base(admin: &str) -> String {
+    let admin = admin.trim().trim_end_matches('/');
+    if admin.contains("://") {
+        admin.to_string()
+    } else {
+        format!("http://{admin}")
+    }
 }
 
 /// The serving config, rebuilt from the status's file-shaped copy.
@@ -191,6 +211,7 @@ pub fn render_changes(changes: &[Change]) -> String {
 pub async fn invoke(
     url: &str,
     deployment: Option<&str>,
+    key: Option<&str>,
     request_file: &Path,
 ) -> Result<Answer, OpsError> {
     let body = std::fs::read(request_file).map_err(|source| OpsError::Read {
@@ -200,6 +221,10 @@ pub async fn invoke(
     let mut headers = vec![("content-type", "application/json")];
     if let Some(deployment) = deployment {
         headers.push((PIN_HEADER, deployment));
+    }
+    let bearer = key.map(|key| format!("Bearer {key}"));
+    if let Some(bearer) = &bearer {
+        headers.push(("authorization", bearer));
     }
     Ok(send(Method::POST, url, &headers, Bytes::from(body)).await?)
 }

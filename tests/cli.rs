@@ -477,3 +477,69 @@ fn validate_and_diff_reject_what_the_gateway_would_reject() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("valid"), "{out}");
 }
+
+#[test]
+fn an_address_in_use_is_said_once_with_the_way_out() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &["http://127.0.0.1:9001"])]));
+    let (code, _, err) = switchyard(&[
+        "serve",
+        "--config",
+        file.path.to_str().expect("utf-8"),
+        "--listen",
+        &addr,
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    assert!(err.contains("--listen"), "{err}");
+    let (code, _, err) = switchyard(&["invoke", "--request-file", "/nonexistent/request.json"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+// The binary is run blocking, so the model server needs a thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_sends_the_key_from_the_environment_and_show_takes_an_address_without_scheme() {
+    let blue = model_server(Model::Diabetes, "blue-1").await;
+    let key = "0123456789abcdef0123";
+    let file = EndpointFile::new(&format!(
+        "name: my-endpoint\nauth_mode: key\nkeys_file: keys.yaml\ntraffic: {{blue: 100}}\ndeployments:\n  - name: blue\n    instances: [{}]\n",
+        blue.url()
+    ));
+    std::fs::write(
+        file.dir.path().join("keys.yaml"),
+        format!("primary_key: {key}\n"),
+    )
+    .expect("keys");
+    let request = file.dir.path().join("request.json");
+    std::fs::write(&request, switchyard::demo::SAMPLE_REQUEST).expect("request");
+    let served = Served::start(&file.path);
+    let url = format!("http://{}/score", served.addr);
+    let invoke = |key: Option<&str>| {
+        let mut command = Command::new(BINARY);
+        command.args(["invoke", "--url", &url, "--request-file"]);
+        command.arg(&request);
+        command.env_remove("SWITCHYARD_KEY");
+        if let Some(key) = key {
+            command.env("SWITCHYARD_KEY", key);
+        }
+        command.output().expect("run")
+    };
+    let refused = invoke(None);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+    let answered = invoke(Some(key));
+    assert_eq!(
+        answered.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
+
+    let (code, out, err) = switchyard(&["show", "--admin", &served.admin.to_string()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("endpoint my-endpoint"), "{out}");
+}
