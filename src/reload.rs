@@ -206,6 +206,13 @@ impl Reloader {
             Err(error) => return self.reject(&mut state, generation, error, sources),
         };
 
+        if **current.config() == config && current.keys() == keys.as_ref() {
+            // Only comments or layout changed: nothing to apply, and no new generation.
+            state.applied = sources;
+            state.rejected = None;
+            self.metrics.reload_unchanged();
+            return ReloadOutcome::Unchanged { generation };
+        }
         let changes = diff(current.config(), &config);
         let generation = generation + 1;
         let resolved = Resolved::lookup(&config, &*self.resolver);

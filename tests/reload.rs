@@ -303,3 +303,24 @@ async fn reading_the_file_is_not_itself_a_change() {
     );
     assert_eq!(gateway.generation(), 1);
 }
+
+#[tokio::test]
+async fn an_edit_of_comments_and_layout_only_is_unchanged() {
+    let blue = model_server(switchyard::model_server::Model::Diabetes, "blue-1").await;
+    let text = endpoint_yaml(&[("blue", 100, &[&blue.url()])]);
+    let file = EndpointFile::new(&text);
+    let gateway = gateway(&file.path).await;
+    file.write_in_place(&format!(
+        "# a comment\n{}\n\n",
+        text.replace("traffic: {blue: 100}", "traffic:   {blue: 100}   # all")
+    ));
+    let outcome = gateway.reloader().reload();
+    assert!(
+        matches!(
+            outcome,
+            switchyard::reload::ReloadOutcome::Unchanged { generation: 1 }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(gateway.generation(), 1);
+}
