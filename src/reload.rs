@@ -369,7 +369,12 @@ pub fn spawn_watcher(
     resolve_interval: Duration,
 ) -> Result<JoinHandle<()>, notify::Error> {
     let wake = Arc::new(Notify::new());
-    let watcher = watch_directories(&reloader.source_files(), Arc::clone(&wake))?;
+    let writing = Arc::new(Writing::default());
+    let watcher = watch_directories(
+        &reloader.source_files(),
+        Arc::clone(&wake),
+        Arc::clone(&writing),
+    )?;
     let mut hangups = if on_sighup {
         Some(
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -387,6 +392,9 @@ pub fn spawn_watcher(
         let mut resolve = tokio::time::interval(resolve_interval);
         resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resolve.tick().await;
+        // What the files looked like at the last poll: a poll reloads only files that have
+        // stood still since, so it never reads one half written.
+        let mut last_seen = files_seen(&reloader.source_files());
         loop {
             let forced = tokio::select! {
                 _ = resolve.tick() => {
@@ -398,12 +406,24 @@ pub fn spawn_watcher(
                     settle(&wake).await;
                     false
                 }
-                _ = poll.tick() => false,
+                _ = poll.tick() => {
+                    let seen = files_seen(&reloader.source_files());
+                    let still = seen == last_seen;
+                    last_seen = seen;
+                    if !still {
+                        continue;
+                    }
+                    false
+                }
                 Some(()) = next_hangup(&mut hangups) => {
                     tracing::info!("SIGHUP received, reloading the endpoint config");
                     true
                 }
             };
+            if !forced && writing.is_open() {
+                // Written in place and not closed yet: its close wakes the loop again.
+                continue;
+            }
             let reloader = Arc::clone(&reloader);
             let reload = tokio::task::spawn_blocking(move || {
                 if forced {
@@ -439,17 +459,79 @@ async fn settle(wake: &Notify) {
     }
 }
 
+/// Whether a watched file is being written in place: from its first write until its writer
+/// closes it. A `cp` over the file or a slow writer leaves a prefix on disk for a while, and a
+/// prefix of a valid file can itself be valid (cut after the first deployment, it deletes the
+/// second). Writers that never report a close (some network file systems) are trusted again
+/// after [`WRITE_PATIENCE`].
+#[derive(Debug, Default)]
+struct Writing {
+    since: std::sync::Mutex<Option<Instant>>,
+}
+
+/// How long a file written in place may stay open before it is read anyway.
+pub const WRITE_PATIENCE: Duration = Duration::from_secs(30);
+
+impl Writing {
+    fn opened(&self) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        since.get_or_insert_with(Instant::now);
+    }
+
+    fn closed(&self) {
+        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn is_open(&self) -> bool {
+        self.since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|since| since.elapsed() < WRITE_PATIENCE)
+    }
+}
+
+/// Size and modification time of each file, to tell one that stood still.
+fn files_seen(files: &[PathBuf]) -> Vec<Option<(u64, Option<std::time::SystemTime>)>> {
+    files
+        .iter()
+        .map(|file| {
+            std::fs::metadata(file)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()))
+        })
+        .collect()
+}
+
 /// Watches the directory holding each file and, when a file is a symlink, the directory of its
 /// target, so that edits through either name are seen.
 fn watch_directories(
     files: &[PathBuf],
     wake: Arc<Notify>,
+    writing: Arc<Writing>,
 ) -> Result<RecommendedWatcher, notify::Error> {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    let names: Vec<std::ffi::OsString> = files
+        .iter()
+        .filter_map(|file| file.file_name().map(ToOwned::to_owned))
+        .collect();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Opening and reading a file is an event too, and the reload itself reads the file:
-        // waking on those would reload forever.
-        if event.is_ok_and(|event| !matches!(event.kind, notify::EventKind::Access(_))) {
-            wake.notify_one();
+        let Ok(event) = event else { return };
+        let ours = event.paths.iter().any(|path| {
+            path.file_name()
+                .is_some_and(|name| names.iter().any(|n| n == name))
+        });
+        match event.kind {
+            // Written in place: read once the writer has closed it.
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) if ours => writing.opened(),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) if ours => {
+                writing.closed();
+                wake.notify_one();
+            }
+            // Opening and reading a file is an event too, and the reload itself reads the
+            // file: waking on those would reload forever.
+            EventKind::Access(_) => {}
+            _ => wake.notify_one(),
         }
     })?;
     let mut directories: Vec<PathBuf> = Vec::new();

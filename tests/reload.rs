@@ -324,3 +324,43 @@ async fn an_edit_of_comments_and_layout_only_is_unchanged() {
     );
     assert_eq!(gateway.generation(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_slowly_in_place_applies_only_once_closed() {
+    use std::io::Write;
+    let blue = model_server(switchyard::model_server::Model::Diabetes, "blue-1").await;
+    let green = model_server(switchyard::model_server::Model::Constant, "green-1").await;
+    let first = endpoint_yaml(&[("blue", 100, &[&blue.url()]), ("green", 0, &[&green.url()])]);
+    let file = EndpointFile::new(&first);
+    let gateway = gateway(&file.path).await;
+    // The new text's prefix up to green is valid by itself: blue at 100%, green deleted.
+    let next = format!(
+        "{}  - name: green\n    instances: [{}]\n",
+        endpoint_yaml(&[("blue", 100, &[&blue.url()])]).replace("64", "32"),
+        green.url()
+    );
+    let cut = next.find("  - name: green").expect("green's entry");
+    assert!(switchyard::config::EndpointConfig::parse(&next[..cut]).is_ok());
+    let path = file.path.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut out = std::fs::File::create(&path).expect("open for writing");
+        // The valid prefix first, then the rest after more than one poll interval.
+        out.write_all(&next.as_bytes()[..cut]).expect("prefix");
+        out.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(2_500));
+        out.write_all(&next.as_bytes()[cut..]).expect("rest");
+    });
+    let started = std::time::Instant::now();
+    while !writer.is_finished() {
+        assert_eq!(gateway.generation(), 1, "a half-written file was applied");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writer.await.expect("writer");
+    wait_for_generation(&gateway, 2).await;
+    let table = gateway.reloader().table().load();
+    assert!(
+        table.deployment("green").is_some(),
+        "the whole file applied"
+    );
+}
