@@ -342,6 +342,8 @@ async fn a_file_written_slowly_in_place_applies_only_once_closed() {
     let cut = next.find("  - name: green").expect("green's entry");
     assert!(switchyard::config::EndpointConfig::parse(&next[..cut]).is_ok());
     let path = file.path.clone();
+    let whole = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = std::sync::Arc::clone(&whole);
     let writer = tokio::task::spawn_blocking(move || {
         let mut out = std::fs::File::create(&path).expect("open for writing");
         // The valid prefix first, then the rest after more than one poll interval.
@@ -349,9 +351,11 @@ async fn a_file_written_slowly_in_place_applies_only_once_closed() {
         out.flush().expect("flush");
         std::thread::sleep(Duration::from_millis(2_500));
         out.write_all(&next.as_bytes()[cut..]).expect("rest");
+        // From here on the file is whole; it is closed as `out` goes.
+        written.store(true, std::sync::atomic::Ordering::SeqCst);
     });
     let started = std::time::Instant::now();
-    while !writer.is_finished() {
+    while !whole.load(std::sync::atomic::Ordering::SeqCst) {
         assert_eq!(gateway.generation(), 1, "a half-written file was applied");
         assert!(started.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(20)).await;
