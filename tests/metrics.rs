@@ -12,34 +12,8 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use switchyard::model_server::{Model, ModelServer, ModelServerOptions};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
 
 const ENDPOINT: (&str, &str) = ("endpoint", "test-endpoint");
-
-/// An upstream that reads each request head and runs `script` on the connection.
-async fn scripted_upstream(
-    script: impl Fn(TcpStream) -> tokio::task::JoinHandle<()> + Send + 'static,
-) -> String {
-    let listener = TcpListener::bind(loopback()).await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            script(stream);
-        }
-    });
-    url
-}
-
-async fn read_request_head(stream: &mut TcpStream) {
-    use tokio::io::AsyncReadExt;
-    let mut seen = Vec::new();
-    let mut buffer = [0u8; 1024];
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buffer).await.expect("read");
-        assert!(n > 0, "the gateway closed before sending a request");
-        seen.extend_from_slice(&buffer[..n]);
-    }
-}
 
 const SSE_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
                         transfer-encoding: chunked\r\n\r\n";

@@ -18,7 +18,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use switchyard::model_server::Model;
 use switchyard::{Gateway, GatewayOptions, TlsFiles};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A self-signed certificate for 127.0.0.1 and localhost, written as PEM files in `dir`.
 fn write_certificate(dir: &std::path::Path, name: &str) -> (TlsFiles, CertificateDer<'static>) {
@@ -181,31 +181,6 @@ async fn gateway_for(url: &str) -> (EndpointFile, Gateway) {
     let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[url])]));
     let gateway = gateway(&file.path).await;
     (file, gateway)
-}
-
-/// An upstream that speaks raw HTTP/1.1 from a script, to control exactly when bytes go out.
-async fn scripted_upstream(
-    script: impl Fn(TcpStream) -> tokio::task::JoinHandle<()> + Send + 'static,
-) -> String {
-    let listener = TcpListener::bind(loopback()).await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            script(stream);
-        }
-    });
-    url
-}
-
-async fn read_request_head(stream: &mut TcpStream) {
-    use tokio::io::AsyncReadExt;
-    let mut seen = Vec::new();
-    let mut buffer = [0u8; 1024];
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buffer).await.expect("read");
-        assert!(n > 0, "the gateway closed before sending a request");
-        seen.extend_from_slice(&buffer[..n]);
-    }
 }
 
 #[tokio::test]

@@ -506,18 +506,7 @@ fn summary(assessment: &Assessment) -> String {
     assessment
         .checks
         .iter()
-        .map(|(check, e)| {
-            format!(
-                "{check}: {:.2}% ({}/{}) against {:.2}% ({}/{}), {}",
-                100.0 * e.green.rate(),
-                e.green.bad,
-                e.green.requests,
-                100.0 * e.baseline.rate(),
-                e.baseline.bad,
-                e.baseline.requests,
-                e.verdict
-            )
-        })
+        .map(|(check, e)| format!("{check}: {} against {}, {}", e.green, e.baseline, e.verdict))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -540,13 +529,9 @@ fn describe_worse(e: &super::judge::Evidence) -> String {
         ));
     }
     format!(
-        "{:.2}% ({}/{}) against {:.2}% ({}/{}), allowed +{:.2} points; {}",
-        100.0 * e.green.rate(),
-        e.green.bad,
-        e.green.requests,
-        100.0 * e.baseline.rate(),
-        e.baseline.bad,
-        e.baseline.requests,
+        "{} against {}, allowed +{:.2} points; {}",
+        e.green,
+        e.baseline,
         100.0 * e.margin,
         why.join(", and ")
     )

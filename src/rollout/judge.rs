@@ -51,6 +51,19 @@ impl Counts {
     }
 }
 
+/// `1.20% (12/1000)`: the share, and the counts it comes from.
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:.2}% ({}/{})",
+            100.0 * self.rate(),
+            self.bad,
+            self.requests
+        )
+    }
+}
+
 /// What the judge concludes from one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -320,15 +320,11 @@ impl RolloutState {
             for (check, evidence) in &assessment.checks {
                 let _ = writeln!(
                     out,
-                    "  {check}: {} {:.2}% ({}/{}), {} {:.2}% ({}/{}); allowed +{:.2} points: {}",
+                    "  {check}: {} {}, {} {}; allowed +{:.2} points: {}",
                     self.plan.deployment,
-                    100.0 * evidence.green.rate(),
-                    evidence.green.bad,
-                    evidence.green.requests,
+                    evidence.green,
                     self.baseline,
-                    100.0 * evidence.baseline.rate(),
-                    evidence.baseline.bad,
-                    evidence.baseline.requests,
+                    evidence.baseline,
                     100.0 * evidence.margin,
                     evidence.verdict
                 );

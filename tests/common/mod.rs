@@ -20,7 +20,7 @@ use switchyard::model_server::{Model, ModelServer, ModelServerOptions};
 use switchyard::server::ClientBody;
 use switchyard::{Gateway, GatewayOptions};
 use tempfile::TempDir;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Upper bound on any wait in these tests; far above what a healthy run needs.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -307,4 +307,29 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         }
     }
     found
+}
+
+/// An upstream that speaks raw HTTP/1.1 from a script, to control exactly when bytes go out.
+pub async fn scripted_upstream(
+    script: impl Fn(TcpStream) -> tokio::task::JoinHandle<()> + Send + 'static,
+) -> String {
+    let listener = TcpListener::bind(loopback()).await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            script(stream);
+        }
+    });
+    url
+}
+
+pub async fn read_request_head(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buffer).await.expect("read");
+        assert!(n > 0, "the gateway closed before sending a request");
+        seen.extend_from_slice(&buffer[..n]);
+    }
 }
