@@ -4,7 +4,9 @@
 //! The watcher listens to the file's directory, not the file: editors save by writing a temp file
 //! and renaming it over the original, and Kubernetes updates a ConfigMap volume by swapping a
 //! symlink, and both replace the inode a file watch would be attached to. A slow poll backs the
-//! events up, so a missed event delays a reload by at most [`POLL_INTERVAL`].
+//! events up: it reads only files left unmodified for [`POLL_QUIET`], so a missed event delays a
+//! reload by at most that plus [`POLL_INTERVAL`]. A file written in place is read once its
+//! writer has closed it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -161,12 +163,24 @@ impl Reloader {
 
     /// Reloads now, reporting a rejection even if the same text was rejected before.
     pub fn reload(&self) -> ReloadOutcome {
-        self.reload_with(true)
+        self.reload_with(true, || true)
     }
 
     /// Reloads if the file's text differs from both the applied and the last rejected text.
     pub fn reload_if_changed(&self) -> ReloadOutcome {
-        self.reload_with(false)
+        self.reload_with(false, || true)
+    }
+
+    /// [`Reloader::reload_if_changed`], but what was read is used only if `still()` holds
+    /// once it was read: the watcher's word that the files did not move under the read.
+    fn reload_if_still(&self, still: impl Fn() -> bool) -> Option<ReloadOutcome> {
+        let mut moved = false;
+        let outcome = self.reload_with(false, || {
+            let held = still();
+            moved = !held;
+            held
+        });
+        (!moved).then_some(outcome)
     }
 
     /// Where the reloader stands.
@@ -180,13 +194,17 @@ impl Reloader {
         }
     }
 
-    fn reload_with(&self, report_repeats: bool) -> ReloadOutcome {
+    fn reload_with(&self, report_repeats: bool, mut still: impl FnMut() -> bool) -> ReloadOutcome {
         // One reload at a time: the watcher, SIGHUP and an operator may all ask at once.
         let mut state = self.lock();
         let current = self.table.load_full();
         let generation = current.generation();
 
         let (sources, loaded) = read_sources(&self.path);
+        if !still() {
+            // Read while being written: the next event or poll reads it whole.
+            return ReloadOutcome::Unchanged { generation };
+        }
         if sources == state.applied {
             // Back to the applied files: a rejection since is no longer relevant.
             state.rejected = None;
@@ -404,11 +422,12 @@ pub fn spawn_watcher(
                 }
                 () = wake.notified() => {
                     settle(&wake).await;
+                    last_seen = files_seen(&reloader.source_files());
                     false
                 }
                 _ = poll.tick() => {
                     let seen = files_seen(&reloader.source_files());
-                    let still = seen == last_seen;
+                    let still = seen == last_seen && quiet_for(&seen, POLL_QUIET);
                     last_seen = seen;
                     if !still {
                         continue;
@@ -425,11 +444,17 @@ pub fn spawn_watcher(
                 continue;
             }
             let reloader = Arc::clone(&reloader);
+            let writing = Arc::clone(&writing);
+            // The files as they were before the read (for a poll, as it found them standing
+            // still): a read they changed under is not used.
+            let before = last_seen.clone();
             let reload = tokio::task::spawn_blocking(move || {
                 if forced {
-                    reloader.reload()
+                    reloader.reload();
                 } else {
-                    reloader.reload_if_changed()
+                    let files = reloader.source_files();
+                    let _ = reloader
+                        .reload_if_still(|| !writing.is_open() && files_seen(&files) == before);
                 }
             });
             if let Err(error) = reload.await {
@@ -488,6 +513,19 @@ impl Writing {
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|since| since.elapsed() < WRITE_PATIENCE)
     }
+}
+
+/// How long a file must have gone unmodified before a poll reads it: the poll stands in for
+/// events that were missed or are late, and must not read a file whose writer only paused.
+pub const POLL_QUIET: Duration = Duration::from_secs(5);
+
+/// Whether every file was last modified at least `quiet` ago.
+fn quiet_for(seen: &[Option<(u64, Option<std::time::SystemTime>)>], quiet: Duration) -> bool {
+    seen.iter().all(|file| {
+        file.and_then(|(_, modified)| modified)
+            .and_then(|modified| modified.elapsed().ok())
+            .is_none_or(|age| age >= quiet)
+    })
 }
 
 /// Size and modification time of each file, to tell one that stood still.
