@@ -30,6 +30,12 @@ pub enum ProxyError {
     /// The request target is not one a model server can be sent unchanged.
     #[error("invalid request target: {0}")]
     InvalidTarget(&'static str),
+    /// The request's body uses a transfer coding other than one `chunked`.
+    #[error(
+        "transfer coding `{0}` is not supported: send the body with `Transfer-Encoding: chunked` \
+         or a Content-Length"
+    )]
+    UnsupportedCoding(String),
     /// `CONNECT`: the gateway is no tunnel.
     #[error(
         "CONNECT is not supported: the gateway forwards requests to models, it opens no tunnels"
@@ -106,6 +112,7 @@ impl ProxyError {
             ProxyError::InvalidPinHeader(_) => StatusCode::BAD_REQUEST,
             ProxyError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UnsupportedCoding(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -126,6 +133,7 @@ impl ProxyError {
             ProxyError::InvalidPinHeader(_) => "invalid_deployment_header",
             ProxyError::InvalidTarget(_) => "invalid_request_target",
             ProxyError::ConnectMethod => "method_not_allowed",
+            ProxyError::UnsupportedCoding(_) => "unsupported_transfer_coding",
             ProxyError::Unauthorized => "unauthorized",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::Overloaded { .. } => "too_many_pending_requests",

@@ -504,3 +504,30 @@ async fn trailer_fields_that_could_reframe_or_reroute_never_reach_the_instance()
         assert!(!trailers.contains(forbidden), "{forbidden} in {trailers}");
     }
 }
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_are_refused_not_dropped() {
+    let (upstream, _task) = echo_server().await;
+    let (_file, gateway) = gateway_for(&upstream).await;
+    for codings in ["gzip, chunked", "chunked, chunked"] {
+        let request = format!(
+            "POST /score HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: {codings}\r\n\r\n\
+             2\r\n{{}}\r\n0\r\n\r\n"
+        );
+        let answer = raw_exchange(gateway.addr(), request.as_bytes()).await;
+        assert!(answer.starts_with("http/1.1 501"), "{codings}: {answer}");
+    }
+    // An instance's answer in another coding is a failed answer, not one passed on altered.
+    let coded = scripted_upstream(|mut stream| {
+        tokio::spawn(async move {
+            read_request_head(&mut stream).await;
+            let answer =
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+            let _ = stream.write_all(answer.as_bytes()).await;
+        })
+    })
+    .await;
+    let (_file, gateway) = gateway_for(&coded).await;
+    let answer = raw_exchange(gateway.addr(), b"GET / HTTP/1.1\r\nhost: gateway\r\n\r\n").await;
+    assert!(answer.starts_with("http/1.1 502"), "{answer}");
+}

@@ -284,6 +284,8 @@ struct HopHeaders {
     named: Vec<HeaderName>,
     /// Whether the last transfer coding is `chunked`, if `Transfer-Encoding` was sent.
     transfer_coding: Option<bool>,
+    /// A coding other than one final `chunked` was named (`gzip, chunked`, `chunked, chunked`).
+    unsupported_coding: bool,
     /// `Content-Length`, if sent; an error if its values are bad or disagree.
     content_length: Option<Result<u64, Malformed>>,
 }
@@ -316,6 +318,9 @@ impl HopHeaders {
         let mut chunked = self.transfer_coding.unwrap_or(false);
         for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if !coding.is_empty() {
+                // Anything after or before the one `chunked` is a coding the gateway would
+                // have to drop when it frames the body anew.
+                self.unsupported_coding |= chunked || !coding.eq_ignore_ascii_case(b"chunked");
                 chunked = coding.eq_ignore_ascii_case(b"chunked");
             }
         }
@@ -347,7 +352,13 @@ impl HopHeaders {
         {
             return Ok(BodyFraming::Empty);
         }
-        // Chunked must be the last coding; anything else runs until the connection closes.
+        // The gateway frames the body anew for the client, which would drop any other coding
+        // and change the message: refused, not passed on altered.
+        if self.unsupported_coding {
+            return Err(Malformed(
+                "the response uses a transfer coding other than chunked, which is not supported",
+            ));
+        }
         if let Some(chunked) = self.transfer_coding {
             return Ok(if chunked {
                 BodyFraming::Chunked
@@ -766,16 +777,14 @@ mod tests {
     #[test]
     fn body_framing_follows_rfc_9112() {
         assert_eq!(
-            framing(
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n"
-            ),
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"),
             BodyFraming::Chunked,
             "transfer-encoding wins over content-length"
         );
-        assert_eq!(
-            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
-            BodyFraming::UntilClose
-        );
+        for codings in ["gzip, chunked", "gzip", "chunked, chunked", "chunked, gzip"] {
+            let text = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {codings}\r\n\r\n");
+            assert!(head(&text, &Method::GET).is_err(), "{codings} is refused");
+        }
         assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), BodyFraming::UntilClose);
         assert_eq!(
             framing("HTTP/1.1 204 No Content\r\n\r\n"),

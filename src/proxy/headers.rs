@@ -100,6 +100,30 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     (!h2c).then(|| upgrade.clone())
 }
 
+/// Refuses a request body in a transfer coding other than one final `chunked`: the gateway
+/// frames the body anew for the instance, so any other coding would be dropped and the
+/// instance would read another body than the client sent.
+pub fn supported_codings(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(only), None) if only.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => {
+            let all: Vec<String> = headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+                .collect();
+            Err(ProxyError::UnsupportedCoding(all.join(", ")))
+        }
+    }
+}
+
 /// Whether the protocol an instance switched to (its 101's `Upgrade`) is one the client asked
 /// for: a 101 to anything else would splice the client into a conversation it never began.
 pub fn upgrade_agreed(requested: &HeaderValue, answered: Option<&HeaderValue>) -> bool {

@@ -198,6 +198,7 @@ impl Proxy {
         trace: &mut Trace,
     ) -> Result<Reply<ProxyBody>, ProxyError> {
         let path_and_query = target_path(request.method(), request.uri())?;
+        headers::supported_codings(request.headers())?;
         // One snapshot per request: the route is decided against a single table, and the
         // in-flight guard holds the chosen deployment until the response body ends, even if a
         // reload removes it meanwhile.
