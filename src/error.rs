@@ -36,6 +36,9 @@ pub enum ProxyError {
          or a Content-Length"
     )]
     UnsupportedCoding(String),
+    /// The `Host` header is sent twice or is no host.
+    #[error("invalid `Host` header: {0}")]
+    InvalidHost(&'static str),
     /// `CONNECT`: the gateway is no tunnel.
     #[error(
         "CONNECT is not supported: the gateway forwards requests to models, it opens no tunnels"
@@ -112,6 +115,7 @@ impl ProxyError {
             ProxyError::InvalidPinHeader(_) => StatusCode::BAD_REQUEST,
             ProxyError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::InvalidHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedCoding(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -133,6 +137,7 @@ impl ProxyError {
             ProxyError::InvalidPinHeader(_) => "invalid_deployment_header",
             ProxyError::InvalidTarget(_) => "invalid_request_target",
             ProxyError::ConnectMethod => "method_not_allowed",
+            ProxyError::InvalidHost(_) => "invalid_host",
             ProxyError::UnsupportedCoding(_) => "unsupported_transfer_coding",
             ProxyError::Unauthorized => "unauthorized",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",

@@ -531,3 +531,28 @@ async fn transfer_codings_other_than_chunked_are_refused_not_dropped() {
     let answer = raw_exchange(gateway.addr(), b"GET / HTTP/1.1\r\nhost: gateway\r\n\r\n").await;
     assert!(answer.starts_with("http/1.1 502"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_host_sent_twice_or_malformed_is_refused_and_the_target_names_the_host() {
+    let (upstream, _task) = echo_server().await;
+    let (_file, gateway) = gateway_for(&upstream).await;
+    for hosts in [
+        "host: a.example\r\nhost: b.example\r\n",
+        "host: a b\r\n",
+        "host: user@a.example\r\n",
+    ] {
+        let request = format!("GET / HTTP/1.1\r\n{hosts}\r\n");
+        let answer = raw_exchange(gateway.addr(), request.as_bytes()).await;
+        assert!(answer.starts_with("http/1.1 400"), "{hosts:?}: {answer}");
+    }
+    let answer = raw_exchange(
+        gateway.addr(),
+        b"GET http://target.example/a HTTP/1.1\r\nhost: header.example\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("x-echo-x-forwarded-host: target.example"),
+        "{answer}"
+    );
+}

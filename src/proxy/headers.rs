@@ -100,6 +100,27 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     (!h2c).then(|| upgrade.clone())
 }
 
+/// Refuses a `Host` sent twice or that is no `host[:port]` (RFC 9112, section 3.2): which one
+/// an instance would read is anyone's guess.
+pub fn single_host(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(ProxyError::InvalidHost("sent more than once")),
+        // Empty is allowed: the target then had no authority to name.
+        (Some(host), None)
+            if !host.is_empty() && http::uri::Authority::try_from(host.as_bytes()).is_err() =>
+        {
+            Err(ProxyError::InvalidHost(
+                "not a host name or address with an optional port",
+            ))
+        }
+        (Some(host), None) if host.as_bytes().contains(&b'@') => Err(ProxyError::InvalidHost(
+            "a host carries no user information",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a request body in a transfer coding other than one final `chunked`: the gateway
 /// frames the body anew for the instance, so any other coding would be dropped and the
 /// instance would read another body than the client sent.

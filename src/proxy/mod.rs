@@ -199,6 +199,7 @@ impl Proxy {
     ) -> Result<Reply<ProxyBody>, ProxyError> {
         let path_and_query = target_path(request.method(), request.uri())?;
         headers::supported_codings(request.headers())?;
+        headers::single_host(request.headers())?;
         // One snapshot per request: the route is decided against a single table, and the
         // in-flight guard holds the chosen deployment until the response body ends, even if a
         // reload removes it meanwhile.
@@ -646,12 +647,13 @@ impl Outgoing {
             .get(header::TE)
             .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
         // Instances see the client's host as X-Forwarded-Host; their Host is their own address.
-        let host = headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-        });
+        // A target with an authority (absolute form, or HTTP/2's `:authority`) names the host
+        // over any `Host` header (RFC 9112, section 3.2.2).
+        let host = parts
+            .uri
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| headers.get(header::HOST).cloned());
         headers::strip_hop_by_hop(&mut headers);
         let forwarded = Forwarded::new(
             &headers,
