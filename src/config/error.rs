@@ -61,12 +61,48 @@ impl Issue {
         if field.starts_with("traffic.") && problem == WHOLE_NUMBER {
             problem = format!("{WHOLE_NUMBER} of percent from 0 to 100, like `10` (no `%` sign)");
         }
+        // A limit on the whole file is about no one field, whatever the parser was reading.
+        let field = if message.contains("budget breached") {
+            String::new()
+        } else {
+            field
+        };
         Issue {
             position: error.location().as_ref().and_then(line_column),
             problem,
             field,
         }
     }
+}
+
+/// The parser's limits on a file, in a person's words: what was too much, and the way out.
+fn explain_budget(breach: &str) -> String {
+    let kind = breach
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    // `Nodes { nodes: 250001 }`: the count when the limit was passed.
+    let count: String = breach
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let counted = format!("{count} counted when the parser's limit was passed");
+    let way_out = "an endpoint file needs far fewer; check that this is the file you meant";
+    let what = match kind {
+        "Nodes" | "Events" => {
+            "too many YAML values once its aliases are expanded (each use of `*name` counts again)"
+        }
+        "Aliases" => "too many aliases (`*name`)",
+        "Anchors" => "too many anchors (`&name`)",
+        "Depth" | "InclusionDepth" => "values nested too deep",
+        "Documents" => "more than one YAML document (`---`)",
+        "ScalarBytes" => "too many bytes of values: it is too large",
+        "CommentBytes" => "too many bytes of comments: it is too large",
+        "MergeKeys" => "too many merge keys (`<<`)",
+        _ => "more than the parser allows",
+    };
+    format!("the file has {what} ({counted}); {way_out}")
 }
 
 /// serde-saphyr's text repeats the position we already report separately.
@@ -108,6 +144,12 @@ fn explain(message: &str) -> String {
     }
     if message.starts_with("invalid i64") || message.starts_with("invalid u") {
         return WHOLE_NUMBER.to_string();
+    }
+    if let Some(breach) = message.strip_prefix("budget breached: ") {
+        return explain_budget(breach);
+    }
+    if message.starts_with("expected mapping start") {
+        return "expected `key: value` here; is the colon after the key missing?".to_string();
     }
     if message.starts_with("duplicate") {
         return format!("{message}; each key may appear once");

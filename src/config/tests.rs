@@ -609,3 +609,27 @@ fn the_upstream_protocol_is_http1_or_http2() {
         "use `http1` or `http2`",
     );
 }
+
+#[test]
+fn a_missing_colon_is_named_as_such() {
+    let issue = single_issue("name my-endpoint\ntraffic: {blue: 100}\n");
+    assert_eq!(issue.position.map(|(line, _)| line), Some(1));
+    assert!(issue.problem.contains("colon"), "{issue:?}");
+}
+
+#[test]
+fn an_alias_bomb_is_refused_in_plain_words_about_the_whole_file() {
+    let mut text =
+        "name: my-endpoint\ntags:\n  t0: &a0 [v, v, v, v, v, v, v, v, v, v]\n".to_string();
+    for level in 1..9 {
+        let uses = vec![format!("*a{}", level - 1); 10].join(", ");
+        text.push_str(&format!("  t{level}: &a{level} [{uses}]\n"));
+    }
+    let issue = single_issue(&text);
+    assert_eq!(issue.field, "", "a limit on the whole file, not on a field");
+    assert!(issue.problem.contains("aliases are expanded"), "{issue:?}");
+    assert!(
+        !issue.problem.contains("budget") && !issue.problem.contains('{'),
+        "{issue:?}"
+    );
+}
