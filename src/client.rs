@@ -23,6 +23,17 @@ pub struct Unreachable {
     pub reason: String,
 }
 
+/// A base URL as a person may type it: `127.0.0.1:9090` and `http://127.0.0.1:9090/` both
+/// mean `http://127.0.0.1:9090`.
+pub fn base_url(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
 /// An answer read whole.
 #[derive(Debug)]
 pub struct Answer {

@@ -6,7 +6,7 @@ use std::path::Path;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 
-pub use crate::client::{Answer, send};
+pub use crate::client::{Answer, base_url, send};
 
 use crate::admin::EndpointStatus;
 use crate::config::{Change, ConfigError, EndpointConfig};
@@ -52,7 +52,7 @@ pub enum OpsError {
 /// A response read whole.
 /// `GET {admin}/-/endpoint`.
 pub async fn fetch_status(admin: &str) -> Result<EndpointStatus, OpsError> {
-    let url = format!("{}/-/endpoint", admin_base(admin));
+    let url = format!("{}/-/endpoint", base_url(admin));
     let answer = send(Method::GET, &url, &[], Bytes::new())
         .await
         .map_err(|error| crate::client::Unreachable {
@@ -60,7 +60,7 @@ pub async fn fetch_status(admin: &str) -> Result<EndpointStatus, OpsError> {
             reason: format!(
                 "{}; is the gateway running, with its admin API on {}?",
                 error.reason,
-                admin_base(admin)
+                base_url(admin)
             ),
         })?;
     if answer.status != StatusCode::OK {
@@ -71,17 +71,6 @@ pub async fn fetch_status(admin: &str) -> Result<EndpointStatus, OpsError> {
         });
     }
     serde_json::from_slice(&answer.body).map_err(|source| OpsError::Json { url, source })
-}
-
-/// An admin API's base URL: `127.0.0.1:9090` and `http://127.0.0.1:9090/` both mean
-/// `http://127.0.0.1:9090`.
-pub fn admin_base(admin: &str) -> String {
-    let admin = admin.trim().trim_end_matches('/');
-    if admin.contains("://") {
-        admin.to_string()
-    } else {
-        format!("http://{admin}")
-    }
 }
 
 /// The serving config, rebuilt from the status's file-shaped copy.

@@ -144,9 +144,8 @@ impl Body for ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        let end_stream = self.is_end_stream();
-        if let Some(record) = &mut self.record {
-            record.finish(end_stream);
+        if let Some(record) = &self.record {
+            record.finish(self.is_end_stream());
         }
     }
 }

@@ -147,16 +147,14 @@ pub fn supported_codings(headers: &HeaderMap) -> Result<(), ProxyError> {
 
 /// Whether the protocol an instance switched to (its 101's `Upgrade`) is one the client asked
 /// for: a 101 to anything else would splice the client into a conversation it never began.
-pub fn upgrade_agreed(requested: &HeaderValue, answered: Option<&HeaderValue>) -> bool {
-    let Some(answered) = answered else {
+pub fn upgrade_agreed(requested: &HeaderValue, answered: Option<&[u8]>) -> bool {
+    let Some(answered) = answered.map(<[u8]>::trim_ascii) else {
         return false;
     };
-    let protocol = |value: &[u8]| -> Vec<u8> { value.trim_ascii().to_ascii_lowercase() };
-    let answered = protocol(answered.as_bytes());
     requested
         .as_bytes()
         .split(|&b| b == b',')
-        .any(|offered| protocol(offered) == answered)
+        .any(|offered| offered.trim_ascii().eq_ignore_ascii_case(answered))
 }
 
 /// Removes the trailer fields that must not come after a body (RFC 9110, section 6.5.1): those
@@ -165,7 +163,7 @@ pub fn upgrade_agreed(requested: &HeaderValue, answered: Option<&HeaderValue>) -
 /// a message for whoever merges trailers into headers, and HTTP/2 peers reset a stream whose
 /// trailers carry connection-level fields.
 pub fn strip_forbidden_trailers(trailers: &mut HeaderMap) {
-    const FORBIDDEN: [&str; 19] = [
+    const FORBIDDEN: [&str; 17] = [
         "content-length",
         "content-type",
         "content-encoding",
@@ -183,8 +181,6 @@ pub fn strip_forbidden_trailers(trailers: &mut HeaderMap) {
         "cache-control",
         PIN_HEADER,
         "x-request-id",
-        "x-forwarded-for",
-        "x-forwarded-host",
     ];
     let doomed: Vec<HeaderName> = trailers
         .keys()

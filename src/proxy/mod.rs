@@ -597,8 +597,8 @@ fn head_agrees(head: &http1::ResponseHead, requested: &http::HeaderValue) -> boo
         .headers
         .fields()
         .find(|(name, _)| name.eq_ignore_ascii_case(b"upgrade"))
-        .and_then(|(_, value)| http::HeaderValue::from_bytes(value).ok());
-    headers::upgrade_agreed(requested, answered.as_ref())
+        .map(|(_, value)| value);
+    headers::upgrade_agreed(requested, answered)
 }
 
 /// How one attempt went wrong.

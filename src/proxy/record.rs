@@ -109,6 +109,12 @@ impl Record {
         self.failed = true;
     }
 
+    /// The `host:port` the request went to, once an instance was chosen.
+    fn instance_target(&self) -> Option<&Authority> {
+        let deployment = self.deployment.as_ref()?;
+        Some(deployment.instances().get(self.instance?)?.target())
+    }
+
     /// How the body ended, judged once it is dropped: whole, failed by the instance, or
     /// abandoned by the client while there was more to come.
     fn end(&self, end_stream: bool) -> BodyEnd {
@@ -122,16 +128,9 @@ impl Record {
     }
 
     /// Counts and logs the request; `end_stream` is whether the body had nothing left.
-    pub(crate) fn finish(&mut self, end_stream: bool) {
+    pub(crate) fn finish(&self, end_stream: bool) {
         let total = self.started.elapsed();
         let end = self.end(end_stream);
-        let deployment_name = self.deployment.as_ref().map_or("", |d| d.name());
-        let instance = self
-            .deployment
-            .as_ref()
-            .zip(self.instance)
-            .and_then(|(deployment, index)| deployment.instances().get(index))
-            .map(|instance| instance.target());
         if let Some(deployment) = &self.deployment {
             let metrics = deployment.metrics();
             metrics.observe_last_byte(total, self.status);
@@ -142,9 +141,9 @@ impl Record {
         tracing::info!(
             target: "switchyard::access",
             request_id = self.request_id.to_str().unwrap_or(""),
-            deployment = deployment_name,
+            deployment = self.deployment.as_ref().map_or("", |d| d.name()),
             route = self.route.as_str(),
-            instance = instance.map(Authority::as_str).unwrap_or(""),
+            instance = self.instance_target().map_or("", Authority::as_str),
             status = self.status.as_u16(),
             head_ms = millis(self.head),
             first_byte_ms = self.first_byte.map(millis),

@@ -222,19 +222,24 @@ fn comment_of(line: &str) -> String {
 }
 
 /// Writes `text` to `path` in one step: a temporary file beside it, then a rename, so a
-/// watcher sees one whole change. The file keeps its permissions.
+/// watcher (or a reader of the rollout's state) sees one whole change. A file that exists keeps
+/// its permissions.
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), EditError> {
     let io = |source| EditError::Io {
         path: path.display().to_string(),
         source,
     };
-    let metadata = std::fs::symlink_metadata(path).map_err(io)?;
-    if metadata.file_type().is_symlink() {
-        return Err(EditError::Invalid(format!(
-            "{} is a symbolic link (a mounted ConfigMap, say); change its source instead",
-            path.display()
-        )));
-    }
+    let permissions = match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_symlink() => {
+            return Err(EditError::Invalid(format!(
+                "{} is a symbolic link (a mounted ConfigMap, say); change its source instead",
+                path.display()
+            )));
+        }
+        Ok(metadata) => Some(metadata.permissions()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(io(error)),
+    };
     let directory = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -248,7 +253,9 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), EditError> {
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
-        std::fs::set_permissions(&temporary, metadata.permissions())?;
+        if let Some(permissions) = permissions {
+            std::fs::set_permissions(&temporary, permissions)?;
+        }
         std::fs::rename(&temporary, path)
     })();
     if written.is_err() {

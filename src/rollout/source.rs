@@ -10,7 +10,7 @@ use http::{Method, StatusCode};
 use super::plan::{Plan, Timing};
 use super::state::{Shares, Totals};
 use super::step::Observed;
-use crate::client;
+use crate::client::{self, base_url};
 use crate::metrics::names;
 
 /// Where the counts come from.
@@ -34,7 +34,7 @@ impl Source {
             Source::Admin(admins) => {
                 let mut behind = Vec::new();
                 for admin in admins {
-                    let status = get_json(&format!("{}/-/endpoint", base(admin))).await?;
+                    let status = get_json(&format!("{}/-/endpoint", base_url(admin))).await?;
                     if !serves(&status, shares) {
                         behind.push(admin.clone());
                     }
@@ -95,7 +95,7 @@ impl Source {
             Source::Admin(admins) => {
                 let mut totals = Totals::new();
                 for admin in admins {
-                    let text = get_text(&format!("{}/metrics", base(admin))).await?;
+                    let text = get_text(&format!("{}/metrics", base_url(admin))).await?;
                     totals.insert(admin.clone(), totals_from_text(&text, slow.as_ref()));
                 }
                 Ok(totals)
@@ -248,15 +248,6 @@ fn samples(text: &str) -> impl Iterator<Item = (&str, Vec<(&str, &str)>, f64)> {
         })
 }
 
-fn base(url: &str) -> String {
-    let url = url.trim_end_matches('/');
-    if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    }
-}
-
 async fn get_text(url: &str) -> Result<String, String> {
     let answer = client::send(Method::GET, url, &[], Bytes::new())
         .await
@@ -284,7 +275,7 @@ async fn query_prometheus(
             _ => format!("%{b:02X}"),
         })
         .collect();
-    let json = get_json(&format!("{}/api/v1/query?query={encoded}", base(url))).await?;
+    let json = get_json(&format!("{}/api/v1/query?query={encoded}", base_url(url))).await?;
     if json["status"] != "success" {
         return Err(format!("Prometheus refused `{query}`: {}", json["error"]));
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::edit::write_atomically;
 use super::plan::{Plan, StepKind};
 use super::step::{Assessment, Observed};
 
@@ -163,12 +164,7 @@ impl Files {
     /// Replaces the state whole (temporary file and rename, so a reader never sees half).
     pub fn write_state(&self, state: &RolloutState) -> Result<(), String> {
         let text = serde_json::to_string_pretty(state).map_err(|e| e.to_string())?;
-        let temporary = self
-            .state
-            .with_extension(format!("tmp.{}", std::process::id()));
-        std::fs::write(&temporary, text)
-            .and_then(|()| std::fs::rename(&temporary, &self.state))
-            .map_err(|error| format!("cannot write {}: {error}", self.state.display()))
+        write_atomically(&self.state, &text).map_err(|error| error.to_string())
     }
 
     /// Appends one decision to the audit log.
@@ -185,12 +181,7 @@ impl Files {
 
     /// Leaves a request for the controller.
     pub fn request(&self, command: Command) -> Result<(), String> {
-        let temporary = self
-            .control
-            .with_extension(format!("tmp.{}", std::process::id()));
-        std::fs::write(&temporary, command.as_str())
-            .and_then(|()| std::fs::rename(&temporary, &self.control))
-            .map_err(|error| format!("cannot write {}: {error}", self.control.display()))
+        write_atomically(&self.control, command.as_str()).map_err(|error| error.to_string())
     }
 
     /// Takes the pending request, if any.
