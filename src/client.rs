@@ -77,7 +77,7 @@ pub async fn send(
             if error.is_connect() {
                 unreachable(format!("nothing answers there ({cause})"))
             } else {
-                unreachable(format!("{error}: {cause}"))
+                unreachable(crate::causes::each_cause_once(&error))
             }
         })?;
     let (parts, body) = response.into_parts();

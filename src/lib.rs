@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod causes;
 pub mod client;
 pub mod config;
 pub mod demo;

@@ -306,24 +306,13 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, threads)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", each_cause_once(&error));
+            eprintln!(
+                "error: {}",
+                switchyard::causes::each_cause_once(error.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, each said once: most of the gateway's messages
-/// already include their cause, which the chain would repeat.
-fn each_cause_once(error: &anyhow::Error) -> String {
-    let mut text = error.to_string();
-    for cause in error.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
 }
 
 /// Loads and checks an endpoint file as applying it would, turning an error into its

@@ -262,24 +262,15 @@ async fn probe_once(
         Ok(Ok(response)) if response.status().is_success() => Ok(()),
         Ok(Ok(response)) => Err(format!("GET {uri} answered {}", response.status())),
         Ok(Err(error)) if error.is_connect() => Err(format!("cannot connect to {uri}")),
-        Ok(Err(error)) => Err(format!("GET {uri} failed: {}", with_causes(&error))),
+        Ok(Err(error)) => Err(format!(
+            "GET {uri} failed: {}",
+            crate::causes::each_cause_once(&error)
+        )),
         Err(_) => Err(format!(
             "GET {uri} gave no answer within {}",
             humantime::format_duration(timeout)
         )),
     }
-}
-
-/// An error and each of its causes, as one line.
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
-        cause = error.source();
-    }
-    text
 }
 
 fn probe_uri(instance: &Instance, probe: &ReadinessProbe) -> Option<Uri> {
