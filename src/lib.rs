@@ -22,6 +22,7 @@ pub mod reload;
 pub mod rollout;
 pub mod routing;
 pub mod server;
+pub(crate) mod serving_thread;
 pub mod tls;
 pub mod upstream;
 pub mod workers;

@@ -421,7 +421,7 @@ async fn run(command: Command, threads: Threads) -> anyhow::Result<()> {
             eprintln!(
                 "{} from deployment {} (x-request-id {})",
                 answer.status,
-                header(switchyard::routing::PIN_HEADER),
+                header(switchyard::config::PIN_HEADER),
                 header("x-request-id")
             );
             println!("{}", String::from_utf8_lossy(&answer.body));

@@ -11,7 +11,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::routing::{RouteReason, RoutingTable};
+use crate::config::EndpointConfig;
 
 /// Every metric name, so dashboards and tests have one place to look.
 pub mod names {
@@ -95,16 +95,6 @@ impl RouteLabel {
             RouteLabel::Sticky => "sticky",
             RouteLabel::Mirrored => "mirrored",
             RouteLabel::Unrouted => "unrouted",
-        }
-    }
-}
-
-impl From<RouteReason> for RouteLabel {
-    fn from(reason: RouteReason) -> Self {
-        match reason {
-            RouteReason::Weighted => RouteLabel::Weighted,
-            RouteReason::Pinned => RouteLabel::Pinned,
-            RouteReason::Sticky => RouteLabel::Sticky,
         }
     }
 }
@@ -554,15 +544,24 @@ impl Metrics {
         (window, counts)
     }
 
-    /// Publishes what a newly applied table configures, dropping deployments it no longer has.
-    /// Their request series go once their last request in flight ends.
-    pub fn table_applied(&self, table: &RoutingTable, previous: Option<&RoutingTable>) {
-        let endpoint = table.config().name.as_str();
+    /// Publishes what a newly applied config sets, dropping deployments it no longer has.
+    /// `instances` holds each deployment's instance count, in the config's order. Their request
+    /// series go once their last request in flight ends.
+    pub fn config_applied(
+        &self,
+        config: &EndpointConfig,
+        instances: &[usize],
+        generation: u64,
+        previous: Option<&EndpointConfig>,
+    ) {
+        let endpoint = config.name.as_str();
         if let Some(previous) = previous {
-            let old_endpoint = previous.config().name.as_str();
-            for old in previous.deployments() {
-                if old_endpoint != endpoint || table.deployment(old.name()).is_none() {
-                    let labels = [old_endpoint, old.name()];
+            let old_endpoint = previous.name.as_str();
+            for old in &previous.deployments {
+                let kept = old_endpoint == endpoint
+                    && config.deployments.iter().any(|new| new.name == old.name);
+                if !kept {
+                    let labels = [old_endpoint, old.name.as_str()];
                     let _ = self.traffic_percent.remove_label_values(&labels);
                     let _ = self.mirror_percent.remove_label_values(&labels);
                     let _ = self.instances.remove_label_values(&labels);
@@ -571,7 +570,7 @@ impl Metrics {
             }
         }
         *lock(&self.endpoint) = Arc::from(endpoint);
-        for (deployment, built) in table.config().deployments.iter().zip(table.deployments()) {
+        for (deployment, &count) in config.deployments.iter().zip(instances) {
             let labels = [endpoint, deployment.name.as_str()];
             self.traffic_percent
                 .with_label_values(&labels)
@@ -579,14 +578,15 @@ impl Metrics {
             self.mirror_percent
                 .with_label_values(&labels)
                 .set(i64::from(deployment.mirror));
-            let count = built.instances().len() as i64;
-            self.instances.with_label_values(&labels).set(count);
-            self.instances_ready.with_label_values(&labels).set(count);
+            self.instances.with_label_values(&labels).set(count as i64);
+            self.instances_ready
+                .with_label_values(&labels)
+                .set(count as i64);
         }
-        self.generation.set(table.generation() as i64);
+        self.generation.set(generation as i64);
         self.applied_time.set(unix_seconds(SystemTime::now()));
         self.rejected.set(0);
-        if table.generation() > 1 {
+        if generation > 1 {
             self.reloads_applied.inc();
         }
     }

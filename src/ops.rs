@@ -9,8 +9,8 @@ use http::{Method, StatusCode};
 pub use crate::client::{Answer, base_url, send};
 
 use crate::admin::EndpointStatus;
+use crate::config::PIN_HEADER;
 use crate::config::{Change, ConfigError, EndpointConfig};
-use crate::routing::PIN_HEADER;
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]

@@ -126,7 +126,7 @@ impl Reloader {
             loaded.keys,
             resolved,
         );
-        metrics.table_applied(&table, None);
+        table.publish(None, &metrics);
         Ok(Reloader {
             path: path.to_path_buf(),
             table: Arc::new(ArcSwap::from_pointee(table)),
@@ -243,7 +243,7 @@ impl Reloader {
             resolved,
         ));
         self.table.store(Arc::clone(&table));
-        self.metrics.table_applied(&table, Some(&current));
+        table.publish(Some(&current), &self.metrics);
         if current.keys() != table.keys() && table.keys().is_some() {
             tracing::info!(generation, "endpoint keys changed");
         }
@@ -279,7 +279,7 @@ impl Reloader {
             resolved,
         ));
         self.table.store(Arc::clone(&table));
-        self.metrics.table_applied(&table, Some(&current));
+        table.publish(Some(&current), &self.metrics);
         let instances: Vec<String> = table
             .deployments()
             .iter()

@@ -17,12 +17,9 @@ use rand::seq::SliceRandom;
 
 use crate::auth::Keys;
 use crate::config::EndpointConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteLabel};
 use crate::upstream::Deployment;
 use crate::upstream::resolve::Resolved;
-
-/// The request header that pins a request to one deployment, as in Azure.
-pub const PIN_HEADER: &str = "azureml-model-deployment";
 
 /// One applied config, ready to route requests. Never changes once built; a reload builds a new
 /// one and swaps it in.
@@ -72,6 +69,16 @@ pub enum RouteReason {
     Pinned,
     /// Chosen by the value of the sticky header.
     Sticky,
+}
+
+impl From<RouteReason> for RouteLabel {
+    fn from(reason: RouteReason) -> Self {
+        match reason {
+            RouteReason::Weighted => RouteLabel::Weighted,
+            RouteReason::Pinned => RouteLabel::Pinned,
+            RouteReason::Sticky => RouteLabel::Sticky,
+        }
+    }
 }
 
 /// The outcome of routing one request.
@@ -140,6 +147,21 @@ impl Default for Deck {
 // === impl RoutingTable ===
 
 impl RoutingTable {
+    /// Publishes this newly applied table's settings; `previous` is the table it replaces.
+    pub fn publish(&self, previous: Option<&RoutingTable>, metrics: &Metrics) {
+        let instances: Vec<usize> = self
+            .deployments()
+            .iter()
+            .map(|deployment| deployment.instances().len())
+            .collect();
+        metrics.config_applied(
+            self.config(),
+            &instances,
+            self.generation(),
+            previous.map(|table| table.config().as_ref()),
+        );
+    }
+
     /// Builds the table for `config`. Deployments that `previous` already had, with the same
     /// instances, are carried over as they are.
     pub fn build(

@@ -24,80 +24,27 @@
 //! (BENCHMARKS.md). It is off by default, since a pinned thread cannot move away from a core
 //! that other work keeps busy.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::IntGauge;
 use socket2::{Domain, Socket, Type};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::server::{self, Accepted, Connections, Listener, Slot};
+use crate::serving_thread;
 
 /// How many connections may wait in each listening socket's accept queue.
 const BACKLOG: i32 = 1024;
 
-/// How long a thread runs requests without pausing before it offers its CPU to others.
-const SERVE_BEFORE_YIELD: Duration = Duration::from_micros(250);
-/// A wait for events that returns sooner found them already there: the thread did not pause.
-const PAUSE: Duration = Duration::from_micros(5);
 /// How many tasks a busy serving thread runs before it looks for new socket events again.
-/// tokio's default, 61 tasks of a few µs each, is about as long as [`SERVE_BEFORE_YIELD`], so a
+/// tokio's default, 61 tasks of a few µs each, is about as long as a serving thread runs before it offers its CPU, so a
 /// request that arrived meanwhile could wait most of that time before the thread saw it. Looking
 /// every 4 tasks costs half a system call per request and cut the p95 by a fifth (BENCHMARKS.md).
 const EVENT_INTERVAL: u32 = 4;
-
-thread_local! {
-    static INDEX: Cell<usize> = const { Cell::new(0) };
-    /// When this thread last paused or offered its CPU.
-    static BUSY_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// When this thread's runtime last began to wait for events.
-    static PARKED_AT: Cell<Option<Instant>> = const { Cell::new(None) };
-}
-
-/// The index of the serving thread this code runs on; 0 off serving threads.
-pub(crate) fn current() -> usize {
-    INDEX.get()
-}
-
-/// Called between two requests: once the thread has run for [`SERVE_BEFORE_YIELD`] without
-/// pausing, offers its CPU to any other thread waiting for it.
-///
-/// Under load a serving thread always finds another connection ready, so it never sleeps, and
-/// the kernel lets it run until its next scheduler tick (4 ms at the common 250 Hz) while the
-/// clients and model servers it trades bytes with wait for that CPU, with their requests. That
-/// had made the p90 to p97 a tick longer than HAProxy's (BENCHMARKS.md). A thread that pauses
-/// on its own (its runtime finds nothing to do and sleeps) starts afresh: at lighter load a
-/// yield would only queue it behind others, which lengthened the p99 there.
-pub(crate) fn offer_cpu() {
-    let now = Instant::now();
-    match BUSY_SINCE.get() {
-        Some(since) if now.duration_since(since) < SERVE_BEFORE_YIELD => {}
-        Some(_) => {
-            std::thread::yield_now();
-            BUSY_SINCE.set(Some(Instant::now()));
-        }
-        None => BUSY_SINCE.set(Some(now)),
-    }
-}
-
-/// The runtime is about to wait for events.
-fn parking() {
-    PARKED_AT.set(Some(Instant::now()));
-}
-
-/// The runtime is back from waiting for events: if it really slept, the thread paused.
-fn unparked() {
-    if let Some(parked_at) = PARKED_AT.take() {
-        let now = Instant::now();
-        if now.duration_since(parked_at) >= PAUSE {
-            BUSY_SINCE.set(Some(now));
-        }
-    }
-}
 
 /// Binds `count` listening sockets to one address; with port 0, the port the first one got.
 pub(crate) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
@@ -169,8 +116,8 @@ impl Workers {
             let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .event_interval(EVENT_INTERVAL)
-                .on_thread_park(parking)
-                .on_thread_unpark(unparked)
+                .on_thread_park(serving_thread::parking)
+                .on_thread_unpark(serving_thread::unparked)
                 .enable_all()
                 .build()?;
             let serve = serve.clone();
@@ -181,7 +128,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("switchyard-worker-{index}"))
                 .spawn(move || {
-                    INDEX.set(index);
+                    serving_thread::set_index(index);
                     if let Some(cpu) = cpu {
                         match affinity::pin_this_thread(cpu) {
                             Ok(()) => tracing::debug!(index, cpu, "serving thread pinned"),

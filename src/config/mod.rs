@@ -22,6 +22,9 @@ pub use error::{ConfigError, Issue};
 use file::{DeploymentFile, EndpointFile, ModelFile, ProbeFile, RequestSettingsFile};
 pub(crate) use suggest::closest as suggest_name;
 
+/// The request header that pins a request to one deployment, as in Azure.
+pub const PIN_HEADER: &str = "azureml-model-deployment";
+
 /// Azure's limit on deployments per endpoint.
 pub const MAX_DEPLOYMENTS: usize = 20;
 /// Azure's limit on instances per deployment.
@@ -716,7 +719,7 @@ fn check_sticky_header(
         return None;
     };
     let why = match name.as_str() {
-        crate::routing::PIN_HEADER => Some(
+        PIN_HEADER => Some(
             "already pins a request to the deployment it names, whatever the split; name the \
              header that identifies your user or session instead, like `x-user-id`",
         ),

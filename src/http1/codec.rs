@@ -10,12 +10,11 @@ use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Version};
 
 use super::header_block::HeaderBlock;
-use crate::proxy::headers::is_hop_by_hop_name;
-
-/// Largest response head accepted from an instance.
-pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Most header lines a response head may have.
-const MAX_HEADERS: usize = 128;
+pub(crate) use super::rules::MAX_HEAD_BYTES;
+use super::rules::{
+    BadLength, Codings, ConnectionToken, ContentLength, MAX_HEADERS, TransferCodings,
+    connection_tokens, is_hop_by_hop_name,
+};
 /// Longest chunk-size line (size plus extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
@@ -204,8 +203,8 @@ fn read_head(buf: &[u8], method: &Method, own: &[HeaderName]) -> Result<Read, Ma
         *role = Role::of(slot.name.as_bytes(), status, own);
         match role {
             Role::Connection => hop.read_connection(slot.value),
-            Role::TransferEncoding => hop.read_transfer_encoding(slot.value),
-            Role::ContentLength => hop.read_content_length(slot.value),
+            Role::TransferEncoding => hop.codings.add(slot.value),
+            Role::ContentLength => hop.length.add(slot.value),
             Role::Dropped | Role::EndToEnd => {}
         }
     }
@@ -213,16 +212,17 @@ fn read_head(buf: &[u8], method: &Method, own: &[HeaderName]) -> Result<Read, Ma
     // An answer with both a length and a transfer coding is framed by the coding (RFC 9112,
     // section 6.3), but an instance that sends both may mean the other: whatever follows on
     // the connection could be read as the next client's answer, so it carries no other.
-    let conflicting = hop.transfer_coding.is_some() && hop.content_length.is_some();
+    let conflicting = hop.codings.was_sent() && hop.length.get().is_some();
     let keep_alive = body != BodyFraming::UntilClose
         && body != BodyFraming::Upgrade
         && !conflicting
         && hop.keep_alive(version);
     // RFC 9112, section 6.3: a proxy drops a length that the transfer coding overrides. One
     // that does not parse frames nothing here (the framing above failed if it had to).
-    let declared = match hop.transfer_coding {
-        Some(_) => None,
-        None => hop.content_length.clone().and_then(Result::ok),
+    let declared = if hop.codings.was_sent() {
+        None
+    } else {
+        hop.length.get().and_then(Result::ok)
     };
     let mut headers = HeaderBlock::new(length, declared);
     for (slot, role) in response.headers.iter().zip(roles) {
@@ -282,26 +282,26 @@ struct HopHeaders {
     keep_alive: bool,
     /// Other headers `Connection` names, which belong to this connection too.
     named: Vec<HeaderName>,
-    /// Whether the last transfer coding is `chunked`, if `Transfer-Encoding` was sent.
-    transfer_coding: Option<bool>,
-    /// A coding other than one final `chunked` was named (`gzip, chunked`, `chunked, chunked`).
-    unsupported_coding: bool,
-    /// `Content-Length`, if sent; an error if its values are bad or disagree.
-    content_length: Option<Result<u64, Malformed>>,
+    /// What `Transfer-Encoding` says.
+    codings: TransferCodings,
+    /// What `Content-Length` says.
+    length: ContentLength,
 }
 
 impl HopHeaders {
     fn read_connection(&mut self, value: &[u8]) {
-        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            if token.eq_ignore_ascii_case(b"close") {
-                self.close = true;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                self.keep_alive = true;
-            } else if !is_hop_by_hop_name(token) {
+        for token in connection_tokens(value) {
+            match token {
+                ConnectionToken::Close => self.close = true,
+                ConnectionToken::KeepAlive => self.keep_alive = true,
+                ConnectionToken::Upgrade => {}
                 // Hop-by-hop names are dealt with anyway; `Connection: upgrade` on a 101 must
                 // not take its `Upgrade` away.
-                if let Ok(name) = HeaderName::from_bytes(token) {
-                    self.named.push(name);
+                ConnectionToken::Names(name) if is_hop_by_hop_name(name) => {}
+                ConnectionToken::Names(name) => {
+                    if let Ok(name) = HeaderName::from_bytes(name) {
+                        self.named.push(name);
+                    }
                 }
             }
         }
@@ -314,31 +314,14 @@ impl HopHeaders {
             .any(|named| name.eq_ignore_ascii_case(named.as_str().as_bytes()))
     }
 
-    fn read_transfer_encoding(&mut self, value: &[u8]) {
-        let mut chunked = self.transfer_coding.unwrap_or(false);
-        for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            if !coding.is_empty() {
-                // Anything after or before the one `chunked` is a coding the gateway would
-                // have to drop when it frames the body anew.
-                self.unsupported_coding |= chunked || !coding.eq_ignore_ascii_case(b"chunked");
-                chunked = coding.eq_ignore_ascii_case(b"chunked");
-            }
-        }
-        self.transfer_coding = Some(chunked);
-    }
-
-    fn read_content_length(&mut self, value: &[u8]) {
-        for part in value.split(|&b| b == b',') {
-            let parsed =
-                parse_decimal(part.trim_ascii()).ok_or(Malformed("content-length is not a number"));
-            self.content_length = Some(match (self.content_length.take(), parsed) {
-                (Some(Err(error)), _) | (_, Err(error)) => Err(error),
-                (Some(Ok(earlier)), Ok(parsed)) if earlier != parsed => {
-                    Err(Malformed("conflicting content-length values"))
-                }
-                (_, Ok(parsed)) => Ok(parsed),
-            });
-        }
+    /// The declared length; an error if its values are bad or disagree.
+    fn content_length(&self) -> Option<Result<u64, Malformed>> {
+        self.length.get().map(|length| {
+            length.map_err(|error| match error {
+                BadLength::NotANumber => Malformed("content-length is not a number"),
+                BadLength::Conflicting => Malformed("conflicting content-length values"),
+            })
+        })
     }
 
     /// RFC 9112, section 6.3.
@@ -354,19 +337,20 @@ impl HopHeaders {
         }
         // The gateway frames the body anew for the client, which would drop any other coding
         // and change the message: refused, not passed on altered.
-        if self.unsupported_coding {
+        if self.codings.verdict() == Codings::Unsupported {
             return Err(Malformed(
                 "the response uses a transfer coding other than chunked, which is not supported",
             ));
         }
-        if let Some(chunked) = self.transfer_coding {
-            return Ok(if chunked {
+        if self.codings.was_sent() {
+            // A coding list with nothing in it names no end: the body runs to the close.
+            return Ok(if self.codings.ends_chunked() {
                 BodyFraming::Chunked
             } else {
                 BodyFraming::UntilClose
             });
         }
-        Ok(match self.content_length.clone().transpose()? {
+        Ok(match self.content_length().transpose()? {
             Some(0) => BodyFraming::Empty,
             Some(length) => BodyFraming::Length(length),
             None => BodyFraming::UntilClose,
@@ -379,18 +363,6 @@ impl HopHeaders {
             _ => !self.close,
         }
     }
-}
-
-/// A decimal number of at most 19 digits, nothing else: no sign, no spaces.
-pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |total, &digit| {
-        digit
-            .is_ascii_digit()
-            .then(|| total * 10 + u64::from(digit - b'0'))
-    })
 }
 
 /// Reads a response body out of the connection's buffer, one step at a time.

@@ -9,6 +9,7 @@
 
 pub(crate) mod codec;
 mod header_block;
+pub(crate) mod rules;
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
@@ -30,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::workers;
+use crate::serving_thread;
 pub(crate) use codec::ResponseHead;
 use codec::{BodyDecoder, BodyFraming, Decoded, Malformed, RequestFraming};
 pub(crate) use header_block::HeaderBlock;
@@ -538,7 +539,7 @@ impl Pool {
 
     /// This thread's stack.
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        self.shards[workers::current() % POOL_SHARDS]
+        self.shards[serving_thread::index() % POOL_SHARDS]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -4,8 +4,11 @@ use http::HeaderValue;
 use http::header::{self, HeaderMap, HeaderName};
 use rand::Rng;
 
+use crate::config::PIN_HEADER;
 use crate::error::ProxyError;
-use crate::routing::PIN_HEADER;
+use crate::http1::rules::{
+    Codings, ConnectionToken, TransferCodings, connection_tokens, is_hop_by_hop_name, list_items,
+};
 
 /// `azureml-model-deployment`: pins a request, and names the deployment on every answer.
 pub static PIN: HeaderName = HeaderName::from_static(PIN_HEADER);
@@ -86,17 +89,13 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+        .flat_map(|value| connection_tokens(value.as_bytes()))
+        .any(|token| token == ConnectionToken::Upgrade);
     if !asks {
         return None;
     }
     let upgrade = headers.get(header::UPGRADE)?;
-    let h2c = upgrade
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    let h2c = list_items(upgrade.as_bytes()).any(|token| token.eq_ignore_ascii_case(b"h2c"));
     (!h2c).then(|| upgrade.clone())
 }
 
@@ -121,20 +120,16 @@ pub fn single_host(headers: &HeaderMap) -> Result<(), ProxyError> {
     }
 }
 
-/// Refuses a request body in a transfer coding other than one final `chunked`: the gateway
-/// frames the body anew for the instance, so any other coding would be dropped and the
-/// instance would read another body than the client sent.
+/// Refuses a request body in a transfer coding the gateway cannot pass on
+/// ([`TransferCodings`]).
 pub fn supported_codings(headers: &HeaderMap) -> Result<(), ProxyError> {
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|coding| !coding.is_empty());
-    match (codings.next(), codings.next()) {
-        (None, _) => Ok(()),
-        (Some(only), None) if only.eq_ignore_ascii_case(b"chunked") => Ok(()),
-        _ => {
+    let mut codings = TransferCodings::default();
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        codings.add(value.as_bytes());
+    }
+    match codings.verdict() {
+        Codings::None | Codings::Chunked => Ok(()),
+        Codings::Unsupported => {
             let all: Vec<String> = headers
                 .get_all(header::TRANSFER_ENCODING)
                 .iter()
@@ -151,10 +146,7 @@ pub fn upgrade_agreed(requested: &HeaderValue, answered: Option<&[u8]>) -> bool 
     let Some(answered) = answered.map(<[u8]>::trim_ascii) else {
         return false;
     };
-    requested
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|offered| offered.trim_ascii().eq_ignore_ascii_case(answered))
+    list_items(requested.as_bytes()).any(|offered| offered.eq_ignore_ascii_case(answered))
 }
 
 /// Removes the trailer fields that must not come after a body (RFC 9110, section 6.5.1): those
@@ -197,27 +189,9 @@ pub fn strip_forbidden_trailers(trailers: &mut HeaderMap) {
     }
 }
 
-/// Whether `name` is a hop-by-hop header: one that describes one connection, not the message,
-/// and so never crosses the proxy (RFC 9110, section 7.6.1, with the older `Keep-Alive` and
-/// `Proxy-Connection`).
+/// Whether `name` is a hop-by-hop header ([`is_hop_by_hop_name`]).
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     is_hop_by_hop_name(name.as_str().as_bytes())
-}
-
-/// [`is_hop_by_hop`] for a name as it came off the wire, in any case.
-pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
-    // Asked of every header of every message: most are turned away by their length alone.
-    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
-    match name.len() {
-        2 => is("te"),
-        7 => is("trailer") || is("upgrade"),
-        10 => is("connection") || is("keep-alive"),
-        16 => is("proxy-connection"),
-        17 => is("transfer-encoding"),
-        18 => is("proxy-authenticate"),
-        19 => is("proxy-authorization"),
-        _ => false,
-    }
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
@@ -237,19 +211,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let names_others = headers
         .get_all(header::CONNECTION)
         .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .any(|token| {
-            let token = token.trim_ascii();
-            !token.is_empty() && !token.eq_ignore_ascii_case(b"close") && !is_hop_by_hop_name(token)
-        });
+        .flat_map(|value| connection_tokens(value.as_bytes()))
+        .any(|token| matches!(token, ConnectionToken::Names(name) if !is_hop_by_hop_name(name)));
     if names_others {
         leaving.extend(
             headers
                 .get_all(header::CONNECTION)
                 .iter()
-                .filter_map(|value| value.to_str().ok())
-                .flat_map(|value| value.split(','))
-                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+                .flat_map(|value| list_items(value.as_bytes()))
+                .filter_map(|name| HeaderName::from_bytes(name).ok()),
         );
     }
     for name in &leaving {

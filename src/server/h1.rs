@@ -27,13 +27,11 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::{ClientBody, Connection, Handler, IntoReply, MAX_HEADER_BYTES, Reply};
-use crate::http1::codec::parse_decimal;
+use crate::http1::rules::{ConnectionToken, MAX_HEADERS, connection_tokens, parse_decimal};
 
 /// Request bodies up to this size are read whole with their head; larger ones stream through
 /// hyper.
 pub(crate) const MAX_WHOLE_BODY: usize = 64 * 1024;
-/// Most header lines a request served here may have (hyper's limit too).
-const MAX_HEADERS: usize = 100;
 /// Room a read gets at least.
 const READ_SIZE: usize = 8 * 1024;
 /// A response is written out once this much of it is buffered.
@@ -135,11 +133,11 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
             6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::Other,
             7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Other,
             10 if name.eq_ignore_ascii_case(b"connection") => {
-                for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"upgrade") {
-                        return Parsed::Other;
+                for token in connection_tokens(line.value) {
+                    match token {
+                        ConnectionToken::Close => close = true,
+                        ConnectionToken::Upgrade => return Parsed::Other,
+                        ConnectionToken::KeepAlive | ConnectionToken::Names(_) => {}
                     }
                 }
             }
@@ -328,7 +326,7 @@ pub(crate) async fn serve(
         let keep_alive =
             write_response(&mut client.stream, &mut out, reply, to_head, close).await?;
         // The response is on its way: a good moment to let others run.
-        crate::workers::offer_cpu();
+        crate::serving_thread::offer_cpu();
         if !keep_alive {
             // A clean end: the client reads the response to its last byte, then the close.
             let _ = client.stream.shutdown().await;
@@ -417,19 +415,15 @@ where
     for (name, value) in &parts.headers {
         // Framing is this loop's to state.
         if name == header::CONTENT_LENGTH {
-            declared = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|text| text.trim().parse::<u64>().ok());
+            declared = parse_decimal(value.as_bytes().trim_ascii());
             continue;
         }
         if name == header::TRANSFER_ENCODING {
             continue;
         }
         if name == header::CONNECTION {
-            closing |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            closing |=
+                connection_tokens(value.as_bytes()).any(|token| token == ConnectionToken::Close);
         }
         dated |= name == header::DATE;
         out.extend_from_slice(name.as_str().as_bytes());

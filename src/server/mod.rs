@@ -40,7 +40,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to finish the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line and headers) accepted; larger ones get 431.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const MAX_HEADER_BYTES: usize = crate::http1::rules::MAX_HEAD_BYTES;
 /// Default cap on open client connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 25_000;
 
