@@ -89,6 +89,16 @@ pub enum ProxyError {
         /// The timeout.
         timeout_ms: u128,
     },
+    /// The instance took longer than the gRPC call's own deadline (`grpc-timeout`) to answer.
+    #[error(
+        "deployment `{deployment}` did not answer within the call's deadline ({timeout_ms} ms)"
+    )]
+    DeadlineExceeded {
+        /// The deployment.
+        deployment: String,
+        /// The deadline the client set.
+        timeout_ms: u128,
+    },
     /// No connection to the chosen instance could be made.
     #[error("could not connect to an instance of deployment `{deployment}`")]
     Connect {
@@ -123,6 +133,7 @@ impl ProxyError {
             ProxyError::QueueTimeout { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoReadyInstance { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Connect { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::RequestBody => StatusCode::BAD_REQUEST,
@@ -145,10 +156,54 @@ impl ProxyError {
             ProxyError::QueueTimeout { .. } => "queue_wait_timeout",
             ProxyError::NoReadyInstance { .. } => "no_ready_instance",
             ProxyError::Timeout { .. } => "request_timeout",
+            ProxyError::DeadlineExceeded { .. } => "deadline_exceeded",
             ProxyError::Connect { .. } => "upstream_connect_failed",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
             ProxyError::RequestBody => "invalid_request_body",
         }
+    }
+
+    /// The gRPC status a gRPC client gets for this error. Exhaustive on purpose, like
+    /// [`ProxyError::status`]. It follows gRPC's mapping of HTTP statuses where that mapping
+    /// says what happened, and names the cause where the gateway knows better: an unknown
+    /// deployment is NOT_FOUND (not UNIMPLEMENTED, the guide's reading of a 404), and a
+    /// request the gateway refused as malformed is INVALID_ARGUMENT (not INTERNAL).
+    pub fn grpc_status(&self) -> GrpcStatus {
+        match self {
+            ProxyError::NoValidDeployments => GrpcStatus::NotFound,
+            ProxyError::UnknownDeployment { .. } => GrpcStatus::NotFound,
+            ProxyError::InvalidPinHeader(_) => GrpcStatus::InvalidArgument,
+            ProxyError::InvalidTarget(_) => GrpcStatus::InvalidArgument,
+            ProxyError::ConnectMethod => GrpcStatus::Unimplemented,
+            ProxyError::InvalidHost(_) => GrpcStatus::InvalidArgument,
+            ProxyError::UnsupportedCoding(_) => GrpcStatus::Unimplemented,
+            ProxyError::Unauthorized => GrpcStatus::Unauthenticated,
+            ProxyError::PayloadTooLarge { .. } => GrpcStatus::ResourceExhausted,
+            ProxyError::Overloaded { .. } => GrpcStatus::ResourceExhausted,
+            ProxyError::QueueTimeout { .. } => GrpcStatus::ResourceExhausted,
+            ProxyError::NoReadyInstance { .. } => GrpcStatus::Unavailable,
+            ProxyError::Timeout { .. } => GrpcStatus::DeadlineExceeded,
+            ProxyError::DeadlineExceeded { .. } => GrpcStatus::DeadlineExceeded,
+            ProxyError::Connect { .. } => GrpcStatus::Unavailable,
+            ProxyError::UpstreamFailed { .. } => GrpcStatus::Unavailable,
+            ProxyError::RequestBody => GrpcStatus::InvalidArgument,
+        }
+    }
+
+    /// The answer to a gRPC client: HTTP 200 and a trailers-only response, whose `grpc-status`
+    /// and `grpc-message` carry the status and the same message the JSON body would.
+    pub fn to_grpc_response(&self) -> Response<Bytes> {
+        let mut response = Response::new(Bytes::new());
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(self.grpc_status() as u16));
+        if let Ok(message) = HeaderValue::from_str(&grpc_message(&self.to_string())) {
+            headers.insert("grpc-message", message);
+        }
+        response
     }
 
     /// `{"error": {"code": ..., "message": ...}}` with the right status.
@@ -176,6 +231,64 @@ impl ProxyError {
     }
 }
 
+/// The gRPC status codes the gateway answers with (gRPC's `statuscodes.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum GrpcStatus {
+    /// 3: the request is malformed.
+    InvalidArgument = 3,
+    /// 4: no answer within the time allowed.
+    DeadlineExceeded = 4,
+    /// 5: no such deployment.
+    NotFound = 5,
+    /// 8: the deployment is at its limit, or the message too large.
+    ResourceExhausted = 8,
+    /// 12: something the gateway does not do.
+    Unimplemented = 12,
+    /// 14: no instance could take the call; retrying may succeed.
+    Unavailable = 14,
+    /// 16: no valid key.
+    Unauthenticated = 16,
+}
+
+impl GrpcStatus {
+    /// The status's name, as gRPC's libraries print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GrpcStatus::InvalidArgument => "INVALID_ARGUMENT",
+            GrpcStatus::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            GrpcStatus::NotFound => "NOT_FOUND",
+            GrpcStatus::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            GrpcStatus::Unimplemented => "UNIMPLEMENTED",
+            GrpcStatus::Unavailable => "UNAVAILABLE",
+            GrpcStatus::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+}
+
+/// Whether a request is a gRPC call (`content-type: application/grpc`, with or without a
+/// `+proto`-style suffix, gRPC-Web included), whose client reads errors from `grpc-status`.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|value| {
+        let value = value.as_bytes();
+        value.len() >= 16 && value[..16].eq_ignore_ascii_case(b"application/grpc")
+    })
+}
+
+/// `text` as a `grpc-message`: percent-encoded outside printable ASCII, and `%` itself
+/// (gRPC's HTTP/2 protocol spec).
+fn grpc_message(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for &byte in text.as_bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
 impl From<RouteError> for ProxyError {
     fn from(error: RouteError) -> Self {
         match error {
@@ -184,5 +297,142 @@ impl From<RouteError> for ProxyError {
                 ProxyError::UnknownDeployment { requested, known }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One error of each kind. The match makes a new kind fail to compile until it is listed.
+    fn one_of_each() -> Vec<ProxyError> {
+        let deployment = || "blue".to_string();
+        let all = vec![
+            ProxyError::NoValidDeployments,
+            ProxyError::UnknownDeployment {
+                requested: "red".into(),
+                known: "blue".into(),
+            },
+            ProxyError::InvalidPinHeader("empty"),
+            ProxyError::InvalidTarget("bad"),
+            ProxyError::UnsupportedCoding("gzip".into()),
+            ProxyError::InvalidHost("bad"),
+            ProxyError::ConnectMethod,
+            ProxyError::Unauthorized,
+            ProxyError::PayloadTooLarge { limit: 1 },
+            ProxyError::Overloaded {
+                deployment: deployment(),
+                limit: 2,
+            },
+            ProxyError::QueueTimeout {
+                deployment: deployment(),
+                waited_ms: 1,
+            },
+            ProxyError::NoReadyInstance {
+                deployment: deployment(),
+            },
+            ProxyError::Timeout {
+                deployment: deployment(),
+                timeout_ms: 1,
+            },
+            ProxyError::DeadlineExceeded {
+                deployment: deployment(),
+                timeout_ms: 1,
+            },
+            ProxyError::Connect {
+                deployment: deployment(),
+            },
+            ProxyError::RequestBody,
+            ProxyError::UpstreamFailed {
+                deployment: deployment(),
+            },
+        ];
+        for error in &all {
+            match error {
+                ProxyError::NoValidDeployments
+                | ProxyError::UnknownDeployment { .. }
+                | ProxyError::InvalidPinHeader(_)
+                | ProxyError::InvalidTarget(_)
+                | ProxyError::UnsupportedCoding(_)
+                | ProxyError::InvalidHost(_)
+                | ProxyError::ConnectMethod
+                | ProxyError::Unauthorized
+                | ProxyError::PayloadTooLarge { .. }
+                | ProxyError::Overloaded { .. }
+                | ProxyError::QueueTimeout { .. }
+                | ProxyError::NoReadyInstance { .. }
+                | ProxyError::Timeout { .. }
+                | ProxyError::DeadlineExceeded { .. }
+                | ProxyError::Connect { .. }
+                | ProxyError::RequestBody
+                | ProxyError::UpstreamFailed { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn the_readme_lists_every_error_with_its_status_and_grpc_status() {
+        let readme = include_str!("../README.md");
+        let grpc_page = include_str!("../docs/grpc.md");
+        for error in one_of_each() {
+            let code = format!("| `{}` |", error.code());
+            let row = readme
+                .lines()
+                .find(|line| line.contains(&code))
+                .unwrap_or_else(|| panic!("README's error table has no row for {code}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            assert_eq!(cells[1], error.status().as_str(), "{row}");
+            assert_eq!(
+                cells[3],
+                format!("`{}`", error.grpc_status().name()),
+                "{row}"
+            );
+            let listed = grpc_page.lines().any(|line| {
+                line.contains(&format!("`{}`", error.code()))
+                    && line.contains(&format!(
+                        "`{}` ({})",
+                        error.grpc_status().name(),
+                        error.grpc_status() as u16
+                    ))
+            });
+            assert!(listed, "docs/grpc.md maps {} otherwise", error.code());
+        }
+    }
+
+    #[test]
+    fn a_grpc_message_is_percent_encoded_outside_printable_ascii() {
+        assert_eq!(grpc_message("no `x`: 100%"), "no `x`: 100%25");
+        assert_eq!(grpc_message("caf\u{e9}\n"), "caf%C3%A9%0A");
+    }
+
+    #[test]
+    fn grpc_calls_are_told_apart_by_their_content_type() {
+        let headers = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            headers
+        };
+        assert!(is_grpc(&headers("application/grpc")));
+        assert!(is_grpc(&headers("application/grpc+proto")));
+        assert!(is_grpc(&headers("Application/gRPC-web")));
+        assert!(!is_grpc(&headers("application/json")));
+        assert!(!is_grpc(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_grpc_answer_is_trailers_only_with_the_gateway_message() {
+        let error = ProxyError::UnknownDeployment {
+            requested: "red".into(),
+            known: "blue, green".into(),
+        };
+        let response = error.to_grpc_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.body().is_empty());
+        assert_eq!(response.headers()["grpc-status"], "5");
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "Deployment `red` does not exist in this endpoint; deployments are: blue, green"
+        );
     }
 }

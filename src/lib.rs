@@ -49,6 +49,7 @@ use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
+use crate::upstream::probe::Prober;
 
 /// Default address of the scoring listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -168,10 +169,12 @@ impl Gateway {
     pub async fn start(options: GatewayOptions) -> Result<Gateway, StartError> {
         let started = Instant::now();
         let metrics = Arc::new(Metrics::new());
+        let upstream_tls = tls::upstream_client_config(options.upstream_ca_file.as_deref())?;
         let reloader = Arc::new(Reloader::load(
             &options.config,
             Arc::clone(&metrics),
             Arc::clone(&options.resolver),
+            Arc::new(Prober::new(upstream_tls.clone())),
         )?);
         let (acceptor, cert_reloader) = match &options.tls {
             Some(files) => {
@@ -192,7 +195,6 @@ impl Gateway {
         )?;
         let draining = Arc::new(AtomicBool::new(false));
 
-        let upstream_tls = tls::upstream_client_config(options.upstream_ca_file.as_deref())?;
         let proxy = Arc::new(Proxy::new(
             Arc::clone(reloader.table()),
             Arc::clone(&metrics),

@@ -22,6 +22,7 @@ use crate::config::{AuthMode, Change, ConfigError, EndpointConfig, diff, read_fi
 use crate::metrics::Metrics;
 use crate::proxy::SharedTable;
 use crate::routing::RoutingTable;
+use crate::upstream::probe::Prober;
 use crate::upstream::resolve::{Resolve, Resolved};
 
 /// Quiet time after the last file event before reloading, so that a burst of events from one
@@ -41,6 +42,8 @@ pub struct Reloader {
     table: SharedTable,
     metrics: Arc<Metrics>,
     resolver: Arc<dyn Resolve>,
+    /// Starts the readiness probes of each table's new instances.
+    prober: Arc<Prober>,
     state: Mutex<ReloadState>,
 }
 
@@ -109,11 +112,12 @@ pub struct ReloadStatus {
 
 impl Reloader {
     /// Loads `path` for the first time; fails if it is invalid, since there is no last good
-    /// config to fall back on.
+    /// config to fall back on. `prober` probes the instances that configure a readiness probe.
     pub fn load(
         path: &Path,
         metrics: Arc<Metrics>,
         resolver: Arc<dyn Resolve>,
+        prober: Arc<Prober>,
     ) -> Result<Reloader, ConfigError> {
         let (sources, loaded) = read_sources(path);
         let loaded = loaded?;
@@ -127,11 +131,13 @@ impl Reloader {
             resolved,
         );
         table.publish(None, &metrics);
+        table.start_probes(&prober);
         Ok(Reloader {
             path: path.to_path_buf(),
             table: Arc::new(ArcSwap::from_pointee(table)),
             metrics,
             resolver,
+            prober,
             state: Mutex::new(ReloadState {
                 applied: sources,
                 applied_at: SystemTime::now(),
@@ -244,6 +250,7 @@ impl Reloader {
         ));
         self.table.store(Arc::clone(&table));
         table.publish(Some(&current), &self.metrics);
+        table.start_probes(&self.prober);
         if current.keys() != table.keys() && table.keys().is_some() {
             tracing::info!(generation, "endpoint keys changed");
         }
@@ -280,6 +287,7 @@ impl Reloader {
         ));
         self.table.store(Arc::clone(&table));
         table.publish(Some(&current), &self.metrics);
+        table.start_probes(&self.prober);
         let instances: Vec<String> = table
             .deployments()
             .iter()

@@ -19,6 +19,7 @@ use crate::auth::Keys;
 use crate::config::EndpointConfig;
 use crate::metrics::{Metrics, RouteLabel};
 use crate::upstream::Deployment;
+use crate::upstream::probe::Prober;
 use crate::upstream::resolve::Resolved;
 
 /// One applied config, ready to route requests. Never changes once built; a reload builds a new
@@ -327,6 +328,14 @@ impl RoutingTable {
     /// The deployment with this name, if any.
     pub fn deployment(&self, name: &str) -> Option<&Arc<Deployment>> {
         self.deployments.iter().find(|d| d.name() == name)
+    }
+
+    /// Starts the readiness probes of instances this table brought in; those it kept from
+    /// the table before go on with theirs.
+    pub fn start_probes(&self, prober: &Arc<Prober>) {
+        for deployment in self.deployments() {
+            deployment.start_probes(prober);
+        }
     }
 
     /// All deployments in config order.

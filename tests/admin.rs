@@ -46,6 +46,9 @@ fn state_for(file: &EndpointFile) -> AdminState {
                 &file.path,
                 Arc::clone(&metrics),
                 Arc::new(switchyard::upstream::resolve::SystemResolver),
+                Arc::new(switchyard::upstream::probe::Prober::new(
+                    switchyard::tls::upstream_client_config(None).expect("roots"),
+                )),
             )
             .expect("valid"),
         ),

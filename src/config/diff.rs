@@ -207,9 +207,10 @@ fn diff_deployment(old: &DeploymentConfig, new: &DeploymentConfig, changes: &mut
             || "none".to_string(),
             |p| {
                 format!(
-                    "GET {}{} every {}s",
-                    p.port.map_or_else(String::new, |port| format!(":{port}")),
-                    p.path,
+                    "{}{} every {}s",
+                    p.check,
+                    p.port
+                        .map_or_else(String::new, |port| format!(" on port {port}")),
                     p.period.as_secs()
                 )
             },

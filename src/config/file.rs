@@ -204,6 +204,9 @@ pub(crate) struct RequestSettingsFile {
 pub(crate) struct ProbeFile {
     #[serde(default)]
     pub(crate) path: Option<Spanned<String>>,
+    /// Switchyard's addition: probe with gRPC's health service instead of a GET.
+    #[serde(default)]
+    pub(crate) grpc: Option<Spanned<GrpcProbeFile>>,
     #[serde(default)]
     pub(crate) port: Option<Spanned<i64>>,
     #[serde(default)]
@@ -216,4 +219,12 @@ pub(crate) struct ProbeFile {
     pub(crate) success_threshold: Option<Spanned<i64>>,
     #[serde(default)]
     pub(crate) failure_threshold: Option<Spanned<i64>>,
+}
+
+/// `readiness_probe.grpc`: the service asked about with `grpc.health.v1.Health/Check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrpcProbeFile {
+    #[serde(default)]
+    pub(crate) service: Option<String>,
 }

@@ -115,8 +115,8 @@ impl Default for RequestSettings {
 /// Azure): the gateway does not start the model container, so it has nothing to wait for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadinessProbe {
-    /// Path probed with GET. Default `/`.
-    pub path: String,
+    /// What a probe asks. Default: `GET /`.
+    pub check: ProbeCheck,
     /// Port probed, if not the instance's. Default: the instance's.
     pub port: Option<u16>,
     /// Wait before the first probe. Default 0 s.
@@ -129,6 +129,32 @@ pub struct ReadinessProbe {
     pub success_threshold: u32,
     /// Failures in a row that make an instance unready. Default 30.
     pub failure_threshold: u32,
+}
+
+/// What a readiness probe asks an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeCheck {
+    /// `GET path` (Azure's probe): ready on a 2xx answer.
+    Http {
+        /// Path probed, starting with `/`. Default `/`.
+        path: String,
+    },
+    /// `grpc.health.v1.Health/Check` for `service` (`""`: the server as a whole): ready when the
+    /// answer is `SERVING`. Needs `protocol: http2`.
+    Grpc {
+        /// The service asked about.
+        service: String,
+    },
+}
+
+impl std::fmt::Display for ProbeCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeCheck::Http { path } => write!(f, "GET {path}"),
+            ProbeCheck::Grpc { service } if service.is_empty() => f.write_str("gRPC health check"),
+            ProbeCheck::Grpc { service } => write!(f, "gRPC health check of `{service}`"),
+        }
+    }
 }
 
 /// The origin of one model server instance, e.g. `http://127.0.0.1:9001`.
@@ -209,7 +235,6 @@ impl EndpointConfig {
                 }
                 if let Some(probe) = &d.readiness_probe {
                     deployment["readiness_probe"] = serde_json::json!({
-                        "path": probe.path,
                         "port": probe.port,
                         "initial_delay": probe.initial_delay.as_secs(),
                         "period": probe.period.as_secs(),
@@ -217,9 +242,20 @@ impl EndpointConfig {
                         "success_threshold": probe.success_threshold,
                         "failure_threshold": probe.failure_threshold,
                     });
-                    if probe.port.is_none() {
-                        if let Some(probe) = deployment["readiness_probe"].as_object_mut() {
-                            probe.remove("port");
+                    if let Some(written) = deployment["readiness_probe"].as_object_mut() {
+                        if probe.port.is_none() {
+                            written.remove("port");
+                        }
+                        match &probe.check {
+                            ProbeCheck::Http { path } => {
+                                written.insert("path".into(), path.as_str().into());
+                            }
+                            ProbeCheck::Grpc { service } => {
+                                written.insert(
+                                    "grpc".into(),
+                                    serde_json::json!({ "service": service }),
+                                );
+                            }
                         }
                     }
                 }
@@ -473,6 +509,22 @@ fn validate_deployment(
         }
     }
 
+    let protocol = match raw.protocol.as_ref() {
+        None => UpstreamProtocol::Http1,
+        Some(protocol) => match protocol.value.as_str() {
+            "http1" => UpstreamProtocol::Http1,
+            "http2" => UpstreamProtocol::Http2,
+            other => {
+                issues.push(Issue::new(
+                    format!("{field}.protocol"),
+                    Some(protocol.referenced),
+                    format!("`{other}` is not a protocol; use `http1` or `http2`"),
+                ));
+                UpstreamProtocol::Http1
+            }
+        },
+    };
+
     DeploymentConfig {
         name: raw.name.value.clone(),
         model: describe_model(raw.model.as_ref()),
@@ -483,22 +535,8 @@ fn validate_deployment(
         readiness_probe: raw
             .readiness_probe
             .as_ref()
-            .map(|probe| readiness_probe(field, probe, issues)),
-        protocol: match raw.protocol.as_ref() {
-            None => UpstreamProtocol::Http1,
-            Some(protocol) => match protocol.value.as_str() {
-                "http1" => UpstreamProtocol::Http1,
-                "http2" => UpstreamProtocol::Http2,
-                other => {
-                    issues.push(Issue::new(
-                        format!("{field}.protocol"),
-                        Some(protocol.referenced),
-                        format!("`{other}` is not a protocol; use `http1` or `http2`"),
-                    ));
-                    UpstreamProtocol::Http1
-                }
-            },
-        },
+            .map(|probe| readiness_probe(field, probe, protocol, issues)),
+        protocol,
     }
 }
 
@@ -532,19 +570,54 @@ fn request_settings(
     }
 }
 
-fn readiness_probe(field: &str, raw: &ProbeFile, issues: &mut Vec<Issue>) -> ReadinessProbe {
+fn readiness_probe(
+    field: &str,
+    raw: &ProbeFile,
+    protocol: UpstreamProtocol,
+    issues: &mut Vec<Issue>,
+) -> ReadinessProbe {
     let mut section = Section::new(format!("{field}.readiness_probe"), issues);
-    let path = match &raw.path {
-        Some(path) if !path.value.starts_with('/') => {
+    let check = match (&raw.path, &raw.grpc) {
+        (Some(path), Some(_)) => {
+            section.issue(
+                "path",
+                path,
+                "a probe is either `path` (a GET) or `grpc` (gRPC's health service), not both; \
+                 remove one"
+                    .to_string(),
+            );
+            ProbeCheck::Http {
+                path: "/".to_string(),
+            }
+        }
+        (Some(path), None) if !path.value.starts_with('/') => {
             section.issue(
                 "path",
                 path,
                 format!("`{}` must start with `/`, e.g. `/health`", path.value),
             );
-            "/".to_string()
+            ProbeCheck::Http {
+                path: "/".to_string(),
+            }
         }
-        Some(path) => path.value.clone(),
-        None => "/".to_string(),
+        (Some(path), None) => ProbeCheck::Http {
+            path: path.value.clone(),
+        },
+        (None, Some(grpc)) => {
+            if protocol != UpstreamProtocol::Http2 {
+                section.issue(
+                    "grpc",
+                    grpc,
+                    "gRPC runs over HTTP/2: add `protocol: http2` to this deployment".to_string(),
+                );
+            }
+            ProbeCheck::Grpc {
+                service: grpc.value.service.clone().unwrap_or_default(),
+            }
+        }
+        (None, None) => ProbeCheck::Http {
+            path: "/".to_string(),
+        },
     };
     let port = raw
         .port
@@ -557,7 +630,7 @@ fn readiness_probe(field: &str, raw: &ProbeFile, issues: &mut Vec<Issue>) -> Rea
     let period = seconds(&raw.period, "period", 1..=3_600, 10);
     let timeout = seconds(&raw.timeout, "timeout", 1..=3_600, 2);
     ReadinessProbe {
-        path,
+        check,
         port,
         initial_delay,
         period,

@@ -559,7 +559,12 @@ fn a_readiness_probe_is_read_with_defaults() {
         .readiness_probe
         .clone()
         .expect("probe");
-    assert_eq!(probe.path, "/health");
+    assert_eq!(
+        probe.check,
+        ProbeCheck::Http {
+            path: "/health".into()
+        }
+    );
     assert_eq!(probe.period, Duration::from_secs(1));
     assert_eq!(probe.timeout, Duration::from_secs(2));
     assert_eq!(probe.initial_delay, Duration::ZERO);
@@ -631,5 +636,60 @@ fn an_alias_bomb_is_refused_in_plain_words_about_the_whole_file() {
     assert!(
         !issue.problem.contains("budget") && !issue.problem.contains('{'),
         "{issue:?}"
+    );
+}
+
+#[test]
+fn a_grpc_probe_names_its_service_and_needs_http2() {
+    let with = |lines: &str| {
+        VALID.replace(
+            "    instance_count: 2\n",
+            &format!("    instance_count: 2\n{lines}"),
+        )
+    };
+    let text = with("    protocol: http2\n    readiness_probe: {grpc: {service: my.Model}}\n");
+    let config = EndpointConfig::parse(&text).expect("valid");
+    let probe = config.deployments[0]
+        .readiness_probe
+        .clone()
+        .expect("probe");
+    assert_eq!(
+        probe.check,
+        ProbeCheck::Grpc {
+            service: "my.Model".into()
+        }
+    );
+    // It reads back the same, as `show` and the rollout's edits write it.
+    let again = EndpointConfig::parse(&config.to_file_value().to_string()).expect("valid");
+    assert_eq!(config, again);
+    let text = with("    protocol: http2\n    readiness_probe: {grpc: {}}\n");
+    let probe = EndpointConfig::parse(&text).expect("valid").deployments[0]
+        .readiness_probe
+        .clone()
+        .expect("probe");
+    assert_eq!(
+        probe.check,
+        ProbeCheck::Grpc {
+            service: String::new()
+        }
+    );
+
+    assert_issue(
+        &with("    readiness_probe: {grpc: {service: \"\"}}\n"),
+        "deployments[0].readiness_probe.grpc",
+        7,
+        "add `protocol: http2`",
+    );
+    assert_issue(
+        &with("    protocol: http2\n    readiness_probe: {path: /health, grpc: {}}\n"),
+        "deployments[0].readiness_probe.path",
+        8,
+        "not both",
+    );
+    assert_issue(
+        &with("    protocol: http2\n    readiness_probe: {grpc: {name: x}}\n"),
+        "deployments[0].readiness_probe.grpc.name",
+        8,
+        "service",
     );
 }

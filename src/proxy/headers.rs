@@ -1,5 +1,7 @@
 //! Header handling on the request path: the pin, request ids, hop-by-hop and forwarded headers.
 
+use std::time::Duration;
+
 use http::HeaderValue;
 use http::header::{self, HeaderMap, HeaderName};
 use rand::Rng;
@@ -97,6 +99,26 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     let upgrade = headers.get(header::UPGRADE)?;
     let h2c = list_items(upgrade.as_bytes()).any(|token| token.eq_ignore_ascii_case(b"h2c"));
     (!h2c).then(|| upgrade.clone())
+}
+
+/// A gRPC call's deadline, from its `grpc-timeout` header: 1 to 8 digits and a unit (`H`, `M`,
+/// `S`, `m`, `u`, `n`; gRPC's HTTP/2 protocol spec). `None` if absent or malformed.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// Refuses a `Host` sent twice or that is no `host[:port]` (RFC 9112, section 3.2): which one
@@ -285,6 +307,28 @@ impl Forwarded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit_and_refused_when_malformed() {
+        let timeout = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-timeout", HeaderValue::from_static(value));
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(timeout("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["S", "100", "123456789S", "+5S", "5s", "5 S", "-1m"] {
+            assert_eq!(timeout(bad), None, "{bad}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {

@@ -16,10 +16,6 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::io::{self as io, AsyncWriteExt};
 
 pub use body::{ProxyBody, UpstreamBody};
@@ -28,11 +24,12 @@ use headers::{Forwarded, OWN_RESPONSE_HEADERS, PIN, REQUEST_ID};
 use record::Record;
 
 use crate::config::UpstreamProtocol;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, is_grpc};
 use crate::http1;
 use crate::metrics::{Metrics, RouteLabel};
 use crate::routing::{Deck, RouteReason, RoutingTable};
 use crate::server::{ClientBody, Connection, Reply};
+use crate::upstream::connect::{self, tls_server_name};
 use crate::upstream::health::Outcome;
 use crate::upstream::{Deployment, InFlight, Instance, Refusal};
 
@@ -42,7 +39,7 @@ pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
 /// Default limit on a request body: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 
-type Http2Client = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+type Http2Client = connect::Http2Client<UpstreamBody>;
 
 /// The draws of one serving thread: one deck for the split, one for the mirror's share, both
 /// for the table of `generation`.
@@ -104,6 +101,8 @@ struct Outgoing {
     body: RequestBody,
     /// The client sent `te: trailers` (gRPC does), which HTTP/2 instances need to see.
     wants_trailers: bool,
+    /// A gRPC call's own deadline (`grpc-timeout`): when it passes, and how long it was.
+    deadline: Option<(tokio::time::Instant, std::time::Duration)>,
 }
 
 // === impl Proxy ===
@@ -117,23 +116,10 @@ impl Proxy {
         max_body_bytes: u64,
         tls: rustls::ClientConfig,
     ) -> Self {
-        let mut tcp = HttpConnector::new();
-        tcp.set_nodelay(true);
-        // The TLS layer above decides which schemes are allowed.
-        tcp.enforce_http(false);
-        let http2 = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls.clone())
-            .https_or_http()
-            .enable_http2()
-            .wrap_connector(tcp);
-        let idle = std::time::Duration::from_secs(90);
         Proxy {
             table,
-            http1: http1::Connector::new(tls),
-            http2: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(idle)
-                .http2_only(true)
-                .build(http2),
+            http1: http1::Connector::new(tls.clone()),
+            http2: connect::http2_client(tls),
             metrics,
             max_body_bytes,
         }
@@ -148,25 +134,35 @@ impl Proxy {
     ) -> Reply<ProxyBody> {
         let started = Instant::now();
         let request_id = headers::request_id(request.headers());
+        let grpc = is_grpc(request.headers());
         let mut trace = Trace {
             deployment: None,
             route: RouteLabel::Unrouted,
             instance: None,
         };
 
-        let mut reply = match self
+        let (mut reply, status) = match self
             .forward(request, connection, &request_id, &mut trace)
             .await
         {
-            Ok(reply) => reply,
+            Ok(reply) => {
+                let status = reply.status();
+                (reply, status)
+            }
             Err(error) => {
                 self.metrics.count_gateway_error(error.code());
                 tracing::debug!(%error, "request answered by the gateway");
-                Reply::from(error.to_response().map(ProxyBody::local))
+                let response = if grpc {
+                    error.to_grpc_response()
+                } else {
+                    error.to_response()
+                };
+                // A gRPC error travels as HTTP 200; it is counted and logged by the status it
+                // stands for, so that the error rates see it.
+                (Reply::from(response.map(ProxyBody::local)), error.status())
             }
         };
 
-        let status = reply.status();
         let head = started.elapsed();
         match &trace.deployment {
             Some(deployment) => {
@@ -382,7 +378,14 @@ impl Proxy {
         outgoing: &mut Outgoing,
         lease: &InFlight,
     ) -> Result<Answer, Exchange> {
+        // `request_timeout_ms` bounds the wait for the response head, as in Azure; a gRPC call
+        // that allows itself less is held to its own deadline.
         let timeout = deployment.settings().request_timeout;
+        let by_timeout = tokio::time::Instant::now() + timeout;
+        let (give_up_at, deadline) = match outgoing.deadline {
+            Some((at, allowed)) if at < by_timeout => (at, Some(allowed)),
+            _ => (by_timeout, None),
+        };
         let attempt = async {
             match deployment.protocol() {
                 UpstreamProtocol::Http1 => self.exchange_http1(outgoing, lease.instance()).await,
@@ -393,13 +396,20 @@ impl Proxy {
             }
         };
         // Dropping the attempt cancels the upstream request.
-        let failure = match tokio::time::timeout(timeout, attempt).await {
+        let failure = match tokio::time::timeout_at(give_up_at, attempt).await {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(failure)) => failure,
             Err(_) => {
-                return Err(Exchange::Failed(ProxyError::Timeout {
-                    deployment: deployment.name().to_string(),
-                    timeout_ms: timeout.as_millis(),
+                let deployment = deployment.name().to_string();
+                return Err(Exchange::Failed(match deadline {
+                    Some(allowed) => ProxyError::DeadlineExceeded {
+                        deployment,
+                        timeout_ms: allowed.as_millis(),
+                    },
+                    None => ProxyError::Timeout {
+                        deployment,
+                        timeout_ms: timeout.as_millis(),
+                    },
                 }));
             }
         };
@@ -514,13 +524,6 @@ fn target_path(method: &Method, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
             "it must start with `/` (or be an http URL)",
         )),
     }
-}
-
-/// The name a certificate must carry for `host`: an IPv6 literal without its URL brackets.
-fn tls_server_name(host: &str) -> &str {
-    host.strip_prefix('[')
-        .and_then(|inner| inner.strip_suffix(']'))
-        .unwrap_or(host)
 }
 
 /// An instance's response head, with its body still to come.
@@ -669,6 +672,8 @@ impl Outgoing {
             );
             headers.insert(header::UPGRADE, upgrade);
         }
+        let deadline = headers::grpc_timeout(&headers)
+            .map(|allowed| (tokio::time::Instant::now() + allowed, allowed));
         Outgoing {
             method: parts.method,
             path_and_query,
@@ -676,6 +681,7 @@ impl Outgoing {
             forwarded,
             body: RequestBody::new(body, retryable),
             wants_trailers,
+            deadline,
         }
     }
 
@@ -688,6 +694,7 @@ impl Outgoing {
             forwarded: self.forwarded.clone(),
             body: RequestBody::new(body, false),
             wants_trailers: self.wants_trailers,
+            deadline: self.deadline,
         }
     }
 

@@ -1,24 +1,14 @@
-//! Whether an instance should get traffic: active readiness probes, and passive health from the
-//! answers it gives real requests.
+//! Whether an instance should get traffic: what its readiness probes found ([`super::probe`]),
+//! and passive health from the answers it gives real requests.
 //!
 //! Passive health does two things. Refused connections and runs of failures eject the instance
 //! for a backoff period. And every answer feeds an error rate that the balancer multiplies into
 //! the instance's load, so an instance that answers 429 or 5xx quickly looks busier, not idler:
 //! fast failures must never attract more traffic.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-use http::{Request, Uri};
-use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-
-use super::Instance;
-use crate::config::ReadinessProbe;
 
 /// Consecutive failed answers (5xx, 429, connection errors) that eject an instance.
 pub const EJECT_AFTER_FAILURES: u32 = 5;
@@ -176,112 +166,52 @@ impl Health {
         self.error_rate_ppm.store(new as u32, Ordering::Relaxed);
     }
 
-    fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    /// A readiness probe passed, the `passes`-th in a row, enough to be ready.
+    pub(super) fn probe_passed(&self, passes: u32) {
+        if !self.ready.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                deployment = &*self.deployment,
+                instance = &*self.instance,
+                passes,
+                "instance is ready: its readiness probe passes"
+            );
+        }
+    }
+
+    /// A readiness probe failed for `reason`, the `fails`-th in a row; at `threshold` the
+    /// instance is unready.
+    pub(super) fn probe_failed(&self, reason: &str, fails: u32, threshold: u32) {
+        if fails >= threshold && self.ready.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                deployment = &*self.deployment,
+                instance = &*self.instance,
+                reason,
+                fails,
+                "instance is unready: its readiness probe fails, it gets no traffic"
+            );
+        } else if !self.is_ready() && fails == 1 {
+            // An instance that never became ready says why, once per run of failures, at the
+            // level operators read: this is the line that explains a deployment's 503s.
+            tracing::warn!(
+                deployment = &*self.deployment,
+                instance = &*self.instance,
+                reason,
+                "instance is not ready: its readiness probe fails"
+            );
+        } else {
+            tracing::debug!(
+                deployment = &*self.deployment,
+                instance = &*self.instance,
+                reason,
+                fails,
+                "readiness probe failed"
+            );
+        }
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
-}
-
-/// Probes `instance` until it is dropped (the task holds only a weak reference).
-pub fn spawn_probe(instance: &Arc<Instance>, probe: ReadinessProbe) {
-    let weak: Weak<Instance> = Arc::downgrade(instance);
-    let Some(uri) = probe_uri(instance, &probe) else {
-        tracing::error!(instance = %instance.describe(), "cannot build the readiness probe URL");
-        return;
-    };
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        // Built outside a runtime (unit tests): nothing probes, the instance stays as it is.
-        return;
-    };
-    runtime.spawn(async move {
-        let client: Client<HttpConnector, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-        tokio::time::sleep(probe.initial_delay).await;
-        let (mut passes, mut fails) = (0u32, 0u32);
-        loop {
-            let probed = probe_once(&client, &uri, probe.timeout).await;
-            let Some(instance) = weak.upgrade() else {
-                return;
-            };
-            let health = &instance.health;
-            match probed {
-                Ok(()) => {
-                    passes += 1;
-                    fails = 0;
-                    if passes >= probe.success_threshold && !health.is_ready() {
-                        tracing::info!(
-                            deployment = &*health.deployment,
-                            instance = &*health.instance,
-                            passes,
-                            "instance is ready: its readiness probe passes"
-                        );
-                        health.set_ready(true);
-                    }
-                }
-                Err(reason) => {
-                    fails += 1;
-                    passes = 0;
-                    if fails >= probe.failure_threshold && health.is_ready() {
-                        tracing::warn!(
-                            deployment = &*health.deployment,
-                            instance = &*health.instance,
-                            %reason,
-                            fails,
-                            "instance is unready: its readiness probe fails, it gets no traffic"
-                        );
-                        health.set_ready(false);
-                    } else {
-                        tracing::debug!(
-                            deployment = &*health.deployment,
-                            instance = &*health.instance,
-                            %reason,
-                            "readiness probe failed"
-                        );
-                    }
-                }
-            }
-            drop(instance);
-            tokio::time::sleep(probe.period).await;
-        }
-    });
-}
-
-/// One probe; the error says why it failed.
-async fn probe_once(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    uri: &Uri,
-    timeout: Duration,
-) -> Result<(), String> {
-    let request = Request::get(uri.clone())
-        .body(Empty::new())
-        .map_err(|error| format!("cannot build the probe request: {error}"))?;
-    match tokio::time::timeout(timeout, client.request(request)).await {
-        Ok(Ok(response)) if response.status().is_success() => Ok(()),
-        Ok(Ok(response)) => Err(format!("GET {uri} answered {}", response.status())),
-        Ok(Err(error)) if error.is_connect() => Err(format!("cannot connect to {uri}")),
-        Ok(Err(error)) => Err(format!(
-            "GET {uri} failed: {}",
-            crate::causes::each_cause_once(&error)
-        )),
-        Err(_) => Err(format!(
-            "GET {uri} gave no answer within {}",
-            humantime::format_duration(timeout)
-        )),
-    }
-}
-
-fn probe_uri(instance: &Instance, probe: &ReadinessProbe) -> Option<Uri> {
-    let addr = instance.addr();
-    let authority = match probe.port {
-        Some(port) => format!("{}:{port}", addr.authority.host()),
-        None => addr.authority.to_string(),
-    };
-    format!("{}://{authority}{}", addr.scheme, probe.path)
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]

@@ -10,11 +10,13 @@
 //! instances, the one with the lower load wins, where load is requests outstanding times a factor
 //! that grows with the instance's recent error rate.
 
+pub mod connect;
 pub mod health;
+pub mod probe;
 pub mod resolve;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use http::HeaderValue;
 use http::uri::Authority;
@@ -27,6 +29,7 @@ use crate::config::{
 use crate::http1;
 use crate::metrics::{DeploymentMetrics, Metrics};
 use health::{Health, Outcome};
+use probe::Prober;
 use resolve::Resolved;
 
 /// Most idle connections kept per instance.
@@ -62,6 +65,8 @@ pub struct Instance {
     health: Health,
     /// Idle HTTP/1.1 connections to it.
     pool: http1::Pool,
+    /// Its readiness probe was started.
+    probing: AtomicBool,
 }
 
 /// Why a deployment would not take a request.
@@ -112,8 +117,11 @@ impl Deployment {
             .collect();
         // Instances carry the settings' semaphore and probe, so they are only reusable while
         // those stay the same.
-        let reusable = previous
-            .filter(|p| p.settings == config.request_settings && p.probe == config.readiness_probe);
+        let reusable = previous.filter(|p| {
+            p.settings == config.request_settings
+                && p.probe == config.readiness_probe
+                && p.protocol == config.protocol
+        });
         if let Some(previous) = reusable {
             let same_instances = previous.instances.len() == wanted.len()
                 && previous
@@ -156,6 +164,16 @@ impl Deployment {
             pending: AtomicUsize::new(0),
             metrics: metrics.deployment(endpoint, &config.name),
         })
+    }
+
+    /// Starts the readiness probes of instances that have none running yet.
+    pub fn start_probes(&self, prober: &Arc<Prober>) {
+        let Some(probe) = &self.probe else { return };
+        for instance in self.instances.iter() {
+            if !instance.probing.swap(true, Ordering::Relaxed) {
+                prober.spawn(instance, probe.clone(), self.protocol);
+            }
+        }
     }
 
     /// The deployment's name.
@@ -272,7 +290,7 @@ impl Instance {
             &config.name,
             &describe(&addr, &target),
         );
-        let instance = Arc::new(Instance {
+        Arc::new(Instance {
             addr,
             target,
             in_flight: AtomicUsize::new(0),
@@ -280,11 +298,8 @@ impl Instance {
             health,
             // More idle connections than requests allowed at once would never be used.
             pool: http1::Pool::new(permits.min(MAX_IDLE_CONNECTIONS)),
-        });
-        if let Some(probe) = &config.readiness_probe {
-            health::spawn_probe(&instance, probe.clone());
-        }
-        instance
+            probing: AtomicBool::new(false),
+        })
     }
 
     /// The instance's URL as the config gives it.
