@@ -296,6 +296,55 @@ async fn an_https_instance_is_verified_against_the_trusted_roots() {
 }
 
 #[tokio::test]
+async fn readiness_probes_go_over_the_traffics_tls_settings_and_protocol() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (files, _) = write_certificate(dir.path(), "upstream");
+    let store = switchyard::tls::CertStore::load(&files.cert, &files.key).expect("certificate");
+    let (https, _task) = echo_server_with(Some(store.acceptor().expect("acceptor"))).await;
+    let (h2c, _h2c_task) = echo_server().await;
+    // blue: HTTPS with a private CA; green: HTTP/2 (h2c). Each probed with a GET.
+    let text = format!(
+        "name: test-endpoint\nauth_mode: none\ntraffic: {{blue: 100, green: 0}}\ndeployments:\n\
+         \x20 - name: blue\n    instances: [{https}]\n    readiness_probe: {{path: /ready, period: 1}}\n\
+         \x20 - name: green\n    protocol: http2\n    instances: [{h2c}]\n    \
+         readiness_probe: {{path: /ready, period: 1}}\n"
+    );
+    let file = EndpointFile::new(&text);
+    let ready = |gateway: &Gateway, name: &str| {
+        gateway
+            .reloader()
+            .table()
+            .load()
+            .deployment(name)
+            .map_or(0, |deployment| deployment.available_instances())
+    };
+
+    // The probe trusts what the traffic trusts: without the private CA, blue never gets ready.
+    let untrusting = gateway(&file.path).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ready(&untrusting, "blue"), 0);
+    let answer = score(&client(), untrusting.addr(), None).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let mut options = GatewayOptions::new(&file.path, loopback());
+    options.upstream_ca_file = Some(files.cert.clone());
+    let trusting = Gateway::start(options).await.expect("start");
+    eventually("the https instance passes its probe", || {
+        ready(&trusting, "blue") == 1
+    })
+    .await;
+    eventually("the HTTP/2 instance passes its probe", || {
+        ready(&trusting, "green") == 1
+    })
+    .await;
+    for deployment in ["blue", "green"] {
+        let answer = score(&client(), trusting.addr(), Some(deployment)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{deployment}");
+        assert_eq!(answer.deployment.as_deref(), Some(deployment));
+    }
+}
+
+#[tokio::test]
 async fn a_websocket_upgrade_is_spliced_through() {
     use tokio::io::AsyncReadExt;
     let upstream = scripted_upstream(|mut stream| {
