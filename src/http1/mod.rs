@@ -36,6 +36,8 @@ pub(crate) use codec::ResponseHead;
 use codec::{BodyDecoder, BodyFraming, Decoded, Malformed, RequestFraming};
 pub(crate) use header_block::HeaderBlock;
 
+/// Longest the rest of a request is sent, or read and dropped, after its answer ended.
+const REST_OF_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// A request body up to this size is gathered whole and written with its head in one go.
@@ -162,6 +164,10 @@ struct Pump<B> {
     /// Nothing was written before the request was complete, so the write buffer holds all
     /// that was taken from the body.
     whole: bool,
+    /// Writing to the instance failed after it answered (or while it did): the rest of the
+    /// client's body is read and dropped, so that the client's connection, read to the end of
+    /// its request, stays usable and the client is never reset while it sends.
+    discarding: bool,
 }
 
 /// A response body read straight from the instance's connection.
@@ -174,6 +180,8 @@ pub(crate) struct ResponseBody<B> {
     /// The rest of the request body, if the instance answered before it was sent (rare, so
     /// boxed).
     pump: Option<Box<Pump<B>>>,
+    /// The answer's trailers, held while the rest of the request is still going out.
+    trailers: Option<HeaderMap>,
 }
 
 // === impl Connector ===
@@ -247,11 +255,18 @@ where
     let mut pump = Pump::new(request.body, framing);
     loop {
         let mut received = false;
+        // A write that failed may have failed because the instance answered and closed: its
+        // answer is still read, and is what the client gets.
+        let mut write_failed = None;
         // Send the request and watch for the answer at the same time: an instance may answer
         // before the request body is complete.
         let exchanged = poll_fn(|cx| {
-            if let Poll::Ready(Err(error)) = pump.poll(cx, &mut connection) {
-                return Poll::Ready(Err(error));
+            if write_failed.is_none() {
+                match pump.poll(cx, &mut connection) {
+                    Poll::Ready(Err(WriteError::Io(error))) => write_failed = Some(error),
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Ok(())) | Poll::Pending => {}
+                }
             }
             connection
                 .poll_head(
@@ -263,13 +278,24 @@ where
                 .map_err(WriteError::Read)
         })
         .await;
-        let error = match exchanged {
+        let error = match (exchanged, write_failed) {
             // The body is fully sent only if the pump finished; otherwise it goes on.
-            Ok(head) => {
+            (Ok(head), None) => {
                 let pump = (!pump.sent).then(|| Box::new(pump));
                 return Ok(respond(pool, connection, head, pump));
             }
-            Err(error) => error,
+            // Answered, but the rest of the request cannot go out: the connection ends with
+            // this answer, and the client's body is read to its end meanwhile.
+            (Ok(mut head), Some(error)) => {
+                tracing::debug!(%error, "the instance answered and stopped reading the request");
+                head.keep_alive = false;
+                pump.discard_rest(&mut connection);
+                let pump = (!pump.sent).then(|| Box::new(pump));
+                return Ok(respond(pool, connection, head, pump));
+            }
+            // No answer either: what failed first is what happened.
+            (Err(WriteError::Read(_)), Some(error)) => WriteError::Io(error),
+            (Err(error), _) => error,
         };
         let movable = reused
             && pump.whole
@@ -313,8 +339,9 @@ where
         decoder: BodyDecoder::new(head.body),
         keep_alive: head.keep_alive,
         pump,
+        trailers: None,
     };
-    if body.decoder.is_done() && head.body != BodyFraming::Upgrade {
+    if body.decoder.is_done() && body.pump.is_none() && head.body != BodyFraming::Upgrade {
         // No body follows (a HEAD or 204 answer, say), and it may never be polled.
         body.release(pool);
     }
@@ -371,7 +398,31 @@ where
             encoded: framing == RequestFraming::Empty,
             sent: false,
             whole: true,
+            discarding: false,
         }
+    }
+
+    /// Stops writing to the instance; from now on the body is only read to its end.
+    fn discard_rest(&mut self, connection: &mut Connection) {
+        self.discarding = true;
+        connection.write_buf.clear();
+        connection.written = 0;
+    }
+
+    /// Reads the rest of the client's body and drops it.
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        while !self.body.is_end_stream() {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(error))) => {
+                    return Poll::Ready(Err(WriteError::Body(error.into())));
+                }
+                Poll::Ready(None) => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.sent = true;
+        Poll::Ready(Ok(()))
     }
 
     /// Moves the request out: takes what the body has, writes what is buffered. Ready once
@@ -384,6 +435,9 @@ where
         loop {
             if self.sent {
                 return Poll::Ready(Ok(()));
+            }
+            if self.discarding {
+                return self.poll_discard(cx);
             }
             // Take in what the body has now, up to a buffer's worth.
             while !self.encoded && connection.unwritten() < FLUSH_BYTES {
@@ -611,15 +665,30 @@ where
             if let Some(pump) = self.pump.as_mut() {
                 match pump.poll(cx, connection) {
                     Poll::Ready(Ok(())) => self.pump = None,
+                    Poll::Ready(Err(WriteError::Io(error))) => {
+                        // The instance stopped reading: the answer may still be whole, but the
+                        // connection is done after it.
+                        tracing::debug!(%error, "the instance stopped reading the request after its answer began");
+                        pump.discard_rest(connection);
+                        self.keep_alive = false;
+                        continue;
+                    }
                     Poll::Ready(Err(error)) => {
-                        // The instance stopped reading, or the client stopped sending: the
-                        // answer may still be whole, but the connection is done after it.
-                        tracing::debug!(error = %error, "request body stopped after the answer began");
+                        // The client stopped sending.
+                        tracing::debug!(%error, "request body stopped after the answer began");
                         self.pump = None;
                         self.keep_alive = false;
                     }
                     Poll::Pending => {}
                 }
+            }
+            if self.decoder.is_done() {
+                self.release(pool);
+                return Poll::Ready(
+                    self.trailers
+                        .take()
+                        .map(|trailers| Ok(Frame::trailers(trailers))),
+                );
             }
             match self.decoder.decode(&mut connection.read_buf) {
                 Ok(Decoded::Data(data)) => {
@@ -629,8 +698,8 @@ where
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Ok(Decoded::End(trailers)) => {
-                    self.release(pool);
-                    return Poll::Ready(trailers.map(|trailers| Ok(Frame::trailers(trailers))));
+                    self.trailers = trailers;
+                    continue;
                 }
                 Ok(Decoded::NeedMore) => {}
                 Err(error) => return self.fail(error.into()),
@@ -641,7 +710,9 @@ where
                     if let Err(error) = self.decoder.on_close() {
                         return self.fail(error.into());
                     }
-                    self.connection = None;
+                    if self.pump.is_none() {
+                        self.connection = None;
+                    }
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Ok(_)) => {}
@@ -650,13 +721,39 @@ where
         }
     }
 
+    /// When the answer ended before the request was all sent (the instance answered early):
+    /// the work of sending the rest, or of reading the rest from the client and dropping it
+    /// once the instance stops reading. Run to its end, it leaves the client's connection read
+    /// to the end of its request, so it carries on with the next one instead of being closed
+    /// (and reset) while the client still sends. Bounded by [`REST_OF_REQUEST_TIMEOUT`].
+    pub(crate) fn rest_of_request(&mut self) -> Option<impl Future<Output = ()> + use<B>> {
+        let mut pump = self.pump.take()?;
+        let mut connection = self.connection.take()?;
+        Some(async move {
+            let rest = poll_fn(move |cx| {
+                loop {
+                    match pump.poll(cx, &mut connection) {
+                        Poll::Ready(Err(WriteError::Io(_))) => pump.discard_rest(&mut connection),
+                        Poll::Ready(_) => return Poll::Ready(()),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            });
+            let _ = tokio::time::timeout(REST_OF_REQUEST_TIMEOUT, rest).await;
+        })
+    }
+
     fn fail(&mut self, error: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.connection = None;
         Poll::Ready(Some(Err(error)))
     }
 
-    /// Hands the connection back if it may carry another request.
+    /// Hands the connection back if it may carry another request. One whose request is still
+    /// going out stays for [`ResponseBody::rest_of_request`].
     fn release(&mut self, pool: &Pool) {
+        if self.pump.is_some() {
+            return;
+        }
         if let Some(connection) = self.connection.take() {
             // Not while the request is still going out, nor with bytes past the body (the
             // instance broke the framing).

@@ -147,6 +147,14 @@ impl Drop for ProxyBody {
         if let Some(record) = &self.record {
             record.finish(self.is_end_stream());
         }
+        // An answer that ended before its request was all sent: the rest goes on, on its own.
+        if let Kind::Http1 { body, .. } = &mut self.kind {
+            if let Some(rest) = body.rest_of_request() {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(rest);
+                }
+            }
+        }
     }
 }
 
