@@ -285,3 +285,49 @@ async fn an_instances_headers_reach_every_kind_of_client_alike() {
         assert_eq!(&body[..], expected, "{who}");
     }
 }
+
+#[tokio::test]
+async fn a_head_answer_without_a_length_is_not_given_one() {
+    // As a GET would be answered: chunked, or until the close. A HEAD answer says how the GET's
+    // body would be framed; a `content-length: 0` the instance never sent would be a lie.
+    let chunked = raw_instance("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", "").await;
+    let sized = raw_instance("HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n", "").await;
+    let file = EndpointFile::new(&endpoint_yaml(&[
+        ("blue", 100, &[&chunked]),
+        ("green", 0, &[&sized]),
+    ]));
+    let gateway = gateway(&file.path).await;
+    let http2: TestClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let url = format!("http://{}/score", gateway.addr());
+    for (who, client, version) in [
+        ("HTTP/1.1", &client(), Version::HTTP_11),
+        ("HTTP/1.0", &client(), Version::HTTP_10),
+        ("HTTP/2", &http2, Version::HTTP_2),
+    ] {
+        for (deployment, length) in [("blue", None), ("green", Some("42"))] {
+            let request = Request::builder()
+                .method(Method::HEAD)
+                .uri(&url)
+                .version(version)
+                .header(PIN, deployment)
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let response = tokio::time::timeout(PATIENCE, client.request(request))
+                .await
+                .expect("an answer in time")
+                .expect("an answer");
+            assert_eq!(response.status(), StatusCode::OK, "{who} {deployment}");
+            assert_eq!(
+                response
+                    .headers()
+                    .get("content-length")
+                    .map(|v| v.to_str().expect("ascii")),
+                length,
+                "{who} {deployment}"
+            );
+        }
+    }
+}

@@ -268,13 +268,21 @@ impl Forwarded {
         host: Option<HeaderValue>,
         request_id: HeaderValue,
     ) -> Self {
-        let earlier = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
-        let forwarded_for = earlier
-            .and_then(|earlier| {
-                let ip = client_ip.to_str().unwrap_or_default();
-                HeaderValue::from_str(&format!("{earlier}, {ip}")).ok()
-            })
-            .unwrap_or_else(|| client_ip.clone());
+        // Every line the client sent, in order: lines of one field are one comma-separated
+        // list (RFC 9110, section 5.3), and a proxy before this one may have added its own.
+        let mut lines = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+        let forwarded_for = if lines.peek().is_none() {
+            client_ip.clone()
+        } else {
+            let mut joined = Vec::new();
+            for line in lines.chain(std::iter::once(client_ip)) {
+                if !joined.is_empty() {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(line.as_bytes());
+            }
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+        };
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         let len = if host.is_some() { 4 } else { 3 };
         Forwarded {
@@ -461,6 +469,22 @@ mod tests {
         );
         forwarded.insert_into(&mut headers);
         assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");
+
+        // A second line, from a proxy before the client's, is kept, in order.
+        let mut two = HeaderMap::new();
+        two.append(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.1"));
+        two.append(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        let forwarded = Forwarded::new(
+            &two,
+            &HeaderValue::from_static("127.0.0.1"),
+            false,
+            None,
+            HeaderValue::from_static("id"),
+        );
+        assert_eq!(
+            forwarded.as_slice()[0].1,
+            "198.51.100.1, 203.0.113.7, 127.0.0.1"
+        );
         assert_eq!(headers[&X_FORWARDED_PROTO], "http");
         assert_eq!(headers[&X_FORWARDED_HOST], "gw:8080");
         assert_eq!(headers[&REQUEST_ID], "id-1");

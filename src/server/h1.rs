@@ -440,7 +440,14 @@ where
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let length = declared.or_else(|| body.size_hint().exact());
+    // A HEAD answer's length is the GET's: the one declared, or that of a body the handler
+    // made for it. An instance's answer to HEAD has an empty body, which says nothing about
+    // the GET's, so it gets no length it did not declare.
+    let length = match (declared, body.size_hint().exact()) {
+        (Some(length), _) => Some(length),
+        (None, Some(0)) if to_head => None,
+        (None, exact) => exact,
+    };
     let framing = match length {
         _ if bodiless => {
             if let (StatusCode::NOT_MODIFIED, Some(length)) = (status, declared) {

@@ -1,6 +1,8 @@
-//! An instance that answers before the request body is complete (a model server rejecting a
-//! request early, nginx answering from a location that ignores the body): the client gets that
-//! answer whole, never a reset, and its connection carries on or closes gracefully.
+//! HTTP/1.1 exchanges off the usual path, on raw sockets. An instance that answers before the
+//! request body is complete (a model server rejecting a request early, nginx answering from a
+//! location that ignores the body): the client gets that answer whole, never a reset, and its
+//! connection carries on. An instance that fails after its head: a cut answer, counted. A
+//! chunked request with a sloppy trailer: never one answer for two requests.
 
 mod common;
 
@@ -125,4 +127,72 @@ async fn an_early_answer_from_an_instance_that_closes_reaches_the_client_whole()
         assert!(text.ends_with("early"), "round {round}: {text}");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+#[tokio::test]
+async fn an_instance_that_fails_before_its_first_body_byte_gives_a_cut_answer_not_an_empty_one() {
+    // Its head is in and passed on at once (a stream's head must not wait for its first
+    // event); its body never comes. The client sees the head and a body shorter than declared,
+    // which every HTTP client reports as an error, and the gateway counts the cut.
+    let instance = scripted_upstream(|mut stream| {
+        tokio::spawn(async move {
+            read_request_head(&mut stream).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+                .await;
+        })
+    })
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
+    let gateway = gateway(&file.path).await;
+    let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    stream
+        .write_all(b"GET /score HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends")
+        .expect("read");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("content-length: 100\r\n"), "{text}");
+    let body = &text[text.find("\r\n\r\n").expect("a whole head") + 4..];
+    assert!(body.len() < 100, "{text}");
+    eventually("the cut is counted", || {
+        metric(
+            &gateway,
+            "switchyard_response_bodies_cut_total",
+            &["side=\"instance\""],
+        ) == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_chunked_request_whose_trailer_ends_in_a_bare_lf_does_not_swallow_the_next_request() {
+    let (echo, _task) = echo_server().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
+    let gateway = gateway(&file.path).await;
+    let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    stream
+        .write_all(
+            b"POST /score HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n0\r\nx-trailer: 1\n\r\n\
+              GET /second HTTP/1.1\r\nhost: gateway\r\n\r\n",
+        )
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer))
+        .await
+        .is_ok();
+    let text = String::from_utf8_lossy(&answer);
+    let answers = text.matches("HTTP/1.1 ").count();
+    // Both requests answered; or one, with the connection closed and said to close, which
+    // tells the client the second was not taken (RFC 9112, section 9.3.2: it sends it again).
+    // Never one answer for two requests on a connection that stays open.
+    let told = answers == 1 && closed && text.contains("\r\nconnection: close\r\n");
+    assert!(answers == 2 || told, "{text}");
 }
