@@ -12,6 +12,7 @@ pub mod causes;
 pub mod client;
 pub mod config;
 pub mod demo;
+mod endpoint;
 pub mod error;
 pub(crate) mod http1;
 pub mod metrics;
@@ -43,6 +44,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
+
+pub use endpoint::{Endpoint, EndpointOptions};
 
 use crate::admin::AdminState;
 use crate::config::ConfigError;

@@ -5,7 +5,11 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A client's request body: read whole with its head by the serve loop's own HTTP/1.1 path, or
 /// streamed by hyper.
@@ -18,9 +22,20 @@ enum Kind {
     Whole(Option<Bytes>),
     /// Streamed as it arrives.
     Streamed(Incoming),
+    /// Any other body, from a server the endpoint is mounted in (see [`crate::Endpoint`]).
+    Other(UnsyncBoxBody<Bytes, BoxError>),
 }
 
 impl ClientBody {
+    /// Any body, as another server hands it over.
+    pub fn new<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        ClientBody(Kind::Other(body.map_err(Into::into).boxed_unsync()))
+    }
+
     /// A body already read in full.
     pub(crate) fn whole(bytes: Bytes) -> Self {
         ClientBody(Kind::Whole((!bytes.is_empty()).then_some(bytes)))
@@ -31,7 +46,7 @@ impl ClientBody {
     pub(crate) fn clone_whole(&self) -> Option<ClientBody> {
         match &self.0 {
             Kind::Whole(bytes) => Some(ClientBody(Kind::Whole(bytes.clone()))),
-            Kind::Streamed(_) => None,
+            Kind::Streamed(_) | Kind::Other(_) => None,
         }
     }
 }
@@ -44,15 +59,16 @@ impl From<Incoming> for ClientBody {
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().0 {
             Kind::Whole(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Kind::Streamed(body) => Pin::new(body).poll_frame(cx),
+            Kind::Streamed(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Other(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -60,6 +76,7 @@ impl Body for ClientBody {
         match &self.0 {
             Kind::Whole(bytes) => bytes.is_none(),
             Kind::Streamed(body) => body.is_end_stream(),
+            Kind::Other(body) => body.is_end_stream(),
         }
     }
 
@@ -69,6 +86,7 @@ impl Body for ClientBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             Kind::Streamed(body) => body.size_hint(),
+            Kind::Other(body) => body.size_hint(),
         }
     }
 }

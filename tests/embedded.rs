@@ -1,0 +1,91 @@
+//! A Switchyard endpoint as a `tower::Service`, driven with `oneshot` and no socket of its own:
+//! what an axum or hyper server that mounts it sees.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use switchyard::demo::SAMPLE_REQUEST;
+use switchyard::model_server::Model;
+use switchyard::{Endpoint, EndpointOptions};
+use tower::ServiceExt;
+
+fn scoring(pin: Option<&str>) -> Request<Full<Bytes>> {
+    let mut request = Request::post("/score")
+        .header("content-type", "application/json")
+        .extension(std::net::SocketAddr::from(([192, 0, 2, 7], 40000)));
+    if let Some(pin) = pin {
+        request = request.header(PIN, pin);
+    }
+    request
+        .body(Full::new(Bytes::from_static(SAMPLE_REQUEST.as_bytes())))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn an_endpoint_mounted_as_a_service_routes_pins_and_counts() {
+    let blue = model_server(Model::Diabetes, "blue-1").await;
+    let green = model_server(Model::Constant, "green-1").await;
+    let file = EndpointFile::new(&endpoint_yaml(&[
+        ("blue", 100, &[&blue.url()]),
+        ("green", 0, &[&green.url()]),
+    ]));
+    let endpoint = Endpoint::start(EndpointOptions::new(&file.path)).expect("start");
+
+    let answer = endpoint
+        .clone()
+        .oneshot(scoring(None))
+        .await
+        .expect("infallible");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()[PIN], "blue");
+    assert_eq!(answer.headers()["x-demo-instance"], "blue-1");
+
+    let answer = endpoint
+        .clone()
+        .oneshot(scoring(Some("green")))
+        .await
+        .expect("infallible");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()[PIN], "green");
+
+    let answer = endpoint
+        .clone()
+        .oneshot(scoring(Some("red")))
+        .await
+        .expect("infallible");
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    let body = answer.into_body().collect().await.expect("body").to_bytes();
+    let error: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(error["error"]["code"], "deployment_not_found");
+
+    let counted = |deployment: &str| {
+        endpoint
+            .metrics()
+            .render()
+            .lines()
+            .filter(|line| {
+                line.starts_with("switchyard_requests_total")
+                    && line.contains(&format!("deployment=\"{deployment}\""))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    assert_eq!(counted("blue"), 1);
+    assert_eq!(counted("green"), 1);
+
+    // The file is watched as by the gateway: a new split applies.
+    file.replace_by_rename(&endpoint_yaml(&[
+        ("blue", 0, &[&blue.url()]),
+        ("green", 100, &[&green.url()]),
+    ]));
+    eventually("the new split applies", || endpoint.generation() == 2).await;
+    let answer = endpoint
+        .clone()
+        .oneshot(scoring(None))
+        .await
+        .expect("infallible");
+    assert_eq!(answer.headers()[PIN], "green");
+}
