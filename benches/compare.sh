@@ -51,7 +51,7 @@ haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 HAPROXY_PID=$!
 pin=()
 if [ "$PIN_WORKERS" = 1 ]; then pin=(--pin-workers); fi
-RUST_LOG=warn "$SWITCHYARD" --workers "$WORKERS" "${pin[@]}" serve --config "$work/config/endpoint.yaml" \
+RUST_LOG=warn "$SWITCHYARD" serve --workers "$WORKERS" "${pin[@]}" --config "$work/config/endpoint.yaml" \
   --listen "127.0.0.1:$SWITCH" --admin-listen "127.0.0.1:$ADMIN" & pids+=($!)
 SWITCHYARD_PID=$!
 

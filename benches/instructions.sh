@@ -61,7 +61,7 @@ printf '%-12s%10s%16s\n' contestant requests instructions
 for name in "${CONTESTANTS[@]}"; do
   case "$name" in
     switchyard)
-      count switchyard "$SWITCHYARD" --workers 1 serve \
+      count switchyard "$SWITCHYARD" serve --workers 1 \
         --config "$work/config/endpoint.yaml" --listen "127.0.0.1:$PROXY" \
         --admin-listen "127.0.0.1:$ADMIN" ;;
     nginx) count nginx nginx -c "$work/nginx.conf" -e stderr ;;

@@ -24,16 +24,33 @@ struct Cli {
     /// Log format on stderr: `text` or `json` (one JSON object per line).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The threads a gateway serves requests on (`serve` and `demo`).
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct Threads {
     /// Threads serving requests, each with its own listening socket on the port; a new
     /// connection goes to one with the fewest open (default: one per CPU core).
-    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
     /// Pin each serving thread to a CPU of its own. Shortens the latency tail where the gateway
     /// has its cores to itself; leave it off where other busy processes share them.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pin_workers: bool,
-    #[command(subcommand)]
-    command: Command,
+}
+
+impl Threads {
+    /// Sets `options` to serve on these threads.
+    fn apply(self, options: &mut GatewayOptions) {
+        let count = self.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, usize::from),
+            usize::from,
+        );
+        options.workers = Some(count);
+        options.pin_workers = self.pin_workers;
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -76,6 +93,8 @@ enum Command {
         /// Most client connections open at once; further clients wait in the listen backlog.
         #[arg(long, value_name = "N", default_value_t = switchyard::server::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
+        #[command(flatten)]
+        threads: Threads,
     },
     /// Show the running endpoint: deployments, traffic, instances, request rate and errors.
     Show {
@@ -155,6 +174,8 @@ enum Command {
         /// green back.
         #[arg(long, value_name = "SHARE", default_value_t = 0.0)]
         green_failure_rate: f64,
+        #[command(flatten)]
+        threads: Threads,
     },
     /// Run one demo model server (Azure inference-server contract: POST /score, GET /).
     ModelServer {
@@ -288,10 +309,6 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Serve { .. }) {
         runtime.worker_threads(1);
     }
-    let workers = cli.workers.map_or_else(
-        || std::thread::available_parallelism().map_or(1, usize::from),
-        usize::from,
-    );
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -299,11 +316,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let threads = Threads {
-        count: workers,
-        pinned: cli.pin_workers,
-    };
-    match runtime.block_on(run(cli.command, threads)) {
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!(
@@ -322,14 +335,7 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<EndpointConfig> {
         .map_err(|error| anyhow::anyhow!("{}", error.render().trim_end()))
 }
 
-/// The serving threads `serve` runs on.
-#[derive(Debug, Clone, Copy)]
-struct Threads {
-    count: usize,
-    pinned: bool,
-}
-
-async fn run(command: Command, threads: Threads) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Rollout { action } => rollout(action).await,
         Command::Traffic {
@@ -375,10 +381,10 @@ async fn run(command: Command, threads: Threads) -> anyhow::Result<()> {
             upstream_ca_file,
             max_body_bytes,
             max_connections,
+            threads,
         } => {
             let mut options = GatewayOptions::new(config, listen);
-            options.workers = Some(threads.count);
-            options.pin_workers = threads.pinned;
+            threads.apply(&mut options);
             options.admin_listen = Some(admin_listen);
             options.drain_timeout = drain_timeout;
             options.max_body_bytes = max_body_bytes;
@@ -454,6 +460,7 @@ async fn run(command: Command, threads: Threads) -> anyhow::Result<()> {
             dir,
             load,
             green_failure_rate,
+            threads,
         } => {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&green_failure_rate),
@@ -466,6 +473,7 @@ async fn run(command: Command, threads: Threads) -> anyhow::Result<()> {
                 .write_files(&dir)
                 .with_context(|| format!("cannot write the demo files to {}", dir.display()))?;
             let mut options = GatewayOptions::new(endpoint, listen);
+            threads.apply(&mut options);
             options.admin_listen = Some(admin_listen);
             options.reload_on_sighup = true;
             let gateway = start_gateway(options).await?;

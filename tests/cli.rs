@@ -84,6 +84,11 @@ impl Served {
 
     /// With global options (`--log-format json`, say) before the subcommand.
     fn start_with(global: &[&str], config: &std::path::Path) -> Self {
+        Self::start_with_both(global, &[], config)
+    }
+
+    /// With global options before the subcommand and `serve`'s own after it.
+    fn start_with_both(global: &[&str], own: &[&str], config: &std::path::Path) -> Self {
         let mut child = Command::new(BINARY)
             .args(global)
             .args([
@@ -94,6 +99,7 @@ impl Served {
                 "127.0.0.1:0",
             ])
             .args(["--drain-timeout", "5s", "--admin-listen", "127.0.0.1:0"])
+            .args(own)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -325,7 +331,7 @@ async fn json_logs_are_one_object_per_line_with_the_access_fields_on_top() {
 async fn workers_sets_the_number_of_serving_threads() {
     let blue = model_server(Model::Diabetes, "blue-1").await;
     let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&blue.url()])]));
-    let served = Served::start_with(&["--workers", "3"], &file.path);
+    let served = Served::start_with_both(&[], &["--workers", "3"], &file.path);
     // Linux names threads after the first 15 bytes of `switchyard-worker-N`. A thread names
     // itself once it runs, so a busy machine may show it unnamed for a moment.
     let serving = || {
@@ -542,4 +548,92 @@ async fn invoke_sends_the_key_from_the_environment_and_show_takes_an_address_wit
     let (code, out, err) = switchyard(&["show", "--admin", &served.admin.to_string()]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("endpoint my-endpoint"), "{out}");
+}
+
+#[test]
+fn serving_thread_flags_belong_to_the_commands_that_serve() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("endpoint.yaml");
+    std::fs::write(
+        &path,
+        "name: e\nauth_mode: none\ntraffic: {blue: 100}\ndeployments:\n  - name: blue\n    instances: [http://127.0.0.1:1]\n",
+    )
+    .expect("write");
+    let validate = Command::new(BINARY)
+        .args(["validate", "--workers", "2"])
+        .arg(&path)
+        .output()
+        .expect("run validate");
+    assert!(!validate.status.success());
+    let said = String::from_utf8_lossy(&validate.stderr);
+    assert!(said.contains("--workers"), "{said}");
+    for command in ["serve", "demo"] {
+        let help = Command::new(BINARY)
+            .args([command, "--help"])
+            .output()
+            .expect("run help");
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            text.contains("--workers") && text.contains("--pin-workers"),
+            "{command}: {text}"
+        );
+    }
+    for command in ["validate", "invoke", "model-server", "show"] {
+        let help = Command::new(BINARY)
+            .args([command, "--help"])
+            .output()
+            .expect("run help");
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            !text.contains("--workers"),
+            "{command} lists --workers: {text}"
+        );
+    }
+}
+
+/// The fenced block of README.md that starts with `first_line`, without its fences.
+fn readme_block(first_line: &str, nth: usize) -> String {
+    let readme = include_str!("../README.md");
+    let starts: Vec<usize> = readme
+        .match_indices(&format!("\n{first_line}\n"))
+        .map(|(at, _)| at + 1)
+        .collect();
+    let start = *starts
+        .get(nth)
+        .unwrap_or_else(|| panic!("README.md has no block {nth} starting with {first_line:?}"));
+    let end = readme[start..].find("\n```").expect("a closed block") + start;
+    readme[start..end].to_string()
+}
+
+#[test]
+fn readmes_validate_example_is_what_validate_prints() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = readme_block("# endpoint.yaml, with a mistake on line 9", 0);
+    std::fs::write(dir.path().join("endpoint.yaml"), format!("{file}\n")).expect("write");
+    let run = || {
+        let output = Command::new(BINARY)
+            .args(["validate", "endpoint.yaml"])
+            .current_dir(dir.path())
+            .output()
+            .expect("run validate");
+        let mut said = String::from_utf8_lossy(&output.stdout).into_owned();
+        said.push_str(&String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), said)
+    };
+    let shown = |nth| {
+        let block = readme_block("$ switchyard validate endpoint.yaml", nth);
+        block
+            .split_once('\n')
+            .map(|(_, output)| format!("{output}\n"))
+            .expect("output under the command")
+    };
+    let (valid, said) = run();
+    assert!(!valid);
+    assert_eq!(said, shown(0));
+
+    let fixed = file.replace("[127.0.0.1:9003]", "[http://127.0.0.1:9003]");
+    std::fs::write(dir.path().join("endpoint.yaml"), format!("{fixed}\n")).expect("write");
+    let (valid, said) = run();
+    assert!(valid, "{said}");
+    assert_eq!(said, shown(1));
 }
