@@ -92,6 +92,12 @@ pub struct DeploymentStatus {
     /// Of those, answered with 408, 429 or 5xx.
     #[serde(default)]
     pub recent_errors: u64,
+    /// Of those, 429s: refused at the deployment's limit of requests at once.
+    #[serde(default)]
+    pub recent_refused: u64,
+    /// Its `max_concurrent_requests_per_instance`.
+    #[serde(default)]
+    pub max_concurrent_requests_per_instance: u32,
     /// Its instances.
     pub instances: Vec<InstanceStatus>,
 }
@@ -172,6 +178,10 @@ pub fn status(state: &AdminState) -> EndpointStatus {
             errors: counts.get(deployment.name()).map_or(0, |c| c.errors),
             recent_requests: recent.get(deployment.name()).map_or(0, |c| c.answered),
             recent_errors: recent.get(deployment.name()).map_or(0, |c| c.errors),
+            recent_refused: recent.get(deployment.name()).map_or(0, |c| c.refused),
+            max_concurrent_requests_per_instance: settings
+                .request_settings
+                .max_concurrent_requests_per_instance,
             instances: deployment
                 .instances()
                 .iter()

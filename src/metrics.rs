@@ -216,6 +216,8 @@ pub struct RequestCounts {
     pub answered: u64,
     /// Answers whose [`Outcome`] is an error.
     pub errors: u64,
+    /// Of those, 429s: the deployment was at its limit of requests at once.
+    pub refused: u64,
 }
 
 /// The metrics of one deployment, resolved once so the request path skips the label lookup.
@@ -495,6 +497,9 @@ impl Metrics {
                 if error {
                     entry.errors += value;
                 }
+                if code == "429" {
+                    entry.refused += value;
+                }
             }
         }
         counts
@@ -537,6 +542,7 @@ impl Metrics {
                 let delta = RequestCounts {
                     answered: now.answered.saturating_sub(before.answered),
                     errors: now.errors.saturating_sub(before.errors),
+                    refused: now.refused.saturating_sub(before.refused),
                 };
                 (name, delta)
             })
@@ -866,20 +872,23 @@ mod tests {
         for _ in 0..3 {
             green.count(StatusCode::INTERNAL_SERVER_ERROR, RouteLabel::Weighted);
         }
+        green.count(StatusCode::TOO_MANY_REQUESTS, RouteLabel::Weighted);
         let (window, recent) = metrics.recent_counts();
         assert!(window < RECENT_WINDOW);
         assert_eq!(
             recent["green"],
             RequestCounts {
-                answered: 3,
-                errors: 3
+                answered: 4,
+                errors: 4,
+                refused: 1,
             }
         );
         assert_eq!(
             metrics.request_counts()["green"],
             RequestCounts {
-                answered: 103,
-                errors: 3
+                answered: 104,
+                errors: 4,
+                refused: 1,
             }
         );
     }

@@ -169,6 +169,23 @@ pub fn render_status(status: &EndpointStatus) -> String {
             status.recent_window_seconds
         );
     }
+    for deployment in &status.deployments {
+        // A refusal share worth a line: Azure's default of one request at a time per instance
+        // turns any concurrent load into 429s, which reads as a failing model otherwise.
+        if deployment.recent_refused > 0
+            && deployment.recent_refused * 20 >= deployment.recent_requests
+        {
+            let _ = writeln!(
+                out,
+                "{}: {:.0}% of its requests were refused with 429 (at most {} at once per \
+                 instance); if its model server handles requests concurrently, raise \
+                 request_settings.max_concurrent_requests_per_instance",
+                deployment.name,
+                100.0 * deployment.recent_refused as f64 / deployment.recent_requests as f64,
+                deployment.max_concurrent_requests_per_instance,
+            );
+        }
+    }
     if let Some(header) = status.config.get("sticky_header").and_then(|v| v.as_str()) {
         let _ = writeln!(
             out,
@@ -252,6 +269,8 @@ mod tests {
                     errors: 91,
                     recent_requests: 900,
                     recent_errors: 9,
+                    recent_refused: 0,
+                    max_concurrent_requests_per_instance: 16,
                     instances: vec![instance(9001, true), instance(9002, false)],
                 },
                 DeploymentStatus {
@@ -264,6 +283,8 @@ mod tests {
                     errors: 1,
                     recent_requests: 100,
                     recent_errors: 0,
+                    recent_refused: 0,
+                    max_concurrent_requests_per_instance: 16,
                     instances: vec![instance(9003, true)],
                 },
                 DeploymentStatus {
@@ -276,6 +297,8 @@ mod tests {
                     errors: 21,
                     recent_requests: 200,
                     recent_errors: 2,
+                    recent_refused: 0,
+                    max_concurrent_requests_per_instance: 16,
                     instances: vec![instance(9004, true)],
                 },
             ],
@@ -291,6 +314,26 @@ mod tests {
                 ],
             }),
         }
+    }
+
+    #[test]
+    fn show_points_at_the_setting_when_many_requests_are_refused() {
+        let mut status = status();
+        assert!(!render_status(&status).contains("429"));
+        status.deployments[0].recent_refused = 600;
+        status.deployments[0].max_concurrent_requests_per_instance = 1;
+        let text = render_status(&status);
+        assert!(
+            text.contains(
+                "blue: 67% of its requests were refused with 429 (at most 1 at once per \
+                 instance); if its model server handles requests concurrently, raise \
+                 request_settings.max_concurrent_requests_per_instance"
+            ),
+            "{text}"
+        );
+        // A few refusals under a burst are no news.
+        status.deployments[0].recent_refused = 20;
+        assert!(!render_status(&status).contains("429"));
     }
 
     #[test]
