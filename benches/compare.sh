@@ -16,6 +16,7 @@
 #     bash benches/compare.sh                    # one contestant, e.g. while optimising
 #   PEER_HEADERS=none bash benches/compare.sh    # nginx and HAProxy without the header work
 #   PIN_WORKERS=1 bash benches/compare.sh        # each proxy's workers pinned to CPUs 0..N-1
+#   BODY_BYTES=262144 bash benches/compare.sh    # 256 KiB request bodies, answered early
 #
 # Switchyard adds X-Forwarded-For, -Proto, -Host and a request id to every request it forwards,
 # and returns the request id and the deployment's name to the client. By default nginx and

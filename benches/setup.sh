@@ -76,11 +76,25 @@ EOF
   UPSTREAM_PID=$!
 }
 
-cat > "$work/post.lua" <<EOF
+# BODY_BYTES=262144: every request carries a body of that size instead (a JSON array of zeros),
+# which the upstream answers before reading, as nginx does for `return`: the large-body case.
+if [ -n "${BODY_BYTES:-}" ]; then
+  python3 -c "import sys; n = int(sys.argv[1]); sys.stdout.write('[' + '0,' * ((n - 3) // 2) + '0]' + ' ' * ((n - 3) % 2))" \
+    "$BODY_BYTES" > "$work/body.json"
+  cat > "$work/post.lua" <<EOF
+local file = io.open("$work/body.json", "rb")
+wrk.method = "POST"
+wrk.body = file:read("*a")
+file:close()
+wrk.headers["Content-Type"] = "application/json"
+EOF
+else
+  cat > "$work/post.lua" <<EOF
 wrk.method = "POST"
 wrk.body = '$BODY'
 wrk.headers["Content-Type"] = "application/json"
 EOF
+fi
 
 # What Switchyard does to every request, done by the peers too unless PEER_HEADERS=none:
 # X-Forwarded-For, -Proto, -Host and a request id upstream; the request id and the deployment's
