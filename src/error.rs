@@ -292,6 +292,8 @@ fn grpc_message(text: &str) -> String {
 impl From<RouteError> for ProxyError {
     fn from(error: RouteError) -> Self {
         match error {
+            RouteError::Unauthorized => ProxyError::Unauthorized,
+            RouteError::InvalidPin(why) => ProxyError::InvalidPinHeader(why),
             RouteError::NoPositiveWeight => ProxyError::NoValidDeployments,
             RouteError::UnknownDeployment { requested, known } => {
                 ProxyError::UnknownDeployment { requested, known }
@@ -372,15 +374,15 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_lists_every_error_with_its_status_and_grpc_status() {
-        let readme = include_str!("../README.md");
+    fn the_docs_list_every_error_with_its_status_and_grpc_status() {
+        let readme = include_str!("../docs/requests.md");
         let grpc_page = include_str!("../docs/grpc.md");
         for error in one_of_each() {
             let code = format!("| `{}` |", error.code());
             let row = readme
                 .lines()
                 .find(|line| line.contains(&code))
-                .unwrap_or_else(|| panic!("README's error table has no row for {code}"));
+                .unwrap_or_else(|| panic!("docs/requests.md's error table has no row for {code}"));
             let cells: Vec<&str> = row.split('|').map(str::trim).collect();
             assert_eq!(cells[1], error.status().as_str(), "{row}");
             assert_eq!(

@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::seq::SliceRandom;
 
 use crate::auth::Keys;
-use crate::config::EndpointConfig;
+use crate::config::{EndpointConfig, PIN_HEADER};
 use crate::metrics::{Metrics, RouteLabel};
 use crate::upstream::Deployment;
 use crate::upstream::probe::Prober;
@@ -94,6 +94,10 @@ pub struct Route {
 /// Why a request could not be routed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
+    /// `auth_mode: key`, and the request carries no valid key.
+    Unauthorized,
+    /// The pin header is present but unusable (sent twice, or empty).
+    InvalidPin(&'static str),
     /// No pin, and every deployment has weight 0.
     NoPositiveWeight,
     /// The pin header names no deployment of this endpoint.
@@ -103,6 +107,62 @@ pub enum RouteError {
         /// The deployments that do exist, comma separated.
         known: String,
     },
+}
+
+/// What an endpoint's rules decide for one request, before it goes to an instance.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The deployment that serves it, and why that one.
+    pub route: Route,
+    /// The deployment it is also copied to, whose answer is discarded.
+    pub mirror: Option<Arc<Deployment>>,
+    /// The endpoint checks keys: the request's key is the gateway's credential, which
+    /// instances never see.
+    pub keyed: bool,
+}
+
+/// The draws of one serving thread: one deck for the split, one for the mirror's share, both for
+/// the table of `generation`.
+#[derive(Debug, Default)]
+pub struct Draws {
+    generation: u64,
+    split: Deck,
+    mirror: Deck,
+}
+
+impl Draws {
+    /// The draws for `table`: a table not drawn for before starts fresh decks, so that every
+    /// run of 100 weighted requests under one config follows its split exactly, however many
+    /// were drawn under the one before.
+    fn for_table(&mut self, table: &RoutingTable) -> &mut Draws {
+        if self.generation != table.generation() {
+            *self = Draws {
+                generation: table.generation(),
+                ..Draws::default()
+            };
+        }
+        self
+    }
+}
+
+/// The pin header's value, if the request has one: refused when sent twice (which one would an
+/// instance see?) or empty.
+pub fn pin(headers: &HeaderMap) -> Result<Option<&HeaderValue>, RouteError> {
+    let mut values = headers.get_all(PIN_HEADER).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(RouteError::InvalidPin(
+            "sent more than once; send one deployment name",
+        ));
+    }
+    if first.is_empty() {
+        return Err(RouteError::InvalidPin(
+            "empty; send a deployment name or leave the header out",
+        ));
+    }
+    Ok(Some(first))
 }
 
 /// Draws for the weighted split: each run of 100 draws holds every value of `0..100` once, in an
@@ -148,6 +208,41 @@ impl Default for Deck {
 // === impl RoutingTable ===
 
 impl RoutingTable {
+    /// The rules of a request, in this order: the key (`auth_mode: key`), the pin header, the
+    /// sticky header, the weighted draw, and the mirror's draw. A pinned request is never
+    /// copied, as in Azure; pinned and sticky requests take no draw from `draws`, so they leave
+    /// the weighted split exact.
+    pub fn decide(
+        &self,
+        headers: &HeaderMap,
+        draws: &mut Draws,
+        rng: &mut impl rand::Rng,
+    ) -> Result<Decision, RouteError> {
+        if !self.authorizes(headers) {
+            return Err(RouteError::Unauthorized);
+        }
+        let pin = pin(headers)?;
+        let route = match (pin, self.sticky_key(headers)) {
+            (None, Some(key)) => self.route_sticky(key.as_bytes())?,
+            (None, None) => {
+                let draw = draws.for_table(self).split.draw(rng);
+                self.route(None, draw)?
+            }
+            (Some(pin), _) => self.route(Some(pin), 0)?,
+        };
+        let mirror = if route.reason != RouteReason::Pinned && self.mirrors() {
+            let draw = draws.for_table(self).mirror.draw(rng);
+            self.mirror(draw).cloned()
+        } else {
+            None
+        };
+        Ok(Decision {
+            route,
+            mirror,
+            keyed: self.keys.is_some(),
+        })
+    }
+
     /// Publishes this newly applied table's settings; `previous` is the table it replaces.
     pub fn publish(&self, previous: Option<&RoutingTable>, metrics: &Metrics) {
         let instances: Vec<usize> = self
@@ -415,6 +510,140 @@ mod tests {
             None,
             Resolved::default(),
         )
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn decided(
+        table: &RoutingTable,
+        pairs: &[(&'static str, &'static str)],
+        draws: &mut Draws,
+    ) -> Result<Decision, RouteError> {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        table.decide(&headers(pairs), draws, &mut rng)
+    }
+
+    #[test]
+    fn a_request_is_checked_then_pinned_stuck_or_drawn_in_that_order() {
+        let text = "name: e-1\nauth_mode: key\nkeys_file: k.yaml\ntraffic: {blue: 90, green: 10}\n\
+                    sticky_header: x-user\nmirror_traffic: {red: 20}\ndeployments:\n\
+                    - {name: blue, instances: [http://127.0.0.1:1]}\n\
+                    - {name: green, instances: [http://127.0.0.1:2]}\n\
+                    - {name: red, instances: [http://127.0.0.1:3]}\n";
+        let config = EndpointConfig::parse(text).expect("valid");
+        let keys = Keys::parse("primary_key: a-primary-key-0123456\n").expect("keys");
+        let table = RoutingTable::build(
+            Arc::new(config),
+            1,
+            None,
+            &Metrics::new(),
+            Some(keys),
+            Resolved::default(),
+        );
+        let mut draws = Draws::default();
+        let key = ("authorization", "Bearer a-primary-key-0123456");
+        // No key: refused before anything else is looked at, a bad pin included.
+        assert_eq!(
+            decided(&table, &[(PIN_HEADER, "")], &mut draws).err(),
+            Some(RouteError::Unauthorized)
+        );
+        assert!(matches!(
+            decided(&table, &[key, (PIN_HEADER, "")], &mut draws),
+            Err(RouteError::InvalidPin(_))
+        ));
+        assert!(matches!(
+            decided(
+                &table,
+                &[key, (PIN_HEADER, "blue"), (PIN_HEADER, "red")],
+                &mut draws
+            ),
+            Err(RouteError::InvalidPin(_))
+        ));
+        // A pin wins over the sticky header, reaches a 0% deployment, and is never copied.
+        for _ in 0..50 {
+            let pinned = decided(
+                &table,
+                &[key, (PIN_HEADER, "red"), ("x-user", "u1")],
+                &mut draws,
+            )
+            .expect("routed");
+            assert_eq!(pinned.route.deployment.name(), "red");
+            assert_eq!(pinned.route.reason, RouteReason::Pinned);
+            assert!(pinned.mirror.is_none());
+            assert!(pinned.keyed);
+        }
+        let sticky = decided(&table, &[key, ("x-user", "u1")], &mut draws).expect("routed");
+        assert_eq!(sticky.route.reason, RouteReason::Sticky);
+        assert_ne!(
+            sticky.route.deployment.name(),
+            "red",
+            "red has no live traffic"
+        );
+    }
+
+    #[test]
+    fn pinned_and_sticky_requests_leave_the_weighted_split_exact() {
+        let table = table_from(
+            "name: e-1\nauth_mode: none\ntraffic: {blue: 90, green: 10}\nsticky_header: x-user\n\
+             mirror_traffic: {red: 20}\ndeployments:\n\
+             - {name: blue, instances: [http://127.0.0.1:1]}\n\
+             - {name: green, instances: [http://127.0.0.1:2]}\n\
+             - {name: red, instances: [http://127.0.0.1:3]}\n",
+        );
+        let mut draws = Draws::default();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        let (mut green, mut mirrored) = (0, 0);
+        for request in 0..300 {
+            // Between each two weighted requests, a pinned and a sticky one.
+            let pinned = headers(&[(PIN_HEADER, "green")]);
+            let sticky = headers(&[("x-user", "someone")]);
+            table.decide(&pinned, &mut draws, &mut rng).expect("pinned");
+            // Sticky requests are copied too: they take the mirror's draws, not the split's.
+            let stuck = table.decide(&sticky, &mut draws, &mut rng).expect("sticky");
+            mirrored += usize::from(stuck.mirror.is_some());
+            let weighted = table
+                .decide(&HeaderMap::new(), &mut draws, &mut rng)
+                .expect("weighted");
+            green += usize::from(weighted.route.deployment.name() == "green");
+            mirrored += usize::from(weighted.mirror.is_some());
+            if request % 100 == 99 {
+                // Every 100 weighted requests: exactly 10 to green; every 100 mirror draws (a
+                // weighted and a sticky request each time), exactly 20 copied.
+                assert_eq!(
+                    (green, mirrored),
+                    (10 * (request + 1) / 100, 40 * (request + 1) / 100)
+                );
+            }
+        }
+        // A new table starts fresh decks, whatever was drawn before.
+        let next = RoutingTable::build(
+            Arc::clone(table.config()),
+            2,
+            Some(&table),
+            &Metrics::new(),
+            None,
+            Resolved::default(),
+        );
+        for _ in 0..37 {
+            table
+                .decide(&HeaderMap::new(), &mut draws, &mut rng)
+                .expect("weighted");
+        }
+        let green = (0..100)
+            .filter(|_| {
+                let decision = next
+                    .decide(&HeaderMap::new(), &mut draws, &mut rng)
+                    .expect("weighted");
+                decision.route.deployment.name() == "green"
+            })
+            .count();
+        assert_eq!(green, 10);
     }
 
     fn name_of(result: Result<Route, RouteError>) -> String {

@@ -591,24 +591,24 @@ fn serving_thread_flags_belong_to_the_commands_that_serve() {
     }
 }
 
-/// The fenced block of README.md that starts with `first_line`, without its fences.
-fn readme_block(first_line: &str, nth: usize) -> String {
-    let readme = include_str!("../README.md");
+/// The fenced block of docs/endpoint-file.md that starts with `first_line`, without its fences.
+fn docs_block(first_line: &str, nth: usize) -> String {
+    let readme = include_str!("../docs/endpoint-file.md");
     let starts: Vec<usize> = readme
         .match_indices(&format!("\n{first_line}\n"))
         .map(|(at, _)| at + 1)
         .collect();
     let start = *starts
         .get(nth)
-        .unwrap_or_else(|| panic!("README.md has no block {nth} starting with {first_line:?}"));
+        .unwrap_or_else(|| panic!("the page has no block {nth} starting with {first_line:?}"));
     let end = readme[start..].find("\n```").expect("a closed block") + start;
     readme[start..end].to_string()
 }
 
 #[test]
-fn readmes_validate_example_is_what_validate_prints() {
+fn the_docs_validate_example_is_what_validate_prints() {
     let dir = tempfile::tempdir().expect("dir");
-    let file = readme_block("# endpoint.yaml, with a mistake on line 9", 0);
+    let file = docs_block("# endpoint.yaml, with a mistake on line 9", 0);
     std::fs::write(dir.path().join("endpoint.yaml"), format!("{file}\n")).expect("write");
     let run = || {
         let output = Command::new(BINARY)
@@ -621,7 +621,7 @@ fn readmes_validate_example_is_what_validate_prints() {
         (output.status.success(), said)
     };
     let shown = |nth| {
-        let block = readme_block("$ switchyard validate endpoint.yaml", nth);
+        let block = docs_block("$ switchyard validate endpoint.yaml", nth);
         block
             .split_once('\n')
             .map(|(_, output)| format!("{output}\n"))

@@ -1,5 +1,5 @@
 //! A real Prometheus server scraping a gateway under a known mix of traffic, asked through its
-//! HTTP API the queries README gives: the figures must match what the clients saw. Needs the
+//! HTTP API the queries docs/metrics.md gives: the figures must match what the clients saw. Needs the
 //! `prometheus` binary (Debian's `prometheus` package, which `.ci/run` installs).
 
 mod common;
@@ -13,11 +13,39 @@ use http::StatusCode;
 use switchyard::model_server::{Model, ModelServer, ModelServerOptions};
 use switchyard::{Gateway, GatewayOptions};
 
-const SUCCESS_RATE: &str = r#"sum by (deployment) (rate(switchyard_request_duration_seconds_count{outcome!="error"}[1m])) / sum by (deployment) (rate(switchyard_request_duration_seconds_count[1m]))"#;
-const SUCCESS_P99: &str = r#"histogram_quantile(0.99, sum by (deployment, le) (rate(switchyard_request_duration_seconds_bucket{outcome="success"}[1m])))"#;
-const REQUEST_RATE: &str = r#"sum by (deployment) (rate(switchyard_requests_total[1m]))"#;
-const ERROR_RATE: &str =
-    r#"sum by (deployment) (rate(switchyard_request_duration_seconds_count{outcome="error"}[1m]))"#;
+/// The PromQL block of docs/metrics.md under the paragraph that starts with `intro`: the queries
+/// run here are the ones the page gives, word for word.
+fn documented_query(intro: &str) -> String {
+    let page = include_str!("../docs/metrics.md");
+    let at = page
+        .find(&format!("\n{intro}"))
+        .unwrap_or_else(|| panic!("docs/metrics.md has no paragraph {intro:?}"));
+    let start = page[at..].find("```promql\n").expect("a query under it") + at + 10;
+    let end = page[start..].find("```").expect("a closed block") + start;
+    page[start..end]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn success_rate() -> String {
+    documented_query("Success rate per deployment")
+}
+
+fn success_p99() -> String {
+    documented_query("p99 of successful answers per deployment")
+}
+
+fn request_rate() -> String {
+    documented_query("Request rate per deployment")
+}
+
+/// "The same with `outcome="error"` on top", as the page says of the error rate.
+fn error_rate() -> String {
+    let success = success_rate();
+    let (top, _) = success.split_once(" / ").expect("a ratio");
+    top.replace(r#"outcome!="error""#, r#"outcome="error""#)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_reads_success_rate_p99_and_request_rate_as_the_clients_saw_them() {
@@ -99,7 +127,7 @@ async fn prometheus_reads_success_rate_p99_and_request_rate_as_the_clients_saw_t
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    let success = prometheus.by_deployment(SUCCESS_RATE).await;
+    let success = prometheus.by_deployment(&success_rate()).await;
     let expected_green = 1.0 - failed("green") as f64 / answered("green") as f64;
     assert!((success["blue"] - 1.0).abs() < 1e-9, "{success:?}");
     // Both rates come from series scraped at the same instants, so their ratio is the ratio
@@ -109,11 +137,11 @@ async fn prometheus_reads_success_rate_p99_and_request_rate_as_the_clients_saw_t
         "{success:?} vs {expected_green}"
     );
 
-    let p99 = prometheus.by_deployment(SUCCESS_P99).await;
+    let p99 = prometheus.by_deployment(&success_p99()).await;
     assert!(p99["green"] >= 0.05, "green answers after 60 ms: {p99:?}");
     assert!(p99["blue"] < p99["green"], "{p99:?}");
 
-    let rate = prometheus.by_deployment(REQUEST_RATE).await;
+    let rate = prometheus.by_deployment(&request_rate()).await;
     assert!(rate["blue"] > 0.0 && rate["green"] > 0.0, "{rate:?}");
 
     // A deployment added now answers the same queries with 0, not with no data.
@@ -126,8 +154,8 @@ async fn prometheus_reads_success_rate_p99_and_request_rate_as_the_clients_saw_t
     wait_for_generation(&gateway, 2).await;
     let started = Instant::now();
     loop {
-        let rate = prometheus.by_deployment(REQUEST_RATE).await;
-        let errors = prometheus.by_deployment(ERROR_RATE).await;
+        let rate = prometheus.by_deployment(&request_rate()).await;
+        let errors = prometheus.by_deployment(&error_rate()).await;
         if let (Some(rate), Some(errors)) = (rate.get("red"), errors.get("red")) {
             assert_eq!((*rate, *errors), (0.0, 0.0));
             break;

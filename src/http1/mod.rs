@@ -180,8 +180,8 @@ pub(crate) struct ResponseBody<B> {
     /// The rest of the request body, if the instance answered before it was sent (rare, so
     /// boxed).
     pump: Option<Box<Pump<B>>>,
-    /// The answer's trailers, held while the rest of the request is still going out.
-    trailers: Option<HeaderMap>,
+    /// The answer's trailers, between the last chunk and the end (rare, so boxed).
+    trailers: Option<Box<HeaderMap>>,
 }
 
 // === impl Connector ===
@@ -684,11 +684,8 @@ where
             }
             if self.decoder.is_done() {
                 self.release(pool);
-                return Poll::Ready(
-                    self.trailers
-                        .take()
-                        .map(|trailers| Ok(Frame::trailers(trailers))),
-                );
+                let trailers = self.trailers.take();
+                return Poll::Ready(trailers.map(|trailers| Ok(Frame::trailers(*trailers))));
             }
             match self.decoder.decode(&mut connection.read_buf) {
                 Ok(Decoded::Data(data)) => {
@@ -698,7 +695,7 @@ where
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Ok(Decoded::End(trailers)) => {
-                    self.trailers = trailers;
+                    self.trailers = trailers.map(Box::new);
                     continue;
                 }
                 Ok(Decoded::NeedMore) => {}

@@ -26,25 +26,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The pin header's value, if the request carries exactly one usable value.
-pub fn pin(headers: &HeaderMap) -> Result<Option<&HeaderValue>, ProxyError> {
-    let mut values = headers.get_all(&PIN).iter();
-    let Some(first) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(ProxyError::InvalidPinHeader(
-            "sent more than once; send one deployment name",
-        ));
-    }
-    if first.is_empty() {
-        return Err(ProxyError::InvalidPinHeader(
-            "empty; send a deployment name or leave the header out",
-        ));
-    }
-    Ok(Some(first))
-}
-
 /// The client's `x-request-id` if it is a sane token, else a new UUID v4.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
@@ -371,34 +352,6 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-length", "server"]);
-    }
-
-    #[test]
-    fn one_pin_value_is_accepted() {
-        let mut headers = HeaderMap::new();
-        assert!(matches!(pin(&headers), Ok(None)));
-        headers.insert(&PIN, HeaderValue::from_static("green"));
-        assert_eq!(
-            pin(&headers).ok().flatten().map(|v| v.as_bytes()),
-            Some(&b"green"[..])
-        );
-    }
-
-    #[test]
-    fn two_pin_values_or_an_empty_one_are_refused() {
-        let mut headers = HeaderMap::new();
-        headers.append(&PIN, HeaderValue::from_static("green"));
-        headers.append(&PIN, HeaderValue::from_static("blue"));
-        assert!(matches!(
-            pin(&headers),
-            Err(ProxyError::InvalidPinHeader(_))
-        ));
-        let mut headers = HeaderMap::new();
-        headers.insert(&PIN, HeaderValue::from_static(""));
-        assert!(matches!(
-            pin(&headers),
-            Err(ProxyError::InvalidPinHeader(_))
-        ));
     }
 
     #[test]

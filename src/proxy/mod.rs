@@ -27,7 +27,7 @@ use crate::config::UpstreamProtocol;
 use crate::error::{ProxyError, is_grpc};
 use crate::http1;
 use crate::metrics::{Metrics, RouteLabel};
-use crate::routing::{Deck, RouteReason, RoutingTable};
+use crate::routing::{Decision, Draws, RoutingTable};
 use crate::server::{ClientBody, Connection, Reply};
 use crate::upstream::connect::{self, tls_server_name};
 use crate::upstream::health::Outcome;
@@ -40,30 +40,6 @@ pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 
 type Http2Client = connect::Http2Client<UpstreamBody>;
-
-/// The draws of one serving thread: one deck for the split, one for the mirror's share, both
-/// for the table of `generation`.
-#[derive(Default)]
-struct Draws {
-    generation: u64,
-    split: Deck,
-    mirror: Deck,
-}
-
-impl Draws {
-    /// The draws for `table`: a table the thread has not drawn for starts fresh decks, so that
-    /// every run of 100 weighted requests under one config follows its split exactly, however
-    /// many the thread had drawn under the one before.
-    fn for_table(&mut self, table: &RoutingTable) -> &mut Draws {
-        if self.generation != table.generation() {
-            *self = Draws {
-                generation: table.generation(),
-                ..Draws::default()
-            };
-        }
-        self
-    }
-}
 
 thread_local! {
     static DRAWS: RefCell<Draws> = RefCell::default();
@@ -134,12 +110,14 @@ impl Proxy {
     ) -> Reply<ProxyBody> {
         let started = Instant::now();
         let request_id = headers::request_id(request.headers());
-        let grpc = is_grpc(request.headers());
+        // gRPC runs over HTTP/2; an HTTP/1.1 request is never asked.
+        let grpc = request.version() == Version::HTTP_2 && is_grpc(request.headers());
         // A chunked HTTP/1.1 request is read by hyper's decoder, which takes a trailer line
         // ending in a bare LF as not ended and reads on into the next pipelined request. Its
         // connection ends with its answer, so whatever the client sent after it is never taken
         // for part of it: the client sends it again on a new connection.
         let close_after = request.version() == Version::HTTP_11
+            && !request.body().is_whole()
             && request.headers().contains_key(header::TRANSFER_ENCODING);
         let mut trace = Trace {
             deployment: None,
@@ -208,38 +186,14 @@ impl Proxy {
         // One snapshot per request: the route is decided against a single table, and the
         // in-flight guard holds the chosen deployment until the response body ends, even if a
         // reload removes it meanwhile.
-        let (route, keyed, mirror) = {
+        let Decision {
+            route,
+            mirror,
+            keyed,
+        } = {
             let table = self.table.load();
-            if !table.authorizes(request.headers()) {
-                return Err(ProxyError::Unauthorized);
-            }
-            let pin = headers::pin(request.headers())?;
-            let route = match (pin, table.sticky_key(request.headers())) {
-                (None, Some(key)) => table.route_sticky(key.as_bytes())?,
-                _ => {
-                    // Pinned and sticky requests take no draw, so they leave the weighted
-                    // split exact.
-                    let draw = if pin.is_none() {
-                        DRAWS.with_borrow_mut(|draws| {
-                            draws.for_table(&table).split.draw(&mut rand::rng())
-                        })
-                    } else {
-                        0
-                    };
-                    table.route(pin, draw)?
-                }
-            };
-            // Requests the traffic rules routed are copied to the mirror; pinned ones never
-            // are, as in Azure.
-            let mirror = (route.reason != RouteReason::Pinned && table.mirrors())
-                .then(|| {
-                    let draw = DRAWS.with_borrow_mut(|draws| {
-                        draws.for_table(&table).mirror.draw(&mut rand::rng())
-                    });
-                    table.mirror(draw).cloned()
-                })
-                .flatten();
-            (route, table.keys().is_some(), mirror)
+            DRAWS
+                .with_borrow_mut(|draws| table.decide(request.headers(), draws, &mut rand::rng()))?
         };
         trace.route = route.reason.into();
         trace.deployment = Some(Arc::clone(&route.deployment));
@@ -681,7 +635,9 @@ impl Outgoing {
             );
             headers.insert(header::UPGRADE, upgrade);
         }
-        let deadline = headers::grpc_timeout(&headers)
+        let deadline = (parts.version == Version::HTTP_2)
+            .then(|| headers::grpc_timeout(&headers))
+            .flatten()
             .map(|allowed| (tokio::time::Instant::now() + allowed, allowed));
         Outgoing {
             method: parts.method,

@@ -41,6 +41,11 @@ impl ClientBody {
         ClientBody(Kind::Whole((!bytes.is_empty()).then_some(bytes)))
     }
 
+    /// Whether every byte came with the head (the serve loop's own HTTP/1.1 path read it).
+    pub(crate) fn is_whole(&self) -> bool {
+        matches!(self.0, Kind::Whole(_))
+    }
+
     /// A second body with the same bytes, if every byte is already here (a clone of `Bytes`
     /// shares them).
     pub(crate) fn clone_whole(&self) -> Option<ClientBody> {
