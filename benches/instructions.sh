@@ -3,7 +3,7 @@
 # requests per second, the count hardly moves with the machine's load (two runs of the same
 # build differ by well under 1%), so it shows what a code change bought even on a busy machine.
 #
-# Each contestant runs under valgrind's callgrind with one worker (Switchyard --workers 1,
+# Each contestant runs under valgrind's callgrind with one worker (`switchyard serve --workers 1`,
 # nginx with one worker and no master, HAProxy with one thread), behind the same upstream as
 # benches/compare.sh and with the same 90/10 split and the same header work (PEER_HEADERS as
 # there). Counting starts after a warm-up; the count divided by the requests wrk completed in the

@@ -64,6 +64,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   client_body_temp_path $work/upstream;
+  client_max_body_size 8m;
   keepalive_requests 100000000;
   server {
     listen 127.0.0.1:$BLUE;
@@ -140,6 +141,10 @@ http {
   access_log off;
   client_body_temp_path $work/nginx/body;
   proxy_temp_path $work/nginx/proxy;
+  # Large bodies (BODY_BYTES) stream through as they do in the other proxies, never to disk.
+  client_max_body_size 8m;
+  client_body_buffer_size 2m;
+  proxy_request_buffering off;
   keepalive_requests 100000000;
   upstream blue { server 127.0.0.1:$BLUE; keepalive 128; keepalive_requests 100000000; }
   upstream green { server 127.0.0.1:$GREEN; keepalive 128; keepalive_requests 100000000; }

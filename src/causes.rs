@@ -1,7 +1,11 @@
-//! An error and its causes as one line, each said once: many messages already include their
-//! cause, which walking the chain would repeat.
+//! The one error vocabulary below the request path: a boxed error of any kind, and an error
+//! with its causes as one line, each said once (many messages already include their cause,
+//! which walking the chain would repeat).
 
 use std::error::Error;
+
+/// Any error that can cross threads: what bodies, connectors and handlers fail with.
+pub type BoxError = Box<dyn Error + Send + Sync>;
 
 /// `error`, then each cause whose text the line does not hold yet, joined by `: `.
 pub fn each_cause_once(error: &(dyn Error + 'static)) -> String {

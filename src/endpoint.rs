@@ -19,6 +19,7 @@ use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tokio::task::JoinHandle;
 
+use crate::causes::BoxError;
 use crate::metrics::Metrics;
 use crate::proxy::{DEFAULT_MAX_BODY_BYTES, Proxy, ProxyBody};
 use crate::reload::{self, Reloader};
@@ -26,8 +27,6 @@ use crate::server::{ClientBody, Connection};
 use crate::upstream::probe::Prober;
 use crate::upstream::resolve::{Resolve, SystemResolver};
 use crate::{StartError, tls};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How to run an [`Endpoint`].
 #[derive(Debug, Clone)]

@@ -14,6 +14,7 @@ use tower::ServiceExt;
 
 fn scoring(pin: Option<&str>) -> Request<Full<Bytes>> {
     let mut request = Request::post("/score")
+        .header("host", "models.example")
         .header("content-type", "application/json")
         .extension(std::net::SocketAddr::from(([192, 0, 2, 7], 40000)));
     if let Some(pin) = pin {

@@ -7,12 +7,14 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
+use rand::SeedableRng;
 use libfuzzer_sys::fuzz_target;
 use switchyard::auth::Keys;
 use switchyard::config::EndpointConfig;
 use switchyard::metrics::Metrics;
+use switchyard::config::PIN_HEADER;
 use switchyard::proxy::headers;
-use switchyard::routing::{PIN_HEADER, RouteReason, RoutingTable};
+use switchyard::routing::{Draws, RouteReason, RoutingTable};
 
 const ENDPOINT: &str = "name: fuzz\nauth_mode: none\ntraffic: {blue: 90, green: 10}\n\
     mirror_traffic: {red: 20}\nsticky_header: x-user-id\ndeployments:\n\
@@ -51,29 +53,23 @@ fuzz_target!(|data: &[u8]| {
         Some(keys),
         Default::default(),
     );
-    let _ = table.authorizes(&map);
     let _ = headers::request_id(&map);
-    if let Ok(pin) = headers::pin(&map) {
-        let route = match (pin, table.sticky_key(&map)) {
-            (None, Some(user)) => {
-                let route = table
-                    .route_sticky(user.as_bytes())
-                    .expect("a live deployment");
-                let again = table
-                    .route_sticky(user.as_bytes())
-                    .expect("a live deployment");
-                assert!(Arc::ptr_eq(&route.deployment, &again.deployment));
-                assert_ne!(route.deployment.name(), "red", "red has no live traffic");
-                Ok(route)
-            }
-            _ => table.route(pin, draw),
-        };
-        if let Ok(route) = route {
-            if route.reason != RouteReason::Pinned {
-                // The mirror's draw is its own; any value picks red or nothing.
-                let mirror = table.mirror(draw.wrapping_mul(37) % 100);
-                assert!(mirror.is_none_or(|deployment| deployment.name() == "red"));
-            }
+    // The rules in order, with a deck positioned by the input.
+    let mut draws = Draws::default();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(u64::from(draw));
+    let decided = table.decide(&map, &mut draws, &mut rng);
+    if let Ok(decision) = &decided {
+        if decision.route.reason == RouteReason::Pinned {
+            assert!(decision.mirror.is_none(), "a pinned request is never copied");
+        } else {
+            assert!(decision.mirror.as_ref().is_none_or(|d| d.name() == "red"));
+        }
+    }
+    if let Some(user) = table.sticky_key(&map) {
+        if let Ok(route) = table.route_sticky(user.as_bytes()) {
+            let again = table.route_sticky(user.as_bytes()).expect("the same answer");
+            assert!(Arc::ptr_eq(&route.deployment, &again.deployment));
+            assert_ne!(route.deployment.name(), "red", "red has no live traffic");
         }
     }
 });

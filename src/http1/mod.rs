@@ -12,7 +12,6 @@ mod header_block;
 pub(crate) mod rules;
 
 use std::collections::VecDeque;
-use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
@@ -31,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::causes::BoxError;
 use crate::serving_thread;
 pub(crate) use codec::ResponseHead;
 use codec::{BodyDecoder, BodyFraming, Decoded, Malformed, RequestFraming};
@@ -49,8 +49,6 @@ const READ_SIZE: usize = 16 * 1024;
 const MIN_READ_ROOM: usize = 4 * 1024;
 /// Buffers that grew past this for one large request are not kept on an idle connection.
 const KEEP_BUFFER_BYTES: usize = 64 * 1024;
-
-type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]

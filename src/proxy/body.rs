@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use tokio::sync::{Notify, mpsc};
 
 use super::record::Record;
+use crate::causes::BoxError;
 use crate::http1;
 use crate::server::ClientBody;
 use crate::upstream::InFlight;
@@ -50,8 +51,6 @@ enum Kind {
     /// A body the gateway made (errors).
     Local(Full<Bytes>),
 }
-
-type BoxError = Box<dyn StdError + Send + Sync>;
 
 impl ProxyBody {
     /// The body of an HTTP/1.1 instance's response.

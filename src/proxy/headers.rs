@@ -102,11 +102,20 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
-/// Refuses a `Host` sent twice or that is no `host[:port]` (RFC 9112, section 3.2): which one
-/// an instance would read is anyone's guess.
-pub fn single_host(headers: &HeaderMap) -> Result<(), ProxyError> {
+/// Refuses a `Host` sent twice or that is no `host[:port]`, and an HTTP/1.1 request that names
+/// no host at all (RFC 9112, section 3.2): which host an instance would read is anyone's guess.
+/// A target with an authority (absolute form, HTTP/2's `:authority`) names one, and HTTP/1.0
+/// may leave it out.
+pub fn single_host(
+    version: http::Version,
+    target: &http::Uri,
+    headers: &HeaderMap,
+) -> Result<(), ProxyError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
+        (None, _) if version == http::Version::HTTP_11 && target.authority().is_none() => Err(
+            ProxyError::InvalidHost("missing; HTTP/1.1 requests must send one"),
+        ),
         (_, Some(_)) => Err(ProxyError::InvalidHost("sent more than once")),
         // Empty is allowed: the target then had no authority to name.
         (Some(host), None)

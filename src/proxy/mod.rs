@@ -23,6 +23,7 @@ use body::{RequestBody, SentBody, is_body_too_large};
 use headers::{Forwarded, OWN_RESPONSE_HEADERS, PIN, REQUEST_ID};
 use record::Record;
 
+use crate::causes::BoxError;
 use crate::config::UpstreamProtocol;
 use crate::error::{ProxyError, is_grpc};
 use crate::http1;
@@ -182,7 +183,7 @@ impl Proxy {
     ) -> Result<Reply<ProxyBody>, ProxyError> {
         let path_and_query = target_path(request.method(), request.uri())?;
         headers::supported_codings(request.headers())?;
-        headers::single_host(request.headers())?;
+        headers::single_host(request.version(), request.uri(), request.headers())?;
         // One snapshot per request: the route is decided against a single table, and the
         // in-flight guard holds the chosen deployment until the response body ends, even if a
         // reload removes it meanwhile.
@@ -513,8 +514,6 @@ enum Failure {
     /// The instance or the connection to it failed.
     Upstream(BoxError),
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Answers an accepted upgrade with the instance's 101 and, once the client has switched too,
 /// copies bytes both ways until either closes. The lease keeps the tunnel counted as in flight.

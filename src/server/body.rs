@@ -3,13 +3,12 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::causes::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A client's request body: read whole with its head by the serve loop's own HTTP/1.1 path, or
 /// streamed by hyper.

@@ -8,7 +8,6 @@
 //! there: HTTP/2, HTTP/1.0, upgrades, `Expect`, chunked or large request bodies, and heads that
 //! do not parse (hyper answers those with the right 4xx).
 
-use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
@@ -27,6 +26,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::{ClientBody, Connection, Handler, IntoReply, MAX_HEADER_BYTES, Reply};
+use crate::causes::BoxError;
 use crate::http1::rules::{ConnectionToken, MAX_HEADERS, connection_tokens, parse_decimal};
 
 /// Request bodies up to this size are read whole with their head; larger ones stream through
@@ -38,8 +38,6 @@ const READ_SIZE: usize = 8 * 1024;
 const FLUSH_BYTES: usize = 64 * 1024;
 /// Buffers that grew past this for one large request or answer are not kept between requests.
 const KEEP_BUFFER_BYTES: usize = 16 * 1024;
-
-type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// How serving a connection here ended.
 #[derive(Debug)]

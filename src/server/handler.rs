@@ -1,6 +1,5 @@
 //! What the serve loop calls for each request, and what it gets back.
 
-use std::error::Error as StdError;
 use std::future::Future;
 
 use http::header::{HeaderName, HeaderValue};
@@ -8,9 +7,8 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 
 use super::{ClientBody, Connection};
+use crate::causes::BoxError;
 use crate::http1::HeaderBlock;
-
-type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Answers requests. Any `Fn(Request<ClientBody>, Connection) -> impl Future` whose output is a
 /// `Response` (or a [`Reply`]) is one, so a closure serves.

@@ -15,7 +15,6 @@ pub use h1::read_requests;
 pub use handler::{Handler, IntoReply, Reply};
 
 use std::convert::Infallible;
-use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +24,7 @@ use std::time::Duration;
 use http::Request;
 use std::pin::pin;
 
+use crate::causes::BoxError;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -224,8 +224,6 @@ pub(crate) async fn serve_connections(
         }
     }
 }
-
-type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Serves `io` with hyper (HTTP/1.1 with upgrades, or HTTP/2), closing gracefully once
 /// `draining` turns true. A connection that has not begun a request within `first_request`
