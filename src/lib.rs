@@ -30,10 +30,7 @@ pub mod workers;
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[doc(hidden)]
-pub mod fuzzing {
-    pub use crate::http1::codec::read_response_in_steps;
-    pub use crate::server::read_requests;
-}
+pub mod fuzzing;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

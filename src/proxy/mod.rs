@@ -447,7 +447,7 @@ impl Proxy {
 /// The target to send an instance: the origin form (`/path?query`) of what the client sent, or
 /// a refusal for a target an instance could read otherwise than the gateway did (RFC 9112,
 /// section 3.2).
-fn target_path(method: &Method, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
+pub(crate) fn target_path(method: &Method, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
     if method == Method::CONNECT {
         return Err(ProxyError::ConnectMethod);
     }

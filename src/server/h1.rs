@@ -181,30 +181,40 @@ fn build_request(bytes: &Bytes, head: &Head, spans: &[Span]) -> Option<Request<(
 /// panic, and a head must never claim bytes that are not there.
 pub fn read_requests(wire: &[u8]) -> usize {
     let mut buf = BytesMut::from(wire);
-    let mut spans = Vec::new();
     let mut made = 0;
-    while let Parsed::Request(head) = parse_head(&buf, &mut spans) {
-        assert!(
-            spans
-                .iter()
-                .all(|span| span.value.end <= head.len && span.name.end <= head.len)
-        );
-        if buf.len() < head.len + head.body_len {
-            break;
-        }
-        let bytes = buf.split_to(head.len).freeze();
-        let body = buf.split_to(head.body_len).freeze();
-        let Some(request) = build_request(&bytes, &head, &spans) else {
-            break;
-        };
-        let request = request.map(|()| ClientBody::whole(body));
+    while let Some(request) = next_whole_request(&mut buf) {
         assert_eq!(
             request.body().size_hint().exact(),
-            Some(head.body_len as u64)
+            request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .map_or(Some(0), |length| parse_decimal(length.as_bytes()))
         );
         made += 1;
     }
     made
+}
+
+/// The next request at the front of `buf` that this path serves, taken out of it with its whole
+/// body; `None` once the rest is incomplete or hyper's to read.
+pub(crate) fn next_whole_request(buf: &mut BytesMut) -> Option<Request<ClientBody>> {
+    let mut spans = Vec::new();
+    let Parsed::Request(head) = parse_head(buf, &mut spans) else {
+        return None;
+    };
+    assert!(
+        spans
+            .iter()
+            .all(|span| span.value.end <= head.len && span.name.end <= head.len),
+        "a header line outside its head"
+    );
+    if buf.len() < head.len + head.body_len {
+        return None;
+    }
+    let bytes = buf.split_to(head.len).freeze();
+    let body = buf.split_to(head.body_len).freeze();
+    let request = build_request(&bytes, &head, &spans)?;
+    Some(request.map(|()| ClientBody::whole(body)))
 }
 
 /// One client connection on this path.
@@ -377,27 +387,23 @@ impl Client {
 
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     None,
     Length(u64),
     Chunked,
 }
 
-/// Writes `response`; `Ok(true)` if the connection may carry another request.
-async fn write_response<B>(
-    stream: &mut TcpStream,
+/// Writes the head of an answer into `out`: the status line, the handler's headers, an
+/// instance's lines as they came, and the framing this loop states itself. `exact` is the
+/// body's size if known. Returns the body's framing, and whether the connection closes after.
+pub(crate) fn encode_response_head(
     out: &mut Vec<u8>,
-    reply: Reply<B>,
+    parts: &http::response::Parts,
+    lines: Option<&crate::http1::HeaderBlock>,
+    exact: Option<u64>,
     to_head: bool,
     close: bool,
-) -> Result<bool, BoxError>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    let (response, lines) = reply.into_parts();
-    let (parts, body) = response.into_parts();
-    let mut body = pin!(body);
+) -> (Framing, bool) {
     let status = parts.status;
     let close = close || status == StatusCode::SWITCHING_PROTOCOLS;
     out.clear();
@@ -430,7 +436,7 @@ where
         out.extend_from_slice(b"\r\n");
     }
     // An instance's headers, passed through as they came.
-    if let Some(lines) = &lines {
+    if let Some(lines) = lines {
         out.extend_from_slice(lines.lines());
         declared = declared.or(lines.content_length());
         dated |= lines.is_dated();
@@ -441,7 +447,7 @@ where
     // A HEAD answer's length is the GET's: the one declared, or that of a body the handler
     // made for it. An instance's answer to HEAD has an empty body, which says nothing about
     // the GET's, so it gets no length it did not declare.
-    let length = match (declared, body.size_hint().exact()) {
+    let length = match (declared, exact) {
         (Some(length), _) => Some(length),
         (None, Some(0)) if to_head => None,
         (None, exact) => exact,
@@ -473,6 +479,32 @@ where
     }
     let close = close || closing;
     out.extend_from_slice(b"\r\n");
+    (framing, close)
+}
+
+/// Writes `response`; `Ok(true)` if the connection may carry another request.
+async fn write_response<B>(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    reply: Reply<B>,
+    to_head: bool,
+    close: bool,
+) -> Result<bool, BoxError>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let (response, lines) = reply.into_parts();
+    let (parts, body) = response.into_parts();
+    let mut body = pin!(body);
+    let (framing, close) = encode_response_head(
+        out,
+        &parts,
+        lines.as_ref(),
+        body.size_hint().exact(),
+        to_head,
+        close,
+    );
     if to_head || framing == Framing::None {
         stream.write_all(out).await?;
         return Ok(!close);

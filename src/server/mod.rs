@@ -12,6 +12,7 @@ mod handler;
 pub use body::ClientBody;
 #[doc(hidden)]
 pub use h1::read_requests;
+pub(crate) use h1::{encode_response_head, next_whole_request};
 pub use handler::{Handler, IntoReply, Reply};
 
 use std::convert::Infallible;
