@@ -266,6 +266,30 @@ impl GrpcStatus {
     }
 }
 
+/// The HTTP status a gRPC call's failure stands for, from the `grpc-status` an instance sent
+/// (the mapping of `google.rpc.Code`): how the metrics, the access log, passive health and a
+/// gated rollout's judge count a call that HTTP calls a 200. `None` for OK or a value that is no
+/// code.
+pub fn status_of_grpc_code(code: &[u8]) -> Option<StatusCode> {
+    let status = match code {
+        b"0" => return None,
+        b"1" => 499,                // CANCELLED
+        b"2" => 500,                // UNKNOWN
+        b"3" | b"9" | b"11" => 400, // INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE
+        b"4" => 504,                // DEADLINE_EXCEEDED
+        b"5" => 404,                // NOT_FOUND
+        b"6" | b"10" => 409,        // ALREADY_EXISTS, ABORTED
+        b"7" => 403,                // PERMISSION_DENIED
+        b"8" => 429,                // RESOURCE_EXHAUSTED
+        b"12" => 501,               // UNIMPLEMENTED
+        b"13" | b"15" => 500,       // INTERNAL, DATA_LOSS
+        b"14" => 503,               // UNAVAILABLE
+        b"16" => 401,               // UNAUTHENTICATED
+        _ => return None,
+    };
+    StatusCode::from_u16(status).ok()
+}
+
 /// Whether a request is a gRPC call (`content-type: application/grpc`, with or without a
 /// `+proto`-style suffix, gRPC-Web included), whose client reads errors from `grpc-status`.
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
@@ -400,6 +424,26 @@ mod tests {
             });
             assert!(listed, "docs/grpc.md maps {} otherwise", error.code());
         }
+    }
+
+    #[test]
+    fn a_grpc_failure_counts_as_the_http_status_it_stands_for() {
+        assert_eq!(status_of_grpc_code(b"0"), None);
+        assert_eq!(
+            status_of_grpc_code(b"14"),
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        assert_eq!(
+            status_of_grpc_code(b"13"),
+            Some(StatusCode::INTERNAL_SERVER_ERROR)
+        );
+        assert_eq!(
+            status_of_grpc_code(b"8"),
+            Some(StatusCode::TOO_MANY_REQUESTS)
+        );
+        assert_eq!(status_of_grpc_code(b"3"), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(status_of_grpc_code(b"99"), None);
+        assert_eq!(status_of_grpc_code(b""), None);
     }
 
     #[test]

@@ -172,6 +172,38 @@ async fn unary_streaming_and_bidi_calls_pass_through_with_the_gateways_metadata(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_counts_as_an_error_though_http_says_200() {
+    let blue = GrpcServer::start("blue", None);
+    let file = EndpointFile::new(&endpoint(&[(
+        "blue",
+        100,
+        format!("http://{}", blue.addr()),
+        ROOMY,
+    )]));
+    let gateway = gateway(&file.path).await;
+    let results = grpc_calls(
+        gateway.addr().to_string(),
+        json!([
+            {"method": "Fail", "request": ""},
+            {"method": "Predict", "request": "0:x"},
+        ]),
+    )
+    .await;
+    assert_eq!(results[0]["code"], "INTERNAL", "{}", results[0]);
+    assert_eq!(results[0]["details"], "model crashed");
+    assert_eq!(results[1]["code"], "OK", "{}", results[1]);
+    let counted = |labels: &[&str]| metric(&gateway, "switchyard_requests_total", labels);
+    assert_eq!(counted(&["deployment=\"blue\"", "code=\"500\""]), 1);
+    assert_eq!(counted(&["deployment=\"blue\"", "code=\"200\""]), 1);
+    let errors = metric(
+        &gateway,
+        "switchyard_request_duration_seconds_count",
+        &["deployment=\"blue\"", "outcome=\"error\""],
+    );
+    assert_eq!(errors, 1, "the judge's error series sees the failed call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateways_own_errors_reach_grpc_clients_as_statuses_with_its_message() {
     let blue = GrpcServer::start("blue", None);
     let slow = GrpcServer::start("slow", None);

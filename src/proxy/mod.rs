@@ -25,7 +25,7 @@ use record::Record;
 
 use crate::causes::BoxError;
 use crate::config::UpstreamProtocol;
-use crate::error::{ProxyError, is_grpc};
+use crate::error::{ProxyError, is_grpc, status_of_grpc_code};
 use crate::http1;
 use crate::metrics::{Metrics, RouteLabel};
 use crate::routing::{Decision, Draws, RoutingTable};
@@ -65,6 +65,9 @@ struct Trace {
     route: RouteLabel,
     /// Index of the instance in `deployment`, once one was chosen.
     instance: Option<usize>,
+    /// The status the instance's answer stands for, where it is not the one on the wire: a
+    /// gRPC call that failed with a trailers-only answer is an HTTP 200.
+    meant: Option<StatusCode>,
 }
 
 /// A request's parts, kept so a refused connection can be retried on another instance.
@@ -124,6 +127,7 @@ impl Proxy {
             deployment: None,
             route: RouteLabel::Unrouted,
             instance: None,
+            meant: None,
         };
 
         let (mut reply, status) = match self
@@ -131,7 +135,7 @@ impl Proxy {
             .await
         {
             Ok(reply) => {
-                let status = reply.status();
+                let status = trace.meant.unwrap_or_else(|| reply.status());
                 (reply, status)
             }
             Err(error) => {
@@ -267,7 +271,15 @@ impl Proxy {
                             }
                         };
                     }
-                    lease.record(Outcome::of_answer(status));
+                    // A gRPC failure sent trailers-only carries its status in the head; one
+                    // sent after messages, in trailers, is not seen here.
+                    if let Answer::Http2(response) = &answer {
+                        trace.meant = response
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|code| status_of_grpc_code(code.as_bytes()));
+                    }
+                    lease.record(Outcome::of_answer(trace.meant.unwrap_or(status)));
                     let reply = match answer {
                         // The codec already left the hop-by-hop headers out. The rest go
                         // to the server as the lines they came in.

@@ -2,7 +2,7 @@
 """A gRPC client for the gateway's tests, on grpcio.
 
 Usage: client.py <host:port> <calls.json>. Each call is an object:
-  {"method": "Predict" | "Stream" | "Chat" | "SetHealth", "request": "...", "requests": [...],
+  {"method": "Predict" | "Stream" | "Chat" | "SetHealth" | "Fail", "request": "...", "requests": [...],
    "metadata": [["key", "value"], ...], "timeout": seconds, "copies": n}
 `copies` sends that many at once. Prints one JSON line per call (per copy):
   {"code": "OK", "details": "...", "initial": {...}, "responses": [...], "elapsed": seconds}
@@ -23,7 +23,7 @@ def one_call(channel, call):
     result = {"code": "OK", "details": "", "initial": {}, "responses": []}
     started = time.monotonic()
     try:
-        if call["method"] in ("Predict", "SetHealth"):
+        if call["method"] in ("Predict", "SetHealth", "Fail"):
             answer, state = channel.unary_unary(method).with_call(
                 call["request"].encode(), metadata=metadata, timeout=timeout
             )

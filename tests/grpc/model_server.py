@@ -6,6 +6,7 @@ Service `switchyard.test.Model`, messages as raw bytes (no generated code needed
   Stream     server streaming: b"<count>:<interval ms>" -> <count> messages, the first at once
   Chat       bidi:             each message -> b"<name> echoes <message>"
   SetHealth  unary:            b"SERVING" or b"NOT_SERVING" sets the health of service ""
+  Fail       unary:            fails with INTERNAL "model crashed", before any message
 and the standard `grpc.health.v1.Health`, SERVING at start.
 
 Prints the port it listens on (127.0.0.1, port chosen by the system), then serves until its
@@ -56,7 +57,11 @@ def main():
         health_service.set("", status)
         return b"ok"
 
+    def fail(request, context):
+        context.abort(grpc.StatusCode.INTERNAL, "model crashed")
+
     handlers = {
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Predict": grpc.unary_unary_rpc_method_handler(predict),
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
         "Chat": grpc.stream_stream_rpc_method_handler(chat),
