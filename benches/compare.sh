@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Question: on this machine, with the same upstream, the same load and the same 90/10 split, how
 # do Switchyard's throughput and latency compare with nginx and HAProxy? How much memory does
-# Switchyard hold per idle keep-alive connection? And does a request fail while the endpoint
+# each proxy hold per idle keep-alive connection? And does a request fail while the endpoint
 # file is rewritten under full load (the full-scale run of tests/reload_under_load.rs)?
 #
 # Everything runs on loopback ports picked at run time. Rounds alternate between contestants, so
@@ -32,6 +32,9 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 WORKERS=${WORKERS:-2}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+# Switchyard gives back an idle connection's read buffer when a header-read period (30 s) ends
+# with no request waiting; 35 s of quiet shows that, 1 s does not.
+IDLE_WAIT=${IDLE_WAIT:-35}
 RELOAD_REWRITES=${RELOAD_REWRITES:-200}
 PEER_HEADERS=${PEER_HEADERS:-same}
 PIN_WORKERS=${PIN_WORKERS:-0}
@@ -127,17 +130,23 @@ print("(medians over rounds; errors are summed; CPU: user + system time of the c
 print(" processes per request, the upstream's for 'direct')")
 EOF
 
-# Memory: resident size of the gateway before and after IDLE_CONNECTIONS keep-alive clients
-# have each sent one request and then gone quiet.
+# Memory: resident size of each proxy before and after IDLE_CONNECTIONS keep-alive clients have
+# each sent one request and then stayed quiet for IDLE_WAIT seconds, one proxy after the other
+# (MEMORY_CONTESTANTS, default all three).
 if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
 ulimit -n $((IDLE_CONNECTIONS * 2 + 1024)) 2>/dev/null || true
-python3 - "$SWITCH" "$SWITCHYARD_PID" "$IDLE_CONNECTIONS" "$BODY" <<'EOF'
+echo
+for name in ${MEMORY_CONTESTANTS:-switchyard nginx haproxy}; do
+python3 - "$name" "${PORT[$name]}" "${PIDS[$name]}" "$IDLE_CONNECTIONS" "$IDLE_WAIT" "$BODY" <<'EOF'
 import asyncio, sys
-port, pid, count, body = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+name, port, pids, count, wait, body = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
 def rss_kib():
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    total = 0
+    for pid in pids:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
 request = (f"POST /score HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
            f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
 async def client(held):
@@ -151,14 +160,16 @@ async def main():
     held = []
     for start in range(0, count, 500):
         await asyncio.gather(*(client(held) for _ in range(min(500, count - start))))
-    await asyncio.sleep(1)
+    await asyncio.sleep(wait)
     after = rss_kib()
-    print(f"\nidle keep-alive connections: {len(held)}; switchyard RSS {before / 1024:.1f} MiB -> "
+    print(f"idle keep-alive connections: {len(held)} for {wait:.0f} s; {name} RSS {before / 1024:.1f} MiB -> "
           f"{after / 1024:.1f} MiB, {(after - before) / len(held):.1f} KiB per connection")
     for writer in held:
         writer.close()
+    await asyncio.sleep(1)
 asyncio.run(main())
 EOF
+done
 fi
 
 # Reload under load: the endpoint file rewritten RELOAD_REWRITES times while clients send back to

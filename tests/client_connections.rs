@@ -516,3 +516,34 @@ async fn an_http2_connection_that_sent_a_request_is_not_cut_by_the_first_request
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test]
+async fn a_connection_idle_past_a_timeout_period_still_serves_its_next_requests() {
+    // With a 200 ms period, a connection quiet for 300 ms has given its read buffer back (the
+    // first period ended with no request waiting); it must read the next ones as before,
+    // pipelined ones included, and be let go only after a whole period with no request.
+    let addr = serve(describe, Duration::from_millis(200)).await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut pending = Vec::new();
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nhost: g\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(
+        read_answer(&mut stream, &mut pending).await.body,
+        "GET 0 HTTP/1.1"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream
+        .write_all(b"POST /second HTTP/1.1\r\nhost: g\r\ncontent-length: 3\r\n\r\nabcGET /third HTTP/1.1\r\nhost: g\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(
+        read_answer(&mut stream, &mut pending).await.body,
+        "POST 3 HTTP/1.1"
+    );
+    assert_eq!(
+        read_answer(&mut stream, &mut pending).await.body,
+        "GET 0 HTTP/1.1"
+    );
+}
