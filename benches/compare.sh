@@ -32,9 +32,8 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 WORKERS=${WORKERS:-2}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
-# Switchyard gives back an idle connection's read buffer when a header-read period (30 s) ends
-# with no request waiting; 35 s of quiet shows that, 1 s does not.
-IDLE_WAIT=${IDLE_WAIT:-35}
+# nginx and HAProxy give an idle connection's buffers back after a while: IDLE_WAIT=35 shows it.
+IDLE_WAIT=${IDLE_WAIT:-1}
 RELOAD_REWRITES=${RELOAD_REWRITES:-200}
 PEER_HEADERS=${PEER_HEADERS:-same}
 PIN_WORKERS=${PIN_WORKERS:-0}

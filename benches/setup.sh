@@ -136,7 +136,8 @@ $affinity
 daemon off;
 pid $work/nginx.pid;
 error_log stderr warn;
-events { worker_connections 8192; }
+worker_rlimit_nofile 19000;
+events { worker_connections 16384; }
 http {
   access_log off;
   client_body_temp_path $work/nginx/body;
@@ -169,7 +170,7 @@ write_haproxy_conf() {
   cat > "$work/haproxy.cfg" <<EOF
 global
   nbthread $2
-  maxconn 4096
+  maxconn 9000
   $affinity
 defaults
   mode http

@@ -229,16 +229,6 @@ struct Client {
     draining: watch::Receiver<bool>,
 }
 
-/// What a wait in [`Client::read_more`] ended with.
-enum Event {
-    Read(io::Result<usize>),
-    /// The socket has bytes for a connection that gave its buffer back.
-    Readable(io::Result<()>),
-    /// A timeout period is over.
-    Tick,
-    Draining,
-}
-
 /// What waiting for more of a request brought.
 enum Read {
     More,
@@ -249,53 +239,24 @@ enum Read {
 
 impl Client {
     /// Reads more of the next request. A client that sends no whole head for a full `timeout`
-    /// period (so after between one and two of them) is let go. A connection still idle when
-    /// the period ends gives its read buffer back and waits without one: most of what an idle
-    /// keep-alive connection held was that buffer.
+    /// period (so after between one and two of them) is let go.
     async fn read_more(&mut self) -> io::Result<Read> {
         loop {
-            let event = if self.read.capacity() == 0 {
-                tokio::select! {
-                    biased;
-                    ready = self.stream.readable() => Event::Readable(ready),
-                    () = self.idle.as_mut() => Event::Tick,
-                    _ = self.draining.changed() => Event::Draining,
-                }
-            } else {
-                self.read.reserve(READ_SIZE);
-                tokio::select! {
-                    biased;
-                    read = self.stream.read_buf(&mut self.read) => Event::Read(read),
-                    () = self.idle.as_mut() => Event::Tick,
-                    // Shutting down closes a connection between requests; one whose request
-                    // has begun to arrive gets the rest of it, and its answer.
-                    _ = self.draining.changed(), if self.read.is_empty() => Event::Draining,
-                }
-            };
-            match event {
-                Event::Read(read) => {
+            self.read.reserve(READ_SIZE);
+            tokio::select! {
+                biased;
+                read = self.stream.read_buf(&mut self.read) => {
                     return Ok(if read? == 0 { Read::Close } else { Read::More });
                 }
-                Event::Readable(ready) => {
-                    ready?;
-                    self.read.reserve(READ_SIZE);
-                    match self.stream.try_read_buf(&mut self.read) {
-                        Ok(0) => return Ok(Read::Close),
-                        Ok(_) => return Ok(Read::More),
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(error) => return Err(error),
-                    }
-                }
-                Event::Tick => {
+                () = self.idle.as_mut() => {
                     if !std::mem::take(&mut self.progress) {
                         return Ok(Read::Close);
                     }
-                    if self.read.is_empty() {
-                        self.read = BytesMut::new();
-                    }
                     self.idle.as_mut().reset(Instant::now() + self.timeout);
                 }
-                Event::Draining => return Ok(Read::Close),
+                // Shutting down closes a connection between requests; one whose request has
+                // begun to arrive gets the rest of it, and its answer.
+                _ = self.draining.changed(), if self.read.is_empty() => return Ok(Read::Close),
             }
         }
     }
