@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -81,14 +81,15 @@ impl Endpoint {
     /// Loads the endpoint file and starts watching it and probing its instances. Must be called
     /// within a tokio runtime.
     pub fn start(options: EndpointOptions) -> Result<Endpoint, StartError> {
-        let metrics = Arc::new(Metrics::new());
-        let upstream_tls = tls::upstream_client_config(options.upstream_ca_file.as_deref())?;
-        let reloader = Arc::new(Reloader::load(
+        let Loaded {
+            metrics,
+            reloader,
+            upstream_tls,
+        } = load(
             &options.config,
-            Arc::clone(&metrics),
             Arc::clone(&options.resolver),
-            Arc::new(Prober::new(upstream_tls.clone())),
-        )?);
+            options.upstream_ca_file.as_deref(),
+        )?;
         let watcher = reload::spawn_watcher(
             Arc::clone(&reloader),
             false,
@@ -122,6 +123,36 @@ impl Endpoint {
     pub fn generation(&self) -> u64 {
         self.reloader.table().load().generation()
     }
+}
+
+/// What every way of running an endpoint starts from.
+pub(crate) struct Loaded {
+    pub(crate) metrics: Arc<Metrics>,
+    /// Holds the first table, its instances' probes started.
+    pub(crate) reloader: Arc<Reloader>,
+    /// How instances are reached over TLS: the traffic and the probes share it.
+    pub(crate) upstream_tls: rustls::ClientConfig,
+}
+
+/// Loads the endpoint file at `config` for the first time.
+pub(crate) fn load(
+    config: &Path,
+    resolver: Arc<dyn Resolve>,
+    upstream_ca_file: Option<&Path>,
+) -> Result<Loaded, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let upstream_tls = tls::upstream_client_config(upstream_ca_file)?;
+    let reloader = Arc::new(Reloader::load(
+        config,
+        Arc::clone(&metrics),
+        resolver,
+        Arc::new(Prober::new(upstream_tls.clone())),
+    )?);
+    Ok(Loaded {
+        metrics,
+        reloader,
+        upstream_tls,
+    })
 }
 
 impl<B> tower::Service<Request<B>> for Endpoint

@@ -49,7 +49,6 @@ use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
-use crate::upstream::probe::Prober;
 
 /// Default address of the scoring listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -168,14 +167,15 @@ impl Gateway {
     /// Loads the endpoint file, binds the listener and starts serving and watching.
     pub async fn start(options: GatewayOptions) -> Result<Gateway, StartError> {
         let started = Instant::now();
-        let metrics = Arc::new(Metrics::new());
-        let upstream_tls = tls::upstream_client_config(options.upstream_ca_file.as_deref())?;
-        let reloader = Arc::new(Reloader::load(
+        let endpoint::Loaded {
+            metrics,
+            reloader,
+            upstream_tls,
+        } = endpoint::load(
             &options.config,
-            Arc::clone(&metrics),
             Arc::clone(&options.resolver),
-            Arc::new(Prober::new(upstream_tls.clone())),
-        )?);
+            options.upstream_ca_file.as_deref(),
+        )?;
         let (acceptor, cert_reloader) = match &options.tls {
             Some(files) => {
                 let store = tls::CertStore::load(&files.cert, &files.key)?;

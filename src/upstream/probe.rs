@@ -158,37 +158,44 @@ impl Prober {
 
     async fn get_http2(&self, target: &ProbeTarget, probe: &ReadinessProbe) -> Result<(), String> {
         let asked = target.describe(probe);
-        let request = Request::get(target.uri(&target.path(probe))?)
-            .version(http::Version::HTTP_2)
-            .header(header::HOST, target.host_value())
-            .body(Full::new(Bytes::new()))
-            .map_err(|error| format!("cannot build the probe request: {error}"))?;
+        let request = Request::get(target.uri(&target.path(probe))?);
         let response = self
-            .http2
-            .request(request)
-            .await
-            .map_err(|error| http2_failure(&asked, &error))?;
+            .send_http2(target, request, Bytes::new(), &asked)
+            .await?;
         judge_status(&asked, response.status())
     }
 
-    async fn grpc_check(&self, target: &ProbeTarget, service: &str) -> Result<(), String> {
-        let asked = match service {
-            "" => "gRPC health check".to_string(),
-            service => format!("gRPC health check of `{service}`"),
-        };
-        let path = PathAndQuery::from_static(GRPC_HEALTH_CHECK);
-        let request = Request::post(target.uri(&path)?)
+    /// Sends a probe over HTTP/2 with the instance's `Host`; the error says what failed.
+    async fn send_http2(
+        &self,
+        target: &ProbeTarget,
+        request: http::request::Builder,
+        body: Bytes,
+        asked: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let request = request
             .version(http::Version::HTTP_2)
             .header(header::HOST, target.host_value())
-            .header(header::CONTENT_TYPE, "application/grpc")
-            .header(header::TE, "trailers")
-            .body(Full::new(health_check_request(service)))
+            .body(Full::new(body))
             .map_err(|error| format!("cannot build the probe request: {error}"))?;
-        let response = self
-            .http2
+        self.http2
             .request(request)
             .await
-            .map_err(|error| http2_failure(&asked, &error))?;
+            .map_err(|error| http2_failure(asked, &error))
+    }
+
+    async fn grpc_check(&self, target: &ProbeTarget, service: &str) -> Result<(), String> {
+        let asked = ProbeCheck::Grpc {
+            service: service.to_string(),
+        }
+        .to_string();
+        let path = PathAndQuery::from_static(GRPC_HEALTH_CHECK);
+        let request = Request::post(target.uri(&path)?)
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header(header::TE, "trailers");
+        let response = self
+            .send_http2(target, request, health_check_request(service), &asked)
+            .await?;
         if response.status() != StatusCode::OK {
             return Err(format!("{asked} answered HTTP {}", response.status()));
         }
