@@ -290,8 +290,9 @@ pub fn status_of_grpc_code(code: &[u8]) -> Option<StatusCode> {
     StatusCode::from_u16(status).ok()
 }
 
-/// Whether a request is a gRPC call (`content-type: application/grpc`, with or without a
-/// `+proto`-style suffix, gRPC-Web included), whose client reads errors from `grpc-status`.
+/// Whether a request's `content-type` is gRPC's (`application/grpc`, with or without a
+/// `+proto`-style suffix): its client reads errors from `grpc-status`. The request path asks it
+/// of HTTP/2 requests, which is what gRPC runs over.
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).is_some_and(|value| {
         let value = value.as_bytes();

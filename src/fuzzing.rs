@@ -3,7 +3,7 @@
 //! independent parser (httparse, strictly): it must be the same message, framed one way only.
 
 use bytes::BytesMut;
-use http::header::{self, HeaderName};
+use http::header;
 use http::{Method, StatusCode};
 
 pub use crate::http1::codec::read_response_in_steps;
@@ -86,7 +86,7 @@ pub fn forward_requests(wire: &[u8]) -> usize {
         }
         let kept: Vec<(String, Vec<u8>)> = headers
             .iter()
-            .filter(|(name, _)| !is_framing(name))
+            .filter(|(name, _)| !codec::is_framing_header(name))
             .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
             .collect();
         let forwarded: Vec<(String, Vec<u8>)> = sent
@@ -97,13 +97,6 @@ pub fn forward_requests(wire: &[u8]) -> usize {
         checked += 1;
     }
     checked
-}
-
-fn is_framing(name: &HeaderName) -> bool {
-    name == header::CONTENT_LENGTH
-        || name == header::TRANSFER_ENCODING
-        || name == header::HOST
-        || name == header::EXPECT
 }
 
 /// An instance's answer in `wire`, read by the client side, and its head as the serve loop's

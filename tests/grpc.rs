@@ -125,15 +125,20 @@ fn endpoint(deployments: &[(&str, u8, String, &str)]) -> String {
 
 const ROOMY: &str = "    request_settings: {max_concurrent_requests_per_instance: 16}\n";
 
+/// An endpoint with the one deployment `blue` at `server`, over h2c or TLS, with `extra` YAML.
+fn blue_at(server: &GrpcServer, scheme: &str, extra: &str) -> EndpointFile {
+    EndpointFile::new(&endpoint(&[(
+        "blue",
+        100,
+        format!("{scheme}://{}", server.addr()),
+        extra,
+    )]))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_streaming_and_bidi_calls_pass_through_with_the_gateways_metadata() {
     let blue = GrpcServer::start("blue", None);
-    let file = EndpointFile::new(&endpoint(&[(
-        "blue",
-        100,
-        format!("http://{}", blue.addr()),
-        ROOMY,
-    )]));
+    let file = blue_at(&blue, "http", ROOMY);
     let gateway = gateway(&file.path).await;
 
     let results = grpc_calls(
@@ -174,12 +179,7 @@ async fn unary_streaming_and_bidi_calls_pass_through_with_the_gateways_metadata(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_call_counts_as_an_error_though_http_says_200() {
     let blue = GrpcServer::start("blue", None);
-    let file = EndpointFile::new(&endpoint(&[(
-        "blue",
-        100,
-        format!("http://{}", blue.addr()),
-        ROOMY,
-    )]));
+    let file = blue_at(&blue, "http", ROOMY);
     let gateway = gateway(&file.path).await;
     let results = grpc_calls(
         gateway.addr().to_string(),
@@ -361,12 +361,11 @@ fn grpc_request(gateway: SocketAddr, message: &[u8], timeout: &str) -> http::Req
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_timeout_shorter_than_request_timeout_ms_is_the_one_that_counts() {
     let blue = GrpcServer::start("blue", None);
-    let file = EndpointFile::new(&endpoint(&[(
-        "blue",
-        100,
-        format!("http://{}", blue.addr()),
+    let file = blue_at(
+        &blue,
+        "http",
         "    request_settings: {request_timeout_ms: 5000, max_concurrent_requests_per_instance: 4}\n",
-    )]));
+    );
     let gateway = gateway(&file.path).await;
     // A raw HTTP/2 client, which unlike a gRPC library does not give up at its own deadline:
     // the answer seen is the gateway's.
@@ -412,12 +411,11 @@ async fn a_grpc_timeout_shorter_than_request_timeout_ms_is_the_one_that_counts()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_outlasts_request_timeout_ms_is_not_cut() {
     let blue = GrpcServer::start("blue", None);
-    let file = EndpointFile::new(&endpoint(&[(
-        "blue",
-        100,
-        format!("http://{}", blue.addr()),
+    let file = blue_at(
+        &blue,
+        "http",
         "    request_settings: {request_timeout_ms: 500}\n",
-    )]));
+    );
     let gateway = gateway(&file.path).await;
     // 6 messages 250 ms apart: 1.25 s, over twice the timeout, which bounds the wait for the
     // first answer only.
@@ -455,12 +453,11 @@ async fn wait_until_ready(gateway: &Gateway, deployment: &str, ready: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_health_probe_makes_an_instance_ready_and_unready() {
     let blue = GrpcServer::start("blue", None);
-    let file = EndpointFile::new(&endpoint(&[(
-        "blue",
-        100,
-        format!("http://{}", blue.addr()),
+    let file = blue_at(
+        &blue,
+        "http",
         "    readiness_probe: {grpc: {service: \"\"}, period: 1, failure_threshold: 1}\n",
-    )]));
+    );
     let gateway = gateway(&file.path).await;
     wait_until_ready(&gateway, "blue", 1).await;
     let ok = grpc_call(
@@ -503,12 +500,11 @@ async fn an_https_instance_with_a_private_ca_passes_its_probe_and_serves() {
     std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
     let blue = GrpcServer::start("blue", Some((&cert, &key)));
 
-    let file = EndpointFile::new(&endpoint(&[(
-        "blue",
-        100,
-        format!("https://{}", blue.addr()),
+    let file = blue_at(
+        &blue,
+        "https",
         "    readiness_probe: {grpc: {service: \"\"}, period: 1}\n",
-    )]));
+    );
     let mut options = GatewayOptions::new(&file.path, common::loopback());
     options.upstream_ca_file = Some(cert.clone());
     let gateway = Gateway::start(options).await.expect("start the gateway");
@@ -530,12 +526,11 @@ async fn a_failing_probe_says_why_in_the_log() {
         json!([{"method": "SetHealth", "request": "NOT_SERVING"}]),
     )
     .await;
-    let file = EndpointFile::new(&endpoint(&[(
-        "blue",
-        100,
-        format!("http://{}", blue.addr()),
+    let file = blue_at(
+        &blue,
+        "http",
         "    readiness_probe: {grpc: {service: \"\"}, period: 1}\n",
-    )]));
+    );
     let mut gateway = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["serve", "--config"])
         .arg(&file.path)

@@ -75,7 +75,7 @@ pub(crate) fn encode_request_head(
 }
 
 /// Headers the encoder writes itself, or that the gateway settles with the client (`expect`).
-fn is_framing_header(name: &HeaderName) -> bool {
+pub(crate) fn is_framing_header(name: &HeaderName) -> bool {
     name == header::CONTENT_LENGTH
         || name == header::TRANSFER_ENCODING
         || name == header::HOST
