@@ -157,12 +157,19 @@ async def client(held):
 async def main():
     before = rss_kib()
     held = []
+    quarter = None
     for start in range(0, count, 500):
         await asyncio.gather(*(client(held) for _ in range(min(500, count - start))))
+        if quarter is None and len(held) >= count // 4:
+            quarter = (len(held), rss_kib())
     await asyncio.sleep(wait)
     after = rss_kib()
+    # The first figure includes what serving 500 requests at once left behind (buffers the
+    # allocator keeps); the second is what each further idle connection adds.
+    marginal = (after - quarter[1]) / max(1, len(held) - quarter[0])
     print(f"idle keep-alive connections: {len(held)} for {wait:.0f} s; {name} RSS {before / 1024:.1f} MiB -> "
-          f"{after / 1024:.1f} MiB, {(after - before) / len(held):.1f} KiB per connection")
+          f"{after / 1024:.1f} MiB, {(after - before) / len(held):.1f} KiB per connection, "
+          f"{marginal:.1f} KiB per connection past the first {quarter[0]}")
     for writer in held:
         writer.close()
     await asyncio.sleep(1)

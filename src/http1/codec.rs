@@ -490,14 +490,14 @@ impl BodyDecoder {
                         self.state = State::Done;
                         return Ok(Decoded::End(None));
                     }
-                    let Some(end) = find(buf, b"\r\n\r\n") else {
+                    let Some(end) = trailer_section_end(buf)? else {
                         if buf.len() > MAX_HEAD_BYTES {
                             return Err(Malformed("trailers larger than 64 KiB"));
                         }
                         return Ok(Decoded::NeedMore);
                     };
-                    let trailers = parse_trailers(&buf[..end + 4])?;
-                    buf.advance(end + 4);
+                    let trailers = parse_trailers(&buf[..end])?;
+                    buf.advance(end);
                     self.state = State::Done;
                     return Ok(Decoded::End(Some(trailers)));
                 }
@@ -537,14 +537,54 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
-fn parse_chunk_size(line: &[u8]) -> Result<u64, Malformed> {
-    // Extensions after `;` carry nothing the gateway uses.
-    let size = line.split(|&b| b == b';').next().unwrap_or_default();
-    let size = size.trim_ascii();
-    if size.is_empty() || size.len() > 15 {
-        return Err(Malformed("invalid chunk size"));
+/// Where the trailer section at the front of `buf` ends (past its empty line), once it is all
+/// there. Every line must end in CRLF and hold no other CR or LF: a parser that took a bare LF
+/// for a line end would see the section end elsewhere, and read the bytes after it as another
+/// message than this one does.
+fn trailer_section_end(buf: &[u8]) -> Result<Option<usize>, Malformed> {
+    let mut start = 0;
+    while let Some(line_end) = find_crlf(&buf[start..]) {
+        let line = &buf[start..start + line_end];
+        if line.iter().any(|&b| b == b'\r' || b == b'\n') {
+            return Err(Malformed("a bare CR or LF in the trailers"));
+        }
+        start += line_end + 2;
+        if line.is_empty() {
+            return Ok(Some(start));
+        }
     }
-    size.iter().try_fold(0u64, |total, &digit| {
+    if buf[start..].contains(&b'\n') {
+        return Err(Malformed("a bare LF in the trailers"));
+    }
+    Ok(None)
+}
+
+/// A chunk-size line (RFC 9112, section 7.1): hex digits, then optional extensions after
+/// `;` (with optional whitespace before it), which carry nothing the gateway uses. Anything
+/// else (a sign, leading whitespace, a bare CR or LF, control bytes) is refused: another parser
+/// might read a different size from it.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, Malformed> {
+    let invalid = Malformed("invalid chunk size");
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return Err(invalid);
+    }
+    let rest = &line[digits..];
+    let after_space = rest.trim_ascii_start();
+    let whitespace_only = rest[..rest.len() - after_space.len()]
+        .iter()
+        .all(|&b| b == b' ' || b == b'\t');
+    let extensions_ok = match after_space.first() {
+        None => rest.is_empty(),
+        Some(b';') => after_space
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)),
+        Some(_) => false,
+    };
+    if !whitespace_only || !extensions_ok {
+        return Err(invalid);
+    }
+    line[..digits].iter().try_fold(0u64, |total, &digit| {
         let value = (digit as char)
             .to_digit(16)
             .ok_or(Malformed("invalid chunk size"))?;
@@ -944,12 +984,34 @@ mod tests {
     }
 
     #[test]
+    fn chunk_extensions_and_whitespace_before_them_are_read_past() {
+        let (body, trailers) = decode_all(
+            BodyFraming::Chunked,
+            b"5 ;name=value\r\nhello\r\n1;a;b=\"c d\"\r\n!\r\n0\r\nx-sum: 1\r\n\r\n",
+            3,
+        );
+        assert_eq!(body, b"hello!");
+        assert_eq!(trailers.expect("trailers")["x-sum"], "1");
+    }
+
+    #[test]
     fn truncated_and_malformed_chunks_are_errors() {
         let mut decoder = BodyDecoder::new(BodyFraming::Length(10));
         let mut buf = BytesMut::from("short");
         assert!(matches!(decoder.decode(&mut buf), Ok(Decoded::Data(_))));
         assert!(decoder.on_close().is_err(), "closed before the length");
-        for wire in ["zz\r\n", "5\r\nhelloXX", "12345678901234567\r\n"] {
+        for wire in [
+            "zz\r\n",
+            "5\r\nhelloXX",
+            "12345678901234567\r\n",
+            " 5\r\nhello\r\n0\r\n\r\n",
+            "+5\r\nhello\r\n0\r\n\r\n",
+            "5 \r\nhello\r\n0\r\n\r\n",
+            "5\n\r\nhello\r\n0\r\n\r\n",
+            "5;a=\x01\r\nhello\r\n0\r\n\r\n",
+            "5\r\nhello\r\n0\r\nx-trailer: 1\n\r\nGET / HTTP/1.1\r\n\r\n",
+            "5\r\nhello\r\n0\r\nx-trailer: 1\r\nx: \r2\r\n\r\n",
+        ] {
             let mut decoder = BodyDecoder::new(BodyFraming::Chunked);
             let mut buf = BytesMut::from(wire);
             let result = loop {

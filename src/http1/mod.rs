@@ -35,9 +35,8 @@ use crate::serving_thread;
 pub(crate) use codec::ResponseHead;
 use codec::{BodyDecoder, BodyFraming, Decoded, Malformed, RequestFraming};
 pub(crate) use header_block::HeaderBlock;
+use rules::REST_OF_REQUEST_TIMEOUT;
 
-/// Longest the rest of a request is sent, or read and dropped, after its answer ended.
-const REST_OF_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// A request body up to this size is gathered whole and written with its head in one go.
@@ -47,8 +46,8 @@ const FLUSH_BYTES: usize = 64 * 1024;
 /// The read buffer's size, and how much room a read gets at least.
 const READ_SIZE: usize = 16 * 1024;
 const MIN_READ_ROOM: usize = 4 * 1024;
-/// Buffers that grew past this for one large request are not kept on an idle connection.
-const KEEP_BUFFER_BYTES: usize = 64 * 1024;
+/// Room the write buffer starts with: most request heads fit.
+const HEAD_ROOM: usize = 1024;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -206,8 +205,8 @@ impl Connector {
         };
         Ok(Connection {
             io,
-            read_buf: BytesMut::with_capacity(READ_SIZE),
-            write_buf: Vec::with_capacity(1024),
+            read_buf: BytesMut::new(),
+            write_buf: Vec::new(),
             written: 0,
         })
     }
@@ -239,6 +238,7 @@ where
     };
     let framing = request_framing(&request.body, request.headers);
     connection.write_buf.clear();
+    connection.write_buf.reserve(HEAD_ROOM);
     connection.written = 0;
     connection.read_buf.clear();
     codec::encode_request_head(
@@ -618,12 +618,10 @@ impl Pool {
     }
 
     fn put(&self, mut connection: Connection) {
-        if connection.write_buf.capacity() > KEEP_BUFFER_BYTES {
-            connection.write_buf = Vec::with_capacity(1024);
-        }
-        if connection.read_buf.capacity() > KEEP_BUFFER_BYTES {
-            connection.read_buf = BytesMut::with_capacity(READ_SIZE);
-        }
+        // An idle connection holds no buffer: the next request on it takes new ones, and the
+        // allocator hands it the memory these give back.
+        connection.write_buf = Vec::new();
+        connection.read_buf = BytesMut::new();
         let now = Instant::now();
         let mut idle = self.lock();
         while idle

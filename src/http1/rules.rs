@@ -9,6 +9,10 @@
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header lines a message head may have (hyper's limit too, so both server paths agree).
 pub(crate) const MAX_HEADERS: usize = 100;
+/// Longest the rest of a request is sent on, or read and dropped, once its answer is out: on
+/// the client's side so its connection can carry the next request, on the instance's so the
+/// instance gets what it reads.
+pub(crate) const REST_OF_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The items of a comma-separated header value (RFC 9110, section 5.6.1), trimmed, without the
 /// empty ones the list syntax allows.

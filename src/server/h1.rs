@@ -19,25 +19,40 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
-use http_body::Body;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use http_body::{Body, Frame};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use super::body::BodyFeed;
 use super::{ClientBody, Connection, Handler, IntoReply, MAX_HEADER_BYTES, Reply};
 use crate::causes::BoxError;
-use crate::http1::rules::{ConnectionToken, MAX_HEADERS, connection_tokens, parse_decimal};
+use crate::http1::codec::{BodyDecoder, BodyFraming, Decoded};
+use crate::http1::rules::{
+    Codings, ConnectionToken, ContentLength, MAX_HEADERS, REST_OF_REQUEST_TIMEOUT, TransferCodings,
+    connection_tokens, parse_decimal,
+};
 
 /// Request bodies up to this size are read whole with their head; larger ones stream through
 /// hyper.
 pub(crate) const MAX_WHOLE_BODY: usize = 64 * 1024;
-/// Room a read gets at least.
-const READ_SIZE: usize = 8 * 1024;
+/// The most one read takes in.
+const READ_SIZE: usize = 16 * 1024;
+/// Room in the read buffer worth reading into directly; with less, a read goes through
+/// [`SCRATCH`].
+const MIN_READ_ROOM: usize = 4 * 1024;
+
+thread_local! {
+    /// Where a read lands when the connection's own buffer has no room: this thread's
+    /// connections share it, and each takes only what arrived.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
+/// Room the write buffer starts with: most answers' head and body fit.
+const HEAD_ROOM: usize = 2 * 1024;
 /// A response is written out once this much of it is buffered.
 const FLUSH_BYTES: usize = 64 * 1024;
-/// Buffers that grew past this for one large request or answer are not kept between requests.
-const KEEP_BUFFER_BYTES: usize = 16 * 1024;
 
 /// How serving a connection here ended.
 #[derive(Debug)]
@@ -68,10 +83,29 @@ pub(crate) struct Head {
     len: usize,
     method: Range<usize>,
     target: Range<usize>,
-    /// The body's length: all of it follows the head.
-    body_len: usize,
+    /// How the body follows the head.
+    body: BodyOf,
     /// The client asked to close the connection after this request.
     close: bool,
+}
+
+/// How a request's body follows its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyOf {
+    /// This many bytes, read whole with the head (none when 0).
+    Whole(usize),
+    /// Streamed to the handler as it arrives: a length too large to read whole, or chunked.
+    Streamed(BodyFraming),
+}
+
+impl BodyOf {
+    /// Bytes that must follow the head before the request is handled.
+    fn whole_len(self) -> usize {
+        match self {
+            BodyOf::Whole(len) => len,
+            BodyOf::Streamed(_) => 0,
+        }
+    }
 }
 
 /// One header line: where its name and value lie.
@@ -111,23 +145,14 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         start..start + part.len()
     };
     spans.clear();
-    let mut body_len = None;
+    let mut length = ContentLength::default();
+    let mut codings = TransferCodings::default();
     let mut close = false;
     for line in request.headers.iter() {
         let name = line.name.as_bytes();
         match name.len() {
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
-                let Some(length) =
-                    parse_decimal(line.value).and_then(|length| usize::try_from(length).ok())
-                else {
-                    return Parsed::Other;
-                };
-                if body_len.is_some() || length > MAX_WHOLE_BODY {
-                    return Parsed::Other;
-                }
-                body_len = Some(length);
-            }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::Other,
+            14 if name.eq_ignore_ascii_case(b"content-length") => length.add(line.value),
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => codings.add(line.value),
             6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::Other,
             7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Other,
             10 if name.eq_ignore_ascii_case(b"connection") => {
@@ -146,11 +171,22 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
             value: offset(line.value),
         });
     }
+    // What the framing rules refuse (both framings, a bad or conflicting length, a coding
+    // other than one `chunked`) gets its 400 or 501 on hyper's path, where the proxy sees it.
+    let body = match (length.get(), codings.verdict(), codings.was_sent()) {
+        (None, Codings::None, _) => BodyOf::Whole(0),
+        (None, Codings::Chunked, _) => BodyOf::Streamed(BodyFraming::Chunked),
+        (Some(Ok(length)), Codings::None, false) => match usize::try_from(length) {
+            Ok(length) if length <= MAX_WHOLE_BODY => BodyOf::Whole(length),
+            _ => BodyOf::Streamed(BodyFraming::Length(length)),
+        },
+        _ => return Parsed::Other,
+    };
     Parsed::Request(Head {
         len,
         method: offset(method.as_bytes()),
         target: offset(target.as_bytes()),
-        body_len: body_len.unwrap_or(0),
+        body,
         close,
     })
 }
@@ -183,13 +219,15 @@ pub fn read_requests(wire: &[u8]) -> usize {
     let mut buf = BytesMut::from(wire);
     let mut made = 0;
     while let Some(request) = next_whole_request(&mut buf) {
-        assert_eq!(
-            request.body().size_hint().exact(),
-            request
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .map_or(Some(0), |length| parse_decimal(length.as_bytes()))
-        );
+        if !request.headers().contains_key(header::TRANSFER_ENCODING) {
+            assert_eq!(
+                request.body().size_hint().exact(),
+                request
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .map_or(Some(0), |length| parse_decimal(length.as_bytes()))
+            );
+        }
         made += 1;
     }
     made
@@ -208,11 +246,31 @@ pub(crate) fn next_whole_request(buf: &mut BytesMut) -> Option<Request<ClientBod
             .all(|span| span.value.end <= head.len && span.name.end <= head.len),
         "a header line outside its head"
     );
-    if buf.len() < head.len + head.body_len {
-        return None;
-    }
-    let bytes = buf.split_to(head.len).freeze();
-    let body = buf.split_to(head.body_len).freeze();
+    let (bytes, body) = match head.body {
+        BodyOf::Whole(len) => {
+            if buf.len() < head.len + len {
+                return None;
+            }
+            let bytes = buf.split_to(head.len).freeze();
+            (bytes, buf.split_to(len).freeze())
+        }
+        // Decoded as the connection would feed it, from what is there.
+        BodyOf::Streamed(framing) => {
+            let mut rest = BytesMut::from(&buf[head.len..]);
+            let mut decoder = BodyDecoder::new(framing);
+            let mut body = BytesMut::new();
+            loop {
+                match decoder.decode(&mut rest) {
+                    Ok(Decoded::Data(data)) => body.extend_from_slice(&data),
+                    Ok(Decoded::End(_)) => break,
+                    Ok(Decoded::NeedMore) | Err(_) => return None,
+                }
+            }
+            let bytes = buf.split_to(head.len).freeze();
+            *buf = rest;
+            (bytes, body.freeze())
+        }
+    };
     let request = build_request(&bytes, &head, &spans)?;
     Some(request.map(|()| ClientBody::whole(body)))
 }
@@ -240,13 +298,21 @@ enum Read {
 impl Client {
     /// Reads more of the next request. A client that sends no whole head for a full `timeout`
     /// period (so after between one and two of them) is let go.
+    ///
+    /// The read buffer is taken only once bytes are there to read: between requests a
+    /// connection holds none.
     async fn read_more(&mut self) -> io::Result<Read> {
         loop {
-            self.read.reserve(READ_SIZE);
             tokio::select! {
                 biased;
-                read = self.stream.read_buf(&mut self.read) => {
-                    return Ok(if read? == 0 { Read::Close } else { Read::More });
+                ready = self.stream.readable() => {
+                    ready?;
+                    match try_read(&self.stream, &mut self.read) {
+                        Ok(0) => return Ok(Read::Close),
+                        Ok(_) => return Ok(Read::More),
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(error) => return Err(error),
+                    }
                 }
                 () = self.idle.as_mut() => {
                     if !std::mem::take(&mut self.progress) {
@@ -277,14 +343,13 @@ pub(crate) async fn serve(
 ) -> Result<Ended, BoxError> {
     let mut client = Client {
         stream,
-        read: BytesMut::with_capacity(READ_SIZE),
+        read: BytesMut::new(),
         idle: Box::pin(tokio::time::sleep(timeout)),
         timeout,
         progress: false,
         draining,
     };
     let mut spans = Vec::new();
-    let mut out = Vec::new();
     loop {
         let head = loop {
             match parse_head(&client.read, &mut spans) {
@@ -303,14 +368,15 @@ pub(crate) async fn serve(
             }
         };
         client.progress = true;
-        while client.read.len() < head.len + head.body_len {
+        let whole = head.body.whole_len();
+        while client.read.len() < head.len + whole {
             if let Read::Close = client.read_more().await? {
                 return Ok(Ended::Closed);
             }
         }
 
         let bytes = client.read.split_to(head.len).freeze();
-        let body = client.read.split_to(head.body_len).freeze();
+        let body = client.read.split_to(whole).freeze();
         let Some(request) = build_request(&bytes, &head, &spans) else {
             let mut read = BytesMut::with_capacity(bytes.len() + body.len() + client.read.len());
             read.extend_from_slice(&bytes);
@@ -319,20 +385,28 @@ pub(crate) async fn serve(
             client.read = read;
             return Ok(client.hand_over());
         };
-        let request = request.map(|()| ClientBody::whole(body));
+        let (request, feed) = match head.body {
+            BodyOf::Whole(_) => (request.map(|()| ClientBody::whole(body)), None),
+            BodyOf::Streamed(framing) => {
+                let length = match framing {
+                    BodyFraming::Length(length) => Some(length),
+                    _ => None,
+                };
+                let (feed, body) = ClientBody::fed(length);
+                (request.map(|()| body), Some(Feed::new(feed, framing)))
+            }
+        };
         // The head's bytes live on in the request's header values only; this handle to them
         // would otherwise keep the read buffer shared, and growing it would then copy.
         drop(bytes);
-        let to_head = request.method() == Method::HEAD;
-
-        // Pinned where it is made: the handler's future is large, and every move copies it.
-        let answer = pin!(handler.call(request, connection.clone()));
-        let Some(reply) = client.respond(answer).await? else {
+        let close = head.close;
+        // Boxed: a request in flight needs far more state than a connection waiting for one,
+        // and thousands of connections wait.
+        let exchanged =
+            Box::pin(client.exchange(handler, connection, request, close, feed)).await?;
+        let Some(keep_alive) = exchanged else {
             return Ok(Ended::Closed);
         };
-        let close = head.close || client.draining();
-        let keep_alive =
-            write_response(&mut client.stream, &mut out, reply, to_head, close).await?;
         // The response is on its way: a good moment to let others run.
         crate::serving_thread::offer_cpu();
         if !keep_alive {
@@ -340,48 +414,210 @@ pub(crate) async fn serve(
             let _ = client.stream.shutdown().await;
             return Ok(Ended::Closed);
         }
-        // An idle connection holds its buffers: thousands of them must stay small.
-        if out.capacity() > KEEP_BUFFER_BYTES {
-            out = Vec::new();
-        }
-        if client.read.is_empty() && client.read.capacity() > KEEP_BUFFER_BYTES {
+        // A connection waiting for its next request holds no buffer: the allocator hands the
+        // same memory to the next request that needs it.
+        if client.read.is_empty() {
             client.read = BytesMut::new();
         }
     }
 }
 
 impl Client {
+    /// Answers `request` and writes the answer; `Some(true)` if the connection may carry
+    /// another request, `None` if the client left before the answer.
+    async fn exchange(
+        &mut self,
+        handler: &impl Handler,
+        connection: &Connection,
+        request: Request<ClientBody>,
+        close: bool,
+        mut feed: Option<Feed>,
+    ) -> Result<Option<bool>, BoxError> {
+        let to_head = request.method() == Method::HEAD;
+        let mut answer = pin!(handler.call(request, connection.clone()));
+        let Client {
+            stream,
+            read,
+            draining,
+            ..
+        } = self;
+        let stream = &*stream;
+
+        // Wait for the answer, feeding the request body meanwhile. Once the body is in, watch
+        // the client: bytes of a next request are kept (up to a bound), and a client that
+        // closes the connection cancels the request.
+        let answered = poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(reply) = answer.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(Some(reply.into_reply())));
+                }
+                if let Some(feed) = feed.as_mut().filter(|feed| !feed.over) {
+                    match feed.poll(cx, stream, read) {
+                        Poll::Ready(_) => continue,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                if read.len() > MAX_HEADER_BYTES {
+                    return Poll::Pending;
+                }
+                match stream.poll_read_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                match try_read(stream, read) {
+                    Ok(0) => return Poll::Ready(Ok(None)),
+                    Ok(_) => {}
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Poll::Ready(Err(error)),
+                }
+            }
+        });
+        let Some(reply) = answered.await? else {
+            return Ok(None);
+        };
+
+        let broken = feed.as_ref().is_some_and(|feed| feed.broken);
+        let close = close || *draining.borrow() || broken;
+        let mut out = Vec::with_capacity(HEAD_ROOM);
+        let Some(feed) = feed.as_mut().filter(|feed| !feed.over) else {
+            let written = write_response(stream, &mut out, reply, to_head, close, true).await?;
+            return Ok(Some(written));
+        };
+
+        // The answer came before the whole body (an instance that answers early, or refuses
+        // the request): the body goes on being fed while the answer is written, as the
+        // handler may still be sending it on, and the client may not read before it has sent.
+        let mut writing = pin!(write_response(
+            stream, &mut out, reply, to_head, close, false
+        ));
+        let written = poll_fn(|cx| {
+            if !feed.over {
+                let _ = feed.poll(cx, stream, read);
+            }
+            writing.as_mut().poll(cx)
+        })
+        .await?;
+        // Then the rest is read to its end (for the handler if it still takes it, thrown away
+        // if not), so the connection can carry the client's next request; bounded in time, as
+        // on the instance's side.
+        let rest = poll_fn(|cx| feed.poll(cx, stream, read));
+        let whole = tokio::time::timeout(REST_OF_REQUEST_TIMEOUT, rest).await;
+        Ok(Some(written && whole == Ok(true)))
+    }
+
     fn hand_over(self) -> Ended {
         Ended::HandOver {
             stream: self.stream,
             read: self.read,
         }
     }
+}
 
-    /// Waits for the handler's answer while watching the client: bytes of a next request are
-    /// kept (up to a bound), and a client that closes the connection cancels the request,
-    /// which ends with `None`.
-    async fn respond<R: IntoReply>(
+/// Reads what `stream` holds onto the end of `read`, which grows only by what arrived.
+/// Readiness is often stale (a read that took all there was leaves it set), so a buffer that
+/// made room before each read would be holding memory through most idle waits.
+fn try_read(stream: &TcpStream, read: &mut BytesMut) -> io::Result<usize> {
+    if read.capacity() - read.len() >= MIN_READ_ROOM {
+        return stream.try_read_buf(read);
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        let n = stream.try_read(scratch)?;
+        read.extend_from_slice(&scratch[..n]);
+        Ok(n)
+    })
+}
+
+/// The rest of a request body, read from the connection while the request is handled, and fed
+/// to the handler's body one frame at a time.
+struct Feed {
+    decoder: BodyDecoder,
+    /// `None` once the body ended.
+    feed: Option<BodyFeed>,
+    /// A frame waiting for the body to take the one before.
+    pending: Option<Result<Frame<Bytes>, BoxError>>,
+    /// The body ended, whole or not.
+    over: bool,
+    /// The body failed: the client closed mid-body or broke its framing, so the connection
+    /// cannot carry another request.
+    broken: bool,
+}
+
+impl Feed {
+    fn new(feed: BodyFeed, framing: BodyFraming) -> Self {
+        Feed {
+            decoder: BodyDecoder::new(framing),
+            feed: Some(feed),
+            pending: None,
+            over: false,
+            broken: false,
+        }
+    }
+
+    /// Reads and feeds until the body ends: `Ready(true)` if whole, `Ready(false)` if it
+    /// failed. Once the handler drops the body, the rest is read and thrown away.
+    fn poll(
         &mut self,
-        mut answer: Pin<&mut impl Future<Output = R>>,
-    ) -> io::Result<Option<Reply<R::Body>>> {
+        cx: &mut Context<'_>,
+        stream: &TcpStream,
+        read: &mut BytesMut,
+    ) -> Poll<bool> {
         loop {
-            let watching = self.read.len() <= MAX_HEADER_BYTES;
-            tokio::select! {
-                biased;
-                reply = &mut answer => return Ok(Some(reply.into_reply())),
-                ready = self.stream.readable(), if watching => {
-                    ready?;
-                    self.read.reserve(READ_SIZE);
-                    match self.stream.try_read_buf(&mut self.read) {
-                        Ok(0) => return Ok(None),
-                        Ok(_) => {}
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(error) => return Err(error),
-                    }
+            if self.pending.is_some() {
+                if let Some(feed) = self.feed.as_mut()
+                    && feed.poll_send(cx, &mut self.pending).is_pending()
+                {
+                    return Poll::Pending;
+                }
+                self.pending = None;
+            }
+            if self.broken {
+                self.over = true;
+                self.feed = None;
+                return Poll::Ready(false);
+            }
+            if self.decoder.is_done() {
+                self.over = true;
+                if let Some(feed) = self.feed.take() {
+                    feed.finish();
+                }
+                return Poll::Ready(true);
+            }
+            match self.decoder.decode(read) {
+                Ok(Decoded::Data(data)) => {
+                    self.pending = Some(Ok(Frame::data(data)));
+                    continue;
+                }
+                Ok(Decoded::End(trailers)) => {
+                    self.pending = trailers.map(|trailers| Ok(Frame::trailers(trailers)));
+                    continue;
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(malformed) => {
+                    self.fail(malformed.to_string().into());
+                    continue;
                 }
             }
+            match stream.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(error)) => {
+                    self.fail(error.into());
+                    continue;
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            match try_read(stream, read) {
+                Ok(0) => self.fail("the client closed the connection mid-body".into()),
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => self.fail(error.into()),
+            }
         }
+    }
+
+    fn fail(&mut self, error: BoxError) {
+        self.broken = true;
+        self.pending = Some(Err(error));
     }
 }
 
@@ -482,13 +718,16 @@ pub(crate) fn encode_response_head(
     (framing, close)
 }
 
-/// Writes `response`; `Ok(true)` if the connection may carry another request.
+/// Writes `response`; `Ok(true)` if the connection may carry another request. With
+/// `watch_client`, a client that closes the connection while the body waits ends the answer;
+/// without, the connection's reads are someone else's (the request body is still coming).
 async fn write_response<B>(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     out: &mut Vec<u8>,
     reply: Reply<B>,
     to_head: bool,
     close: bool,
+    watch_client: bool,
 ) -> Result<bool, BoxError>
 where
     B: Body,
@@ -506,13 +745,13 @@ where
         close,
     );
     if to_head || framing == Framing::None {
-        stream.write_all(out).await?;
+        write_all(stream, out).await?;
         return Ok(!close);
     }
 
     let mut sent = 0u64;
     // Whether a close by the client is still looked for while the body waits.
-    let mut watching = true;
+    let mut watching = watch_client;
     loop {
         // Take what is ready; write out what is buffered before waiting for more, so a
         // streamed answer reaches the client as it is made.
@@ -525,7 +764,7 @@ where
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 if !out.is_empty() {
-                    stream.write_all(out).await?;
+                    write_all(stream, out).await?;
                     out.clear();
                 }
                 next_frame_unless_client_left(stream, &mut next, &mut watching).await?
@@ -537,7 +776,7 @@ where
             Err(error) => {
                 // What came before the failure still goes out, so the client sees the answer
                 // begin and then end short of its framing, rather than no answer at all.
-                let _ = stream.write_all(out).await;
+                let _ = write_all(stream, out).await;
                 return Err(error);
             }
         };
@@ -569,20 +808,35 @@ where
             out.extend_from_slice(b"\r\n");
         }
         if out.len() >= FLUSH_BYTES {
-            stream.write_all(out).await?;
+            write_all(stream, out).await?;
             out.clear();
         }
     }
     match framing {
         Framing::Length(length) if sent < length => {
-            stream.write_all(out).await?;
+            write_all(stream, out).await?;
             return Err("response body shorter than its content-length".into());
         }
         Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
         _ => {}
     }
-    stream.write_all(out).await?;
+    write_all(stream, out).await?;
     Ok(!close)
+}
+
+/// Writes all of `buf`. Through a shared reference, so that the request body can be read on
+/// the same connection meanwhile.
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// Waits for the body's next frame, but gives up when the client closes the connection: a
@@ -730,7 +984,7 @@ mod tests {
         assert_eq!(&text[parsed.method.clone()], "POST");
         assert_eq!(&text[parsed.target.clone()], "/score?x=1");
         assert_eq!(parsed.len, text.len() - "abcNEXT".len());
-        assert_eq!(parsed.body_len, 3);
+        assert_eq!(parsed.body, BodyOf::Whole(3));
         assert!(!parsed.close);
         let lines: Vec<(&str, &str)> = spans
             .iter()
@@ -740,7 +994,7 @@ mod tests {
 
         let (closing, _) = head("GET / HTTP/1.1\r\nconnection: keep-alive, Close\r\n\r\n");
         assert!(closing.close);
-        assert_eq!(closing.body_len, 0);
+        assert_eq!(closing.body, BodyOf::Whole(0));
     }
 
     #[test]
@@ -757,15 +1011,18 @@ mod tests {
         for text in [
             "GET / HTTP/1.0\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: \r\ncontent-length: 3\r\n\r\n",
             "POST / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
             "GET /ws HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
             "GET /ws HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
             "GET http://g/ HTTP/1.1\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\n\r\n",
             "CONNECT g:443 HTTP/1.1\r\n\r\n",
-            "POST / HTTP/1.1\r\ncontent-length: 65537\r\n\r\n",
-            "POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 1, 2\r\n\r\n",
             "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
             "POST / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n",
             "NOT HTTP\r\n\r\n",
@@ -777,6 +1034,35 @@ mod tests {
             "x: 1\r\n".repeat(MAX_HEADERS + 1)
         );
         assert_eq!(parse(&many), Parsed::Other, "too many header lines");
+    }
+
+    #[test]
+    fn large_and_chunked_bodies_are_streamed_here() {
+        let body = |text: &str| match parse(text) {
+            Parsed::Request(head) => head.body,
+            other => panic!("{text:?}: {other:?}"),
+        };
+        assert_eq!(
+            body("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"),
+            BodyOf::Streamed(BodyFraming::Chunked)
+        );
+        assert_eq!(
+            body("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
+            BodyOf::Streamed(BodyFraming::Chunked)
+        );
+        assert_eq!(
+            body("POST / HTTP/1.1\r\ncontent-length: 65537\r\n\r\n"),
+            BodyOf::Streamed(BodyFraming::Length(65537))
+        );
+        assert_eq!(
+            body("POST / HTTP/1.1\r\ncontent-length: 65536\r\n\r\n"),
+            BodyOf::Whole(65536)
+        );
+        // Repeated identical lengths are one length (RFC 9112, section 6.3).
+        assert_eq!(
+            body("POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\n"),
+            BodyOf::Whole(1)
+        );
     }
 
     #[test]

@@ -142,6 +142,8 @@ pub(crate) async fn serve_connections(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
+    // Shared: the settings are large, and each connection's task would hold a copy.
+    let builder = Arc::new(builder);
 
     // Connections watch this to learn that shutdown began; the loop learns that they all
     // ended when every receiver is gone.
@@ -154,7 +156,7 @@ pub(crate) async fn serve_connections(
         let handler = handler.clone();
         let connection = Connection::new(peer, options.tls.is_some());
         let acceptor = options.tls.clone();
-        let builder = builder.clone();
+        let builder = Arc::clone(&builder);
         let draining = draining.clone();
         let timeout = options.header_read_timeout;
         tokio::spawn(async move {
@@ -164,34 +166,25 @@ pub(crate) async fn serve_connections(
                     .await
                 {
                     Ok(h1::Ended::Closed) => Ok(()),
+                    // Boxed, like the TLS arm: hyper's connection state is several times the
+                    // size of the loop's own, and every idle connection's task would hold
+                    // room for it.
                     Ok(h1::Ended::HandOver { stream, read }) => {
                         let stream = h1::Prefixed::new(read.freeze(), stream);
-                        serve_with_hyper(stream, &builder, handler, connection, draining, timeout)
-                            .await
+                        Box::pin(serve_with_hyper(
+                            stream, &builder, handler, connection, draining, timeout,
+                        ))
+                        .await
                     }
                     Err(error) => Err(error),
                 },
                 // The TLS handshake runs in the connection's task, so a slow client cannot
-                // hold up the accept loop.
+                // hold up the accept loop. Boxed: a handshake's state is large too.
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(stream)) => {
-                            serve_with_hyper(
-                                stream, &builder, handler, connection, draining, timeout,
-                            )
-                            .await
-                        }
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, %peer, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
+                    Box::pin(serve_tls(
+                        stream, acceptor, &builder, handler, connection, draining, timeout,
+                    ))
+                    .await
                 }
             };
             if let Err(error) = served {
@@ -222,6 +215,41 @@ pub(crate) async fn serve_connections(
         () = drain.closed() => tracing::debug!("all connections drained"),
         () = tokio::time::sleep(deadline) => {
             tracing::warn!(?deadline, "drain deadline passed; closing the remaining connections");
+        }
+    }
+}
+
+/// Completes the TLS handshake on `stream` within [`TLS_HANDSHAKE_TIMEOUT`], then serves it
+/// with hyper.
+async fn serve_tls(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    builder: &auto::Builder<TokioExecutor>,
+    handler: impl Handler,
+    connection: Connection,
+    draining: watch::Receiver<bool>,
+    first_request: Duration,
+) -> Result<(), BoxError> {
+    let peer = connection.peer;
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            serve_with_hyper(
+                stream,
+                builder,
+                handler,
+                connection,
+                draining,
+                first_request,
+            )
+            .await
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, %peer, "TLS handshake failed");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            Ok(())
         }
     }
 }
