@@ -44,9 +44,12 @@ pub fn forward_requests(wire: &[u8]) -> usize {
             .and_then(|length| parse_decimal(length.as_bytes()));
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
-        let framing = match declared {
-            None | Some(0) => RequestFraming::Empty,
-            Some(length) => RequestFraming::Length(length),
+        // A chunked request is forwarded chunked: its body streams, of no known length.
+        let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+        let framing = match (chunked, declared) {
+            (true, _) => RequestFraming::Chunked,
+            (false, None | Some(0)) => RequestFraming::Empty,
+            (false, Some(length)) => RequestFraming::Length(length),
         };
         let mut out = Vec::new();
         codec::encode_request_head(
@@ -72,7 +75,11 @@ pub fn forward_requests(wire: &[u8]) -> usize {
         assert_eq!(parsed.path, Some(path.as_str()));
         let sent = lines(parsed.headers);
         assert_eq!(count(&sent, "host"), 1, "{sent:?}");
-        assert_eq!(count(&sent, "transfer-encoding"), 0, "{sent:?}");
+        assert_eq!(
+            count(&sent, "transfer-encoding"),
+            usize::from(chunked),
+            "{sent:?}"
+        );
         let lengths: Vec<&[u8]> = sent
             .iter()
             .filter(|(n, _)| n == "content-length")
@@ -91,7 +98,9 @@ pub fn forward_requests(wire: &[u8]) -> usize {
             .collect();
         let forwarded: Vec<(String, Vec<u8>)> = sent
             .into_iter()
-            .filter(|(name, _)| name != "host" && name != "content-length")
+            .filter(|(name, _)| {
+                name != "host" && name != "content-length" && name != "transfer-encoding"
+            })
             .collect();
         assert_eq!(forwarded, kept, "the end-to-end headers changed");
         checked += 1;
@@ -182,6 +191,8 @@ mod tests {
     fn requests_read_back_as_they_came() {
         let wire = b"POST /score?x=1 HTTP/1.1\r\nHost: g\r\nX-A: 1\r\nx-a: 2\r\nConnection: keep-alive, x-hop\r\nx-hop: h\r\ncontent-length: 3\r\n\r\nabcGET / HTTP/1.1\r\nhost: g\r\n\r\n";
         assert_eq!(forward_requests(wire), 2);
+        let chunked = b"POST / HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n3;x\r\nabc\r\n0\r\nx-sum: 1\r\n\r\nGET / HTTP/1.1\r\nhost: g\r\n\r\n";
+        assert_eq!(forward_requests(chunked), 2);
     }
 
     #[test]

@@ -48,6 +48,8 @@ const READ_SIZE: usize = 16 * 1024;
 const MIN_READ_ROOM: usize = 4 * 1024;
 /// Room the write buffer starts with: most request heads fit.
 const HEAD_ROOM: usize = 1024;
+/// Buffers that grew past this for one large request are not kept on an idle connection.
+const KEEP_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -618,10 +620,15 @@ impl Pool {
     }
 
     fn put(&self, mut connection: Connection) {
-        // An idle connection holds no buffer: the next request on it takes new ones, and the
-        // allocator hands it the memory these give back.
-        connection.write_buf = Vec::new();
-        connection.read_buf = BytesMut::new();
+        // Idle connections to instances are few (one per request in flight at the busiest
+        // moment, per thread) and each is reused soon: they keep their buffers, unless one
+        // grew for a large request.
+        if connection.write_buf.capacity() > KEEP_BUFFER_BYTES {
+            connection.write_buf = Vec::new();
+        }
+        if connection.read_buf.capacity() > KEEP_BUFFER_BYTES {
+            connection.read_buf = BytesMut::new();
+        }
         let now = Instant::now();
         let mut idle = self.lock();
         while idle

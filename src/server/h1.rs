@@ -49,8 +49,9 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Box<[u8]>> =
         std::cell::RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
 }
-/// Room the write buffer starts with: most answers' head and body fit.
-const HEAD_ROOM: usize = 2 * 1024;
+/// Room the write buffer starts with: most answers' head and body fit, and the allocator keeps
+/// blocks of this size at hand.
+const HEAD_ROOM: usize = 1024;
 /// A response is written out once this much of it is buffered.
 const FLUSH_BYTES: usize = 64 * 1024;
 
@@ -401,9 +402,10 @@ pub(crate) async fn serve(
         drop(bytes);
         let close = head.close;
         // Boxed: a request in flight needs far more state than a connection waiting for one,
-        // and thousands of connections wait.
-        let exchanged =
-            Box::pin(client.exchange(handler, connection, request, close, feed)).await?;
+        // and thousands of connections wait. The price is an allocation and a copy of that
+        // state per request.
+        let exchange = client.exchange(handler, connection, request, close, feed);
+        let exchanged = Box::pin(exchange).await?;
         let Some(keep_alive) = exchanged else {
             return Ok(Ended::Closed);
         };
@@ -457,20 +459,11 @@ impl Client {
                         Poll::Pending => return Poll::Pending,
                     }
                 }
-                if read.len() > MAX_HEADER_BYTES {
-                    return Poll::Pending;
-                }
-                match stream.poll_read_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                    Poll::Ready(Ok(())) => {}
-                }
-                match try_read(stream, read) {
-                    Ok(0) => return Poll::Ready(Ok(None)),
-                    Ok(_) => {}
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(error) => return Poll::Ready(Err(error)),
-                }
+                return match poll_client_left(cx, stream, read) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(None)),
+                    Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                    Poll::Pending => Poll::Pending,
+                };
             }
         });
         let Some(reply) = answered.await? else {
@@ -510,6 +503,28 @@ impl Client {
         Ended::HandOver {
             stream: self.stream,
             read: self.read,
+        }
+    }
+}
+
+/// Watches a client whose request is in while its answer is awaited: `Ready` once it closed
+/// the connection. Bytes of a next request are kept, up to a bound.
+fn poll_client_left(
+    cx: &mut Context<'_>,
+    stream: &TcpStream,
+    read: &mut BytesMut,
+) -> Poll<io::Result<()>> {
+    loop {
+        if read.len() > MAX_HEADER_BYTES {
+            return Poll::Pending;
+        }
+        std::task::ready!(stream.poll_read_ready(cx))?;
+        match try_read(stream, read) {
+            Ok(0) => return Poll::Ready(Ok(())),
+            // Readiness was stale, or more came: either way, wait for the next.
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Poll::Ready(Err(error)),
         }
     }
 }
