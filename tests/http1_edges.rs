@@ -321,6 +321,42 @@ async fn a_malformed_chunk_is_refused_and_the_connection_closed() {
     }
 }
 
+#[tokio::test]
+async fn a_client_that_expects_100_continue_gets_it_before_it_sends_the_body() {
+    let (echo, _task) = echo_server().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
+    let gateway = gateway(&file.path).await;
+    for (length, body) in [(5, "hello".to_string()), (100_000, "z".repeat(100_000))] {
+        let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+        let head = format!(
+            "POST /score HTTP/1.1\r\nhost: gateway\r\nexpect: 100-continue\r\n\
+             content-length: {length}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("head");
+        let mut interim = [0u8; 25];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut interim))
+            .await
+            .expect("100 Continue within 5 s")
+            .expect("read");
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        stream.write_all(body.as_bytes()).await.expect("body");
+        let mut answer = Vec::new();
+        while !answer.ends_with(body.as_bytes()) {
+            let mut buffer = [0u8; 16 * 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+                .await
+                .expect("the answer within 5 s")
+                .expect("read");
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buffer[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        // The gateway met the expectation itself: the instance is not asked again.
+        assert!(!text.contains("x-echo-expect"), "{text}");
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -1,12 +1,15 @@
-//! The serve loop's own HTTP/1.1 path, for the exchange that is nearly all of a gateway's
-//! traffic: HTTP/1.1 on a kept-alive connection, requests with no body or a small one of known
-//! length, answered in order. Serving it here skips what hyper's general machinery does for
-//! every request (a body channel, a timer, a read-buffer check while the handler runs), which is
-//! most of what a request costs when it is only passed along.
+//! The serve loop's own HTTP/1.1 path, for plain-TCP HTTP/1.1: requests answered in order on a
+//! kept-alive connection, with no body, a small one read whole with the head, or a large or
+//! chunked one streamed to the handler through the same decoder that reads instances' answers
+//! (`http1::codec`). Serving it here skips what hyper's general machinery does for every
+//! request (a body channel, a timer, a read-buffer check while the handler runs), which is most
+//! of what a request costs when it is only passed along; and it reads request framing by the
+//! same rules as the client side does answers.
 //!
 //! Anything else goes to hyper on the same connection, with the bytes already read, and stays
-//! there: HTTP/2, HTTP/1.0, upgrades, `Expect`, chunked or large request bodies, and heads that
-//! do not parse (hyper answers those with the right 4xx).
+//! there: HTTP/2, HTTP/1.0, upgrades, expectations other than `100-continue`, and heads the
+//! rules refuse (hyper answers malformed ones with the right 4xx; the proxy refuses framing the
+//! rules forbid).
 
 use std::future::{Future, poll_fn};
 use std::io::{self, Write as _};
@@ -92,6 +95,8 @@ pub(crate) struct Head {
     body: BodyOf,
     /// The client asked to close the connection after this request.
     close: bool,
+    /// The client waits for `100 Continue` before it sends the body.
+    expect_continue: bool,
 }
 
 /// How a request's body follows its head.
@@ -153,12 +158,25 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
     let mut length = ContentLength::default();
     let mut codings = TransferCodings::default();
     let mut close = false;
+    let mut expect_continue = false;
     for line in request.headers.iter() {
         let name = line.name.as_bytes();
         match name.len() {
             14 if name.eq_ignore_ascii_case(b"content-length") => length.add(line.value),
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => codings.add(line.value),
-            6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::Other,
+            // `100-continue` is answered here, so it is not passed on; any other expectation
+            // gets hyper's 417.
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                if !line
+                    .value
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"100-continue")
+                {
+                    return Parsed::Other;
+                }
+                expect_continue = true;
+                continue;
+            }
             7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Other,
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 for token in connection_tokens(line.value) {
@@ -193,6 +211,7 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         target: offset(target.as_bytes()),
         body,
         close,
+        expect_continue,
     })
 }
 
@@ -373,6 +392,10 @@ pub(crate) async fn serve(
             }
         };
         client.progress = true;
+        let has_body = head.body != BodyOf::Whole(0);
+        if head.expect_continue && has_body && client.read.len() == head.len {
+            write_all(&client.stream, b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
         let whole = head.body.whole_len();
         while client.read.len() < head.len + whole {
             if let Read::Close = client.read_more().await? {
@@ -1039,7 +1062,7 @@ mod tests {
             "POST / HTTP/1.1\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
             "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
             "POST / HTTP/1.1\r\ntransfer-encoding: \r\ncontent-length: 3\r\n\r\n",
-            "POST / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nexpect: 200-ok\r\ncontent-length: 1\r\n\r\n",
             "GET /ws HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
             "GET /ws HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
             "GET http://g/ HTTP/1.1\r\n\r\n",
