@@ -95,6 +95,23 @@ async fn post_large(stream: &mut TcpStream) -> Result<Vec<u8>, std::io::Error> {
     answer
 }
 
+/// A gateway in front of one echo instance, and what must live as long as it.
+struct EchoGateway {
+    gateway: switchyard::Gateway,
+    _file: EndpointFile,
+    _echo: tokio::task::JoinHandle<()>,
+}
+
+async fn echo_gateway() -> EchoGateway {
+    let (echo, task) = echo_server().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
+    EchoGateway {
+        gateway: gateway(&file.path).await,
+        _file: file,
+        _echo: task,
+    }
+}
+
 #[tokio::test]
 async fn an_early_answer_from_an_instance_that_reads_on_keeps_the_connection() {
     let instance = early_instance(false).await;
@@ -173,9 +190,8 @@ async fn an_instance_that_fails_before_its_first_body_byte_gives_a_cut_answer_no
 
 #[tokio::test]
 async fn a_chunked_request_whose_trailer_ends_in_a_bare_lf_does_not_swallow_the_next_request() {
-    let (echo, _task) = echo_server().await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
-    let gateway = gateway(&file.path).await;
+    let echo = echo_gateway().await;
+    let gateway = &echo.gateway;
     let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
     stream
         .write_all(
@@ -216,9 +232,8 @@ async fn read_until_quiet(stream: &mut TcpStream) -> (String, bool) {
 
 #[tokio::test]
 async fn pipelined_chunked_requests_are_each_answered_on_a_connection_that_stays_open() {
-    let (echo, _task) = echo_server().await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
-    let gateway = gateway(&file.path).await;
+    let echo = echo_gateway().await;
+    let gateway = &echo.gateway;
     let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
     stream
         .write_all(
@@ -246,9 +261,8 @@ async fn pipelined_chunked_requests_are_each_answered_on_a_connection_that_stays
 
 #[tokio::test]
 async fn a_body_too_large_to_read_whole_streams_through_and_the_connection_carries_on() {
-    let (echo, _task) = echo_server().await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
-    let gateway = gateway(&file.path).await;
+    let echo = echo_gateway().await;
+    let gateway = &echo.gateway;
     let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
     const SIZE: usize = 1024 * 1024;
     let head = format!("POST /score HTTP/1.1\r\nhost: gateway\r\ncontent-length: {SIZE}\r\n\r\n");
@@ -299,9 +313,8 @@ async fn a_body_too_large_to_read_whole_streams_through_and_the_connection_carri
 
 #[tokio::test]
 async fn a_malformed_chunk_is_refused_and_the_connection_closed() {
-    let (echo, _task) = echo_server().await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
-    let gateway = gateway(&file.path).await;
+    let echo = echo_gateway().await;
+    let gateway = &echo.gateway;
     for bad in [
         "zz\r\n",
         " 3\r\nabc\r\n0\r\n\r\n",
@@ -323,9 +336,8 @@ async fn a_malformed_chunk_is_refused_and_the_connection_closed() {
 
 #[tokio::test]
 async fn a_client_that_expects_100_continue_gets_it_before_it_sends_the_body() {
-    let (echo, _task) = echo_server().await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
-    let gateway = gateway(&file.path).await;
+    let echo = echo_gateway().await;
+    let gateway = &echo.gateway;
     for (length, body) in [(5, "hello".to_string()), (100_000, "z".repeat(100_000))] {
         let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
         let head = format!(
