@@ -416,12 +416,8 @@ pub(crate) async fn serve(
         let (request, feed) = match head.body {
             BodyOf::Whole(_) => (request.map(|()| ClientBody::whole(body)), None),
             BodyOf::Streamed(framing) => {
-                let length = match framing {
-                    BodyFraming::Length(length) => Some(length),
-                    _ => None,
-                };
-                let (feed, body) = ClientBody::fed(length);
-                (request.map(|()| body), Some(Feed::new(feed, framing)))
+                let (feed, body) = Feed::new(framing);
+                (request.map(|()| body), Some(feed))
             }
         };
         // The head's bytes live on in the request's header values only; this handle to them
@@ -480,7 +476,7 @@ impl Client {
                 if let Poll::Ready(reply) = answer.as_mut().poll(cx) {
                     return Poll::Ready(Ok(Some(reply.into_reply())));
                 }
-                if let Some(feed) = feed.as_mut().filter(|feed| !feed.over) {
+                if let Some(feed) = feed.as_mut().filter(|feed| !feed.is_over()) {
                     match feed.poll(cx, stream, read) {
                         Poll::Ready(_) => continue,
                         Poll::Pending => return Poll::Pending,
@@ -500,7 +496,7 @@ impl Client {
         let broken = feed.as_ref().is_some_and(|feed| feed.broken);
         let close = close || *draining.borrow() || broken;
         let mut out = Vec::with_capacity(HEAD_ROOM);
-        let Some(feed) = feed.as_mut().filter(|feed| !feed.over) else {
+        let Some(feed) = feed.as_mut().filter(|feed| !feed.is_over()) else {
             let written = write_response(stream, &mut out, reply, to_head, close, true).await?;
             return Ok(Some(written));
         };
@@ -512,7 +508,7 @@ impl Client {
             stream, &mut out, reply, to_head, close, false
         ));
         let written = poll_fn(|cx| {
-            if !feed.over {
+            if !feed.is_over() {
                 let _ = feed.poll(cx, stream, read);
             }
             writing.as_mut().poll(cx)
@@ -574,26 +570,32 @@ fn try_read(stream: &TcpStream, read: &mut BytesMut) -> io::Result<usize> {
 /// to the handler's body one frame at a time.
 struct Feed {
     decoder: BodyDecoder,
-    /// `None` once the body ended.
+    /// `None` once the body ended, whole or not.
     feed: Option<BodyFeed>,
     /// A frame waiting for the body to take the one before.
     pending: Option<Result<Frame<Bytes>, BoxError>>,
-    /// The body ended, whole or not.
-    over: bool,
     /// The body failed: the client closed mid-body or broke its framing, so the connection
     /// cannot carry another request.
     broken: bool,
 }
 
 impl Feed {
-    fn new(feed: BodyFeed, framing: BodyFraming) -> Self {
-        Feed {
-            decoder: BodyDecoder::new(framing),
+    /// A feed for a body framed as `framing`, and the body it feeds.
+    fn new(framing: BodyFraming) -> (Self, ClientBody) {
+        let decoder = BodyDecoder::new(framing);
+        let (feed, body) = ClientBody::fed(decoder.remaining());
+        let feed = Feed {
+            decoder,
             feed: Some(feed),
             pending: None,
-            over: false,
             broken: false,
-        }
+        };
+        (feed, body)
+    }
+
+    /// Whether the body ended, whole or not.
+    fn is_over(&self) -> bool {
+        self.feed.is_none()
     }
 
     /// Reads and feeds until the body ends: `Ready(true)` if whole, `Ready(false)` if it
@@ -614,12 +616,10 @@ impl Feed {
                 self.pending = None;
             }
             if self.broken {
-                self.over = true;
                 self.feed = None;
                 return Poll::Ready(false);
             }
             if self.decoder.is_done() {
-                self.over = true;
                 if let Some(feed) = self.feed.take() {
                     feed.finish();
                 }
