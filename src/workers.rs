@@ -14,8 +14,8 @@
 //! A busy serving thread never sleeps, as there is always another connection ready, so once it
 //! has run for 250 µs without pausing it offers its CPU between two requests (`offer_cpu`):
 //! the clients and model servers that share its cores get to run without waiting for a
-//! scheduler tick. While busy it also looks for new socket events every few tasks
-//! (`EVENT_INTERVAL`), so a request that arrives is not kept waiting behind a long batch.
+//! scheduler tick. It looks for new socket events at tokio's default pace (every 61 tasks):
+//! looking more often cost throughput and did not shorten the tail (BENCHMARKS.md).
 //!
 //! Optionally (`--pin-workers`) each thread is pinned to a CPU of its own. Unpinned, the kernel
 //! at times runs two serving threads on one core while another is busy elsewhere, and the
@@ -39,12 +39,6 @@ use crate::serving_thread;
 
 /// How many connections may wait in each listening socket's accept queue.
 const BACKLOG: i32 = 1024;
-
-/// How many tasks a busy serving thread runs before it looks for new socket events again.
-/// tokio's default, 61 tasks of a few µs each, is about as long as a serving thread runs before it offers its CPU, so a
-/// request that arrived meanwhile could wait most of that time before the thread saw it. Looking
-/// every 4 tasks costs half a system call per request and cut the p95 by a fifth (BENCHMARKS.md).
-const EVENT_INTERVAL: u32 = 4;
 
 /// Binds `count` listening sockets to one address; with port 0, the port the first one got.
 pub(crate) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
@@ -115,7 +109,6 @@ impl Workers {
         for (index, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
             let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
             let runtime = tokio::runtime::Builder::new_current_thread()
-                .event_interval(EVENT_INTERVAL)
                 .on_thread_park(serving_thread::parking)
                 .on_thread_unpark(serving_thread::unparked)
                 .enable_all()
