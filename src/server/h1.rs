@@ -26,7 +26,7 @@ use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::body::BodyFeed;
 use super::{ClientBody, Connection, Handler, IntoReply, MAX_HEADER_BYTES, Reply};
@@ -68,8 +68,8 @@ pub(crate) enum Ended {
     /// The connection is done with.
     Closed,
     /// It carries something this path does not serve: hyper takes it from here, starting with
-    /// the bytes already read.
-    HandOver { stream: TcpStream, read: BytesMut },
+    /// the bytes already read ([`Client::into_hand_over`]).
+    HandOver,
 }
 
 /// What the start of a connection's buffer holds.
@@ -299,14 +299,14 @@ pub(crate) fn next_whole_request(buf: &mut BytesMut) -> Option<Request<ClientBod
     Some(request.map(|()| ClientBody::whole(body)))
 }
 
-/// One client connection on this path.
-struct Client {
+/// One client connection on this path: all it holds while it waits for a request.
+pub(crate) struct Client {
     stream: TcpStream,
     read: BytesMut,
-    /// Fires every `timeout` while the connection waits for a request.
-    idle: Pin<Box<Sleep>>,
-    timeout: Duration,
-    /// A request head arrived since `idle` last fired.
+    /// Ticks every header read timeout while the connection waits for a request. Boxed with
+    /// its period: every idle connection's task holds room for what is not.
+    idle: Box<Interval>,
+    /// A request head arrived since `idle` last ticked.
     progress: bool,
     draining: watch::Receiver<bool>,
 }
@@ -320,34 +320,57 @@ enum Read {
 }
 
 impl Client {
+    /// A connection from a client on `stream`, which is let go once it sends no whole head for
+    /// a full `timeout` period, or once `draining` turns true between requests.
+    pub(crate) fn new(
+        stream: TcpStream,
+        timeout: Duration,
+        draining: watch::Receiver<bool>,
+    ) -> Self {
+        let mut idle = tokio::time::interval_at(Instant::now() + timeout, timeout);
+        // After a request that outlasted a tick, the next tick is one period after the late one.
+        idle.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Client {
+            stream,
+            read: BytesMut::new(),
+            idle: Box::new(idle),
+            progress: false,
+            draining,
+        }
+    }
+
+    /// The connection, with the bytes of it already read in front, for hyper to serve from
+    /// there; with the drain signal and the header read timeout.
+    pub(crate) fn into_hand_over(self) -> (Prefixed<TcpStream>, watch::Receiver<bool>, Duration) {
+        let stream = Prefixed::new(self.read.freeze(), self.stream);
+        (stream, self.draining, self.idle.period())
+    }
+
     /// Reads more of the next request. A client that sends no whole head for a full `timeout`
     /// period (so after between one and two of them) is let go.
     ///
     /// The read buffer is taken only once bytes are there to read: between requests a
-    /// connection holds none.
+    /// connection holds none. The wait is polled by hand rather than with `select!` over
+    /// `readable()`: every idle connection's task holds room for it.
     async fn read_more(&mut self) -> io::Result<Read> {
-        loop {
-            tokio::select! {
-                biased;
-                ready = self.stream.readable() => {
-                    ready?;
-                    match try_read(&self.stream, &mut self.read) {
-                        Ok(0) => return Ok(Read::Close),
-                        Ok(_) => return Ok(Read::More),
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(error) => return Err(error),
-                    }
-                }
-                () = self.idle.as_mut() => {
-                    if !std::mem::take(&mut self.progress) {
-                        return Ok(Read::Close);
-                    }
-                    self.idle.as_mut().reset(Instant::now() + self.timeout);
-                }
-                // Shutting down closes a connection between requests; one whose request has
-                // begun to arrive gets the rest of it, and its answer.
-                _ = self.draining.changed(), if self.read.is_empty() => return Ok(Read::Close),
-            }
+        // Shutting down closes a connection between requests; one whose request has begun to
+        // arrive gets the rest of it, and its answer.
+        let may_close = self.read.is_empty();
+        let Client {
+            stream,
+            read,
+            idle,
+            progress,
+            draining,
+        } = self;
+        let arrival = poll_fn(|cx| poll_arrival(cx, stream, read, idle, progress));
+        if !may_close {
+            return arrival.await;
+        }
+        tokio::select! {
+            biased;
+            read = arrival => read,
+            _ = draining.changed() => Ok(Read::Close),
         }
     }
 
@@ -356,31 +379,21 @@ impl Client {
     }
 }
 
-/// Serves requests on `stream` until the client closes it, asks to, or sends something hyper
-/// must serve.
+/// Serves requests on `client`'s connection until the client closes it, asks to, or sends
+/// something hyper must serve.
 pub(crate) async fn serve(
-    stream: TcpStream,
+    client: &mut Client,
     handler: &impl Handler,
     connection: &Connection,
-    timeout: Duration,
-    draining: watch::Receiver<bool>,
 ) -> Result<Ended, BoxError> {
-    let mut client = Client {
-        stream,
-        read: BytesMut::new(),
-        idle: Box::pin(tokio::time::sleep(timeout)),
-        timeout,
-        progress: false,
-        draining,
-    };
     let mut spans = Vec::new();
     loop {
         let head = loop {
             match parse_head(&client.read, &mut spans) {
                 Parsed::Request(head) => break head,
-                Parsed::Other => return Ok(client.hand_over()),
+                Parsed::Other => return Ok(Ended::HandOver),
                 Parsed::Partial if client.read.len() > MAX_HEADER_BYTES => {
-                    return Ok(client.hand_over());
+                    return Ok(Ended::HandOver);
                 }
                 Parsed::Partial => {}
             }
@@ -411,7 +424,7 @@ pub(crate) async fn serve(
             read.extend_from_slice(&body);
             read.extend_from_slice(&client.read);
             client.read = read;
-            return Ok(client.hand_over());
+            return Ok(Ended::HandOver);
         };
         let (request, feed) = match head.body {
             BodyOf::Whole(_) => (request.map(|()| ClientBody::whole(body)), None),
@@ -443,6 +456,7 @@ pub(crate) async fn serve(
         // same memory to the next request that needs it.
         if client.read.is_empty() {
             client.read = BytesMut::new();
+            spans = Vec::new();
         }
     }
 }
@@ -521,11 +535,32 @@ impl Client {
         let whole = tokio::time::timeout(REST_OF_REQUEST_TIMEOUT, rest).await;
         Ok(Some(written && whole == Ok(true)))
     }
+}
 
-    fn hand_over(self) -> Ended {
-        Ended::HandOver {
-            stream: self.stream,
-            read: self.read,
+/// Waits for bytes of a request on `stream`, read onto `read`. `Close` once the client closed
+/// the connection, or sent no whole head in a full period of `idle` since it last ticked.
+fn poll_arrival(
+    cx: &mut Context<'_>,
+    stream: &TcpStream,
+    read: &mut BytesMut,
+    idle: &mut Interval,
+    progress: &mut bool,
+) -> Poll<io::Result<Read>> {
+    loop {
+        match stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => match try_read(stream, read) {
+                Ok(0) => return Poll::Ready(Ok(Read::Close)),
+                Ok(_) => return Poll::Ready(Ok(Read::More)),
+                // Readiness was stale: wait again.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            },
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Pending => {}
+        }
+        std::task::ready!(idle.poll_tick(cx));
+        if !std::mem::take(progress) {
+            return Poll::Ready(Ok(Read::Close));
         }
     }
 }

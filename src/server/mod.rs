@@ -155,42 +155,27 @@ pub(crate) async fn serve_connections(
         }
         let handler = handler.clone();
         let connection = Connection::new(peer, options.tls.is_some());
-        let acceptor = options.tls.clone();
         let builder = Arc::clone(&builder);
-        let draining = draining.clone();
         let timeout = options.header_read_timeout;
-        tokio::spawn(async move {
-            let _slot = slot;
-            let served = match acceptor {
-                None => match h1::serve(stream, &handler, &connection, timeout, draining.clone())
-                    .await
-                {
-                    Ok(h1::Ended::Closed) => Ok(()),
-                    // Boxed, like the TLS arm: hyper's connection state is several times the
-                    // size of the loop's own, and every idle connection's task would hold
-                    // room for it.
-                    Ok(h1::Ended::HandOver { stream, read }) => {
-                        let stream = h1::Prefixed::new(read.freeze(), stream);
-                        Box::pin(serve_with_hyper(
-                            stream, &builder, handler, connection, draining, timeout,
-                        ))
-                        .await
-                    }
-                    Err(error) => Err(error),
-                },
-                // The TLS handshake runs in the connection's task, so a slow client cannot
-                // hold up the accept loop. Boxed: a handshake's state is large too.
-                Some(acceptor) => {
-                    Box::pin(serve_tls(
-                        stream, acceptor, &builder, handler, connection, draining, timeout,
-                    ))
-                    .await
-                }
-            };
-            if let Err(error) = served {
-                tracing::debug!(%error, %peer, "connection ended with an error");
+        // Two kinds of task, each sized for what it serves: most connections are plain keep-alive
+        // ones that wait between requests, and each of those holds room for its task's state.
+        match &options.tls {
+            None => {
+                let client = h1::Client::new(stream, timeout, draining.clone());
+                tokio::spawn(serve_plain(client, handler, connection, builder, slot));
             }
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let draining = draining.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let served = serve_tls(
+                        stream, acceptor, &builder, handler, connection, draining, timeout,
+                    );
+                    log_end(served.await, peer);
+                });
+            }
+        }
     };
 
     tokio::pin!(shutdown);
@@ -216,6 +201,47 @@ pub(crate) async fn serve_connections(
         () = tokio::time::sleep(deadline) => {
             tracing::warn!(?deadline, "drain deadline passed; closing the remaining connections");
         }
+    }
+}
+
+/// Serves a plain TCP connection on the serve loop's own HTTP/1.1 path, and with hyper from the
+/// first request that path leaves to it.
+///
+/// An async block rather than an async fn: an async fn's task keeps room for its arguments
+/// twice (as passed, and moved into its body), and every idle connection holds that room.
+#[allow(clippy::manual_async_fn)]
+fn serve_plain(
+    mut client: h1::Client,
+    handler: impl Handler,
+    connection: Connection,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    slot: Slot,
+) -> impl Future<Output = ()> {
+    async move {
+        // Held, not moved: a moved capture would take room twice.
+        let _slot = &slot;
+        let served = match h1::serve(&mut client, &handler, &connection).await {
+            Ok(h1::Ended::Closed) => Ok(()),
+            // Boxed: hyper's connection state is several times the size of the loop's own,
+            // and every idle connection's task would hold room for it.
+            Ok(h1::Ended::HandOver) => {
+                let (stream, draining, timeout) = client.into_hand_over();
+                let peer = connection.peer;
+                let served = Box::pin(serve_with_hyper(
+                    stream, &builder, handler, connection, draining, timeout,
+                ));
+                return log_end(served.await, peer);
+            }
+            Err(error) => Err(error),
+        };
+        log_end(served, connection.peer);
+    }
+}
+
+/// Logs how serving a connection from `peer` ended, if it ended in an error.
+fn log_end(served: Result<(), BoxError>, peer: SocketAddr) {
+    if let Err(error) = served {
+        tracing::debug!(%error, %peer, "connection ended with an error");
     }
 }
 
