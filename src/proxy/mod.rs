@@ -107,225 +107,234 @@ impl Proxy {
 
     /// Answers one request: forwards it, or turns the failure into its JSON error response.
     /// Counts it once and logs it once, whatever happened.
-    pub async fn handle(
+    #[allow(clippy::manual_async_fn)]
+    pub fn handle(
         self: Arc<Self>,
         request: Request<ClientBody>,
         connection: Connection,
-    ) -> Reply<ProxyBody> {
-        let started = Instant::now();
-        let request_id = headers::request_id(request.headers());
-        // gRPC runs over HTTP/2; an HTTP/1.1 request is never asked.
-        let grpc = request.version() == Version::HTTP_2 && is_grpc(request.headers());
-        // A chunked HTTP/1.1 request that hyper reads (over TLS) goes
-        // through its decoder, which takes a trailer line ending in a bare LF as not ended and
-        // reads on into the next pipelined request. Its connection ends with its answer, so
-        // whatever the client sent after it is never taken for part of it: the client sends
-        // it again on a new connection. The serve loop's own decoder refuses such a trailer.
-        let close_after = request.version() == Version::HTTP_11
-            && request.body().is_read_by_hyper()
-            && request.headers().contains_key(header::TRANSFER_ENCODING);
-        let mut trace = Trace {
-            deployment: None,
-            route: RouteLabel::Unrouted,
-            instance: None,
-            meant: None,
-        };
+    ) -> impl Future<Output = Reply<ProxyBody>> + Send {
+        async move {
+            let started = Instant::now();
+            let request_id = headers::request_id(request.headers());
+            // gRPC runs over HTTP/2; an HTTP/1.1 request is never asked.
+            let grpc = request.version() == Version::HTTP_2 && is_grpc(request.headers());
+            // A chunked HTTP/1.1 request that hyper reads (over TLS) goes
+            // through its decoder, which takes a trailer line ending in a bare LF as not ended and
+            // reads on into the next pipelined request. Its connection ends with its answer, so
+            // whatever the client sent after it is never taken for part of it: the client sends
+            // it again on a new connection. The serve loop's own decoder refuses such a trailer.
+            let close_after = request.version() == Version::HTTP_11
+                && request.body().is_read_by_hyper()
+                && request.headers().contains_key(header::TRANSFER_ENCODING);
+            let mut trace = Trace {
+                deployment: None,
+                route: RouteLabel::Unrouted,
+                instance: None,
+                meant: None,
+            };
 
-        let (mut reply, status) = match self
-            .forward(request, connection, &request_id, &mut trace)
-            .await
-        {
-            Ok(reply) => {
-                let status = trace.meant.unwrap_or_else(|| reply.status());
-                (reply, status)
-            }
-            Err(error) => {
-                self.metrics.count_gateway_error(error.code());
-                tracing::debug!(%error, "request answered by the gateway");
-                let response = if grpc {
-                    error.to_grpc_response()
-                } else {
-                    error.to_response()
-                };
-                // A gRPC error travels as HTTP 200; it is counted and logged by the status it
-                // stands for, so that the error rates see it.
-                (Reply::from(response.map(ProxyBody::local)), error.status())
-            }
-        };
+            let (mut reply, status) = match self
+                .forward(request, connection, &request_id, &mut trace)
+                .await
+            {
+                Ok(reply) => {
+                    let status = trace.meant.unwrap_or_else(|| reply.status());
+                    (reply, status)
+                }
+                Err(error) => {
+                    self.metrics.count_gateway_error(error.code());
+                    tracing::debug!(%error, "request answered by the gateway");
+                    let response = if grpc {
+                        error.to_grpc_response()
+                    } else {
+                        error.to_response()
+                    };
+                    // A gRPC error travels as HTTP 200; it is counted and logged by the status it
+                    // stands for, so that the error rates see it.
+                    (Reply::from(response.map(ProxyBody::local)), error.status())
+                }
+            };
 
-        let head = started.elapsed();
-        match &trace.deployment {
-            Some(deployment) => {
-                deployment.metrics().count(status, trace.route);
-                deployment.metrics().observe_head(head, status);
-                reply.set_own_header(&PIN, deployment.header_value().clone());
+            let head = started.elapsed();
+            match &trace.deployment {
+                Some(deployment) => {
+                    deployment.metrics().count(status, trace.route);
+                    deployment.metrics().observe_head(head, status);
+                    reply.set_own_header(&PIN, deployment.header_value().clone());
+                }
+                None => self.metrics.count_unrouted(status),
             }
-            None => self.metrics.count_unrouted(status),
+            reply.set_own_header(&REQUEST_ID, request_id.clone());
+            if close_after {
+                reply.set_own_header(&header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            // Logged, and its stream timings observed, when the body is over.
+            reply.body_mut().attach(Record::new(
+                started,
+                head,
+                trace.deployment,
+                trace.route,
+                status,
+                request_id,
+                trace.instance,
+            ));
+            reply
         }
-        reply.set_own_header(&REQUEST_ID, request_id.clone());
-        if close_after {
-            reply.set_own_header(&header::CONNECTION, http::HeaderValue::from_static("close"));
-        }
-        // Logged, and its stream timings observed, when the body is over.
-        reply.body_mut().attach(Record::new(
-            started,
-            head,
-            trace.deployment,
-            trace.route,
-            status,
-            request_id,
-            trace.instance,
-        ));
-        reply
     }
 
-    async fn forward(
+    #[allow(clippy::manual_async_fn)]
+    fn forward(
         self: &Arc<Self>,
         mut request: Request<ClientBody>,
         connection: Connection,
         request_id: &http::HeaderValue,
         trace: &mut Trace,
-    ) -> Result<Reply<ProxyBody>, ProxyError> {
-        let path_and_query = target_path(request.method(), request.uri())?;
-        headers::supported_codings(request.headers())?;
-        headers::single_host(request.version(), request.uri(), request.headers())?;
-        // One snapshot per request: the route is decided against a single table, and the
-        // in-flight guard holds the chosen deployment until the response body ends, even if a
-        // reload removes it meanwhile.
-        let Decision {
-            route,
-            mirror,
-            keyed,
-        } = {
-            let table = self.table.load();
-            DRAWS
-                .with_borrow_mut(|draws| table.decide(request.headers(), draws, &mut rand::rng()))?
-        };
-        trace.route = route.reason.into();
-        trace.deployment = Some(Arc::clone(&route.deployment));
-        let deployment = route.deployment;
+    ) -> impl Future<Output = Result<Reply<ProxyBody>, ProxyError>> + Send {
+        async move {
+            let path_and_query = target_path(request.method(), request.uri())?;
+            headers::supported_codings(request.headers())?;
+            headers::single_host(request.version(), request.uri(), request.headers())?;
+            // One snapshot per request: the route is decided against a single table, and the
+            // in-flight guard holds the chosen deployment until the response body ends, even if a
+            // reload removes it meanwhile.
+            let Decision {
+                route,
+                mirror,
+                keyed,
+            } = {
+                let table = self.table.load();
+                DRAWS.with_borrow_mut(|draws| {
+                    table.decide(request.headers(), draws, &mut rand::rng())
+                })?
+            };
+            trace.route = route.reason.into();
+            trace.deployment = Some(Arc::clone(&route.deployment));
+            let deployment = route.deployment;
 
-        if request.body().size_hint().lower() > self.max_body_bytes {
-            return Err(ProxyError::PayloadTooLarge {
-                limit: self.max_body_bytes,
-            });
-        }
-        // A WebSocket (or other HTTP/1.1 upgrade) handshake: once the instance agrees, the two
-        // connections are spliced together.
-        let upgrade = headers::upgrade_request(request.headers());
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-
-        // A tunnel is one client's conversation; it is never copied.
-        let mirror = mirror.filter(|_| upgrade.is_none());
-        let (request, copy) = match mirror {
-            Some(_) => {
-                let (parts, body) = request.into_parts();
-                let (live, copy) = SentBody::with_copy(body);
-                (Request::from_parts(parts, live), Some(copy))
+            if request.body().size_hint().lower() > self.max_body_bytes {
+                return Err(ProxyError::PayloadTooLarge {
+                    limit: self.max_body_bytes,
+                });
             }
-            None => (request.map(SentBody::Client), None),
-        };
+            // A WebSocket (or other HTTP/1.1 upgrade) handshake: once the instance agrees, the two
+            // connections are spliced together.
+            let upgrade = headers::upgrade_request(request.headers());
+            let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
 
-        // Only a deployment with another instance to try pays for keeping the request around.
-        let retryable = deployment.instances().len() > 1;
-        let mut outgoing = Outgoing::new(
-            request,
-            path_and_query,
-            connection,
-            request_id,
-            retryable,
-            upgrade.clone(),
-        );
-        if keyed {
-            // The key is the gateway's credential; model servers never see it.
-            outgoing.headers.remove(header::AUTHORIZATION);
-        }
-        if let (Some(mirror), Some(copy)) = (mirror, copy) {
-            let watch = copy.watch();
-            let copied = outgoing.copy(copy);
-            tokio::spawn(Arc::clone(self).mirror(mirror, copied, watch, request_id.clone()));
-        }
+            // A tunnel is one client's conversation; it is never copied.
+            let mirror = mirror.filter(|_| upgrade.is_none());
+            let (request, copy) = match mirror {
+                Some(_) => {
+                    let (parts, body) = request.into_parts();
+                    let (live, copy) = SentBody::with_copy(body);
+                    (Request::from_parts(parts, live), Some(copy))
+                }
+                None => (request.map(SentBody::Client), None),
+            };
 
-        // A request that never reached an instance (connection refused) is tried once more on
-        // another instance; one whose bytes were sent never is.
-        let mut lease = self.admit(&deployment, None).await?;
-        let mut retried = false;
-        loop {
-            trace.instance = Some(lease.instance_index());
-            match self.exchange(&deployment, &mut outgoing, &lease).await {
-                Ok(answer) => {
-                    let status = answer.status();
-                    if status == StatusCode::SWITCHING_PROTOCOLS {
-                        return match (answer, client_upgrade, &upgrade) {
-                            (Answer::Http1(head, body), Some(client), Some(requested))
-                                if head_agrees(&head, requested) =>
-                            {
-                                lease.record(Outcome::Success);
-                                Ok(splice(client, head, body, lease).into())
+            // Only a deployment with another instance to try pays for keeping the request around.
+            let retryable = deployment.instances().len() > 1;
+            let mut outgoing = Outgoing::new(
+                request,
+                path_and_query,
+                connection,
+                request_id,
+                retryable,
+                upgrade.clone(),
+            );
+            if keyed {
+                // The key is the gateway's credential; model servers never see it.
+                outgoing.headers.remove(header::AUTHORIZATION);
+            }
+            if let (Some(mirror), Some(copy)) = (mirror, copy) {
+                let watch = copy.watch();
+                let copied = outgoing.copy(copy);
+                tokio::spawn(Arc::clone(self).mirror(mirror, copied, watch, request_id.clone()));
+            }
+
+            // A request that never reached an instance (connection refused) is tried once more on
+            // another instance; one whose bytes were sent never is.
+            let mut lease = self.admit(&deployment, None).await?;
+            let mut retried = false;
+            loop {
+                trace.instance = Some(lease.instance_index());
+                match self.exchange(&deployment, &mut outgoing, &lease).await {
+                    Ok(answer) => {
+                        let status = answer.status();
+                        if status == StatusCode::SWITCHING_PROTOCOLS {
+                            return match (answer, client_upgrade, &upgrade) {
+                                (Answer::Http1(head, body), Some(client), Some(requested))
+                                    if head_agrees(&head, requested) =>
+                                {
+                                    lease.record(Outcome::Success);
+                                    Ok(splice(client, head, body, lease).into())
+                                }
+                                // Nobody asked to switch protocols.
+                                _ => {
+                                    lease.record(Outcome::Failure);
+                                    Err(ProxyError::UpstreamFailed {
+                                        deployment: deployment.name().to_string(),
+                                    })
+                                }
+                            };
+                        }
+                        // A gRPC failure sent trailers-only carries its status in the head; one
+                        // sent after messages, in trailers, is not seen here.
+                        if let Answer::Http2(response) = &answer {
+                            trace.meant = response
+                                .headers()
+                                .get("grpc-status")
+                                .and_then(|code| status_of_grpc_code(code.as_bytes()));
+                        }
+                        lease.record(Outcome::of_answer(trace.meant.unwrap_or(status)));
+                        let reply = match answer {
+                            // The codec already left the hop-by-hop headers out. The rest go
+                            // to the server as the lines they came in.
+                            Answer::Http1(head, body) => {
+                                let mut response = Response::new(ProxyBody::http1(body, lease));
+                                *response.status_mut() = head.status;
+                                Reply::with_lines(response, head.headers)
                             }
-                            // Nobody asked to switch protocols.
-                            _ => {
-                                lease.record(Outcome::Failure);
-                                Err(ProxyError::UpstreamFailed {
-                                    deployment: deployment.name().to_string(),
-                                })
+                            Answer::Http2(response) => {
+                                let mut response =
+                                    response.map(|body| ProxyBody::http2(body, lease));
+                                headers::strip_hop_by_hop(response.headers_mut());
+                                Reply::from(response)
                             }
                         };
+                        return Ok(reply);
                     }
-                    // A gRPC failure sent trailers-only carries its status in the head; one
-                    // sent after messages, in trailers, is not seen here.
-                    if let Answer::Http2(response) = &answer {
-                        trace.meant = response
-                            .headers()
-                            .get("grpc-status")
-                            .and_then(|code| status_of_grpc_code(code.as_bytes()));
-                    }
-                    lease.record(Outcome::of_answer(trace.meant.unwrap_or(status)));
-                    let reply = match answer {
-                        // The codec already left the hop-by-hop headers out. The rest go
-                        // to the server as the lines they came in.
-                        Answer::Http1(head, body) => {
-                            let mut response = Response::new(ProxyBody::http1(body, lease));
-                            *response.status_mut() = head.status;
-                            Reply::with_lines(response, head.headers)
+                    Err(Exchange::Refused) => {
+                        lease.record(Outcome::ConnectFailure);
+                        let tried = lease.instance_index();
+                        let retryable = !retried
+                            && outgoing.body.is_untouched()
+                            && deployment.available_instances() > 0;
+                        if !retryable {
+                            return Err(ProxyError::Connect {
+                                deployment: deployment.name().to_string(),
+                            });
                         }
-                        Answer::Http2(response) => {
-                            let mut response = response.map(|body| ProxyBody::http2(body, lease));
-                            headers::strip_hop_by_hop(response.headers_mut());
-                            Reply::from(response)
+                        drop(lease);
+                        lease = self
+                            .admit(&deployment, Some(tried))
+                            .await
+                            .map_err(|error| match error {
+                                // Nothing else to try: report the refusal, not the empty pool.
+                                ProxyError::NoReadyInstance { deployment } => {
+                                    ProxyError::Connect { deployment }
+                                }
+                                other => other,
+                            })?;
+                        retried = true;
+                    }
+                    Err(Exchange::Failed(error)) => {
+                        // An oversized body is the client's doing, not a sign of a sick instance.
+                        if !matches!(error, ProxyError::PayloadTooLarge { .. }) {
+                            lease.record(Outcome::Failure);
                         }
-                    };
-                    return Ok(reply);
-                }
-                Err(Exchange::Refused) => {
-                    lease.record(Outcome::ConnectFailure);
-                    let tried = lease.instance_index();
-                    let retryable = !retried
-                        && outgoing.body.is_untouched()
-                        && deployment.available_instances() > 0;
-                    if !retryable {
-                        return Err(ProxyError::Connect {
-                            deployment: deployment.name().to_string(),
-                        });
+                        return Err(error);
                     }
-                    drop(lease);
-                    lease = self.admit(&deployment, Some(tried)).await.map_err(
-                        |error| match error {
-                            // Nothing else to try: report the refusal, not the empty pool.
-                            ProxyError::NoReadyInstance { deployment } => {
-                                ProxyError::Connect { deployment }
-                            }
-                            other => other,
-                        },
-                    )?;
-                    retried = true;
-                }
-                Err(Exchange::Failed(error)) => {
-                    // An oversized body is the client's doing, not a sign of a sick instance.
-                    if !matches!(error, ProxyError::PayloadTooLarge { .. }) {
-                        lease.record(Outcome::Failure);
-                    }
-                    return Err(error);
                 }
             }
         }

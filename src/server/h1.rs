@@ -464,76 +464,88 @@ pub(crate) async fn serve(
 impl Client {
     /// Answers `request` and writes the answer; `Some(true)` if the connection may carry
     /// another request, `None` if the client left before the answer.
-    async fn exchange(
-        &mut self,
-        handler: &impl Handler,
-        connection: &Connection,
+    #[allow(clippy::manual_async_fn)]
+    fn exchange<'a>(
+        &'a mut self,
+        handler: &'a impl Handler,
+        connection: &'a Connection,
         request: Request<ClientBody>,
         close: bool,
         mut feed: Option<Feed>,
-    ) -> Result<Option<bool>, BoxError> {
-        let to_head = request.method() == Method::HEAD;
-        let mut answer = pin!(handler.call(request, connection.clone()));
-        let Client {
-            stream,
-            read,
-            draining,
-            ..
-        } = self;
-        let stream = &*stream;
+    ) -> impl Future<Output = Result<Option<bool>, BoxError>> + 'a {
+        // An async block, not an async fn, and the handler's future dropped once it answered:
+        // this state is allocated and copied for every request, and an async fn would keep
+        // room for its arguments twice, and for the handler's future beside the answer's.
+        async move {
+            let to_head = request.method() == Method::HEAD;
+            let Client {
+                stream,
+                read,
+                draining,
+                ..
+            } = self;
+            let stream = &*stream;
 
-        // Wait for the answer, feeding the request body meanwhile. Once the body is in, watch
-        // the client: bytes of a next request are kept (up to a bound), and a client that
-        // closes the connection cancels the request.
-        let answered = poll_fn(|cx| {
-            loop {
-                if let Poll::Ready(reply) = answer.as_mut().poll(cx) {
-                    return Poll::Ready(Ok(Some(reply.into_reply())));
-                }
-                if let Some(feed) = feed.as_mut().filter(|feed| !feed.is_over()) {
-                    match feed.poll(cx, stream, read) {
-                        Poll::Ready(_) => continue,
-                        Poll::Pending => return Poll::Pending,
+            // Wait for the answer, feeding the request body meanwhile. Once the body is in,
+            // watch the client: bytes of a next request are kept (up to a bound), and a client
+            // that closes the connection cancels the request.
+            let reply = {
+                let mut answer = pin!(handler.call(request, connection.clone()));
+                let answered = poll_fn(|cx| {
+                    loop {
+                        if let Poll::Ready(reply) = answer.as_mut().poll(cx) {
+                            return Poll::Ready(Ok(Some(reply.into_reply())));
+                        }
+                        if let Some(feed) = feed.as_mut().filter(|feed| !feed.is_over()) {
+                            match feed.poll(cx, stream, read) {
+                                Poll::Ready(_) => continue,
+                                Poll::Pending => return Poll::Pending,
+                            }
+                        }
+                        return match poll_client_left(cx, stream, read) {
+                            Poll::Ready(Ok(())) => Poll::Ready(Ok(None)),
+                            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                            Poll::Pending => Poll::Pending,
+                        };
                     }
-                }
-                return match poll_client_left(cx, stream, read) {
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(None)),
-                    Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-                    Poll::Pending => Poll::Pending,
+                });
+                let Some(reply) = answered.await? else {
+                    return Ok(None);
                 };
-            }
-        });
-        let Some(reply) = answered.await? else {
-            return Ok(None);
-        };
+                reply
+            };
 
-        let broken = feed.as_ref().is_some_and(|feed| feed.broken);
-        let close = close || *draining.borrow() || broken;
-        let mut out = Vec::with_capacity(HEAD_ROOM);
-        let Some(feed) = feed.as_mut().filter(|feed| !feed.is_over()) else {
-            let written = write_response(stream, &mut out, reply, to_head, close, true).await?;
-            return Ok(Some(written));
-        };
+            let broken = feed.as_ref().is_some_and(|feed| feed.broken);
+            let close = close || *draining.borrow() || broken;
+            let mut out = Vec::with_capacity(HEAD_ROOM);
+            let Some(feed) = feed.as_mut().filter(|feed| !feed.is_over()) else {
+                let written = write_response(stream, &mut out, reply, to_head, close, true).await?;
+                return Ok(Some(written));
+            };
 
-        // The answer came before the whole body (an instance that answers early, or refuses
-        // the request): the body goes on being fed while the answer is written, as the
-        // handler may still be sending it on, and the client may not read before it has sent.
-        let mut writing = pin!(write_response(
-            stream, &mut out, reply, to_head, close, false
-        ));
-        let written = poll_fn(|cx| {
-            if !feed.is_over() {
-                let _ = feed.poll(cx, stream, read);
-            }
-            writing.as_mut().poll(cx)
-        })
-        .await?;
-        // Then the rest is read to its end (for the handler if it still takes it, thrown away
-        // if not), so the connection can carry the client's next request; bounded in time, as
-        // on the instance's side.
-        let rest = poll_fn(|cx| feed.poll(cx, stream, read));
-        let whole = tokio::time::timeout(REST_OF_REQUEST_TIMEOUT, rest).await;
-        Ok(Some(written && whole == Ok(true)))
+            // The answer came before the whole body (an instance that answers early, or refuses
+            // the request): the body goes on being fed while the answer is written, as the
+            // handler may still be sending it on, and the client may not read before it has sent.
+            // Boxed: this path is rare, and the state of every request holds room for what is
+            // not.
+            let mut writing = Box::pin(write_response(
+                stream, &mut out, reply, to_head, close, false,
+            ));
+            let written = poll_fn(|cx| {
+                if !feed.is_over() {
+                    let _ = feed.poll(cx, stream, read);
+                }
+                writing.as_mut().poll(cx)
+            })
+            .await?;
+            drop(writing);
+            // Then the rest is read to its end (for the handler if it still takes it, thrown away
+            // if not), so the connection can carry the client's next request; bounded in time, as
+            // on the instance's side.
+            let rest = poll_fn(|cx| feed.poll(cx, stream, read));
+            let whole = tokio::time::timeout(REST_OF_REQUEST_TIMEOUT, rest).await;
+            Ok(Some(written && whole == Ok(true)))
+        }
     }
 }
 
