@@ -372,3 +372,41 @@ async fn a_client_that_expects_100_continue_gets_it_before_it_sends_the_body() {
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+/// A client that declares 64 MiB over the limit and stops sending after 1 MiB, keeping the
+/// connection open, as one that waits for an answer to an upload it cannot finish.
+#[tokio::test]
+async fn a_refused_body_too_large_to_read_through_gets_its_answer_and_then_the_close() {
+    let (echo, _task) = echo_server().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
+    let mut options = switchyard::GatewayOptions::new(&file.path, loopback());
+    options.max_body_bytes = 1024;
+    let gateway = switchyard::Gateway::start(options).await.expect("start");
+    let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    let head = "POST /score HTTP/1.1\r\nhost: gateway\r\ncontent-length: 67108864\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let chunk = vec![b'x'; 16 * 1024];
+    for _ in 0..64 {
+        stream.write_all(&chunk).await.expect("body");
+    }
+
+    // The answer, then the end of the connection: well before the 30 s the gateway would give
+    // a rest it reads through.
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends within 20 s");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        ended.is_ok(),
+        "the close was a reset: {ended:?}, after {text}"
+    );
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}

@@ -46,6 +46,13 @@ const READ_SIZE: usize = 16 * 1024;
 /// handler, and fewer, larger frames cost far less per byte. A connection holds at most this
 /// and the one frame waiting for the handler.
 const BODY_READ_SIZE: usize = 256 * 1024;
+/// The most of a request body still to come once its answer is ready that is read (and fed on,
+/// or thrown away) so that the connection carries the next request. A longer rest, or a chunked
+/// one, ends the connection after the answer: reading it all could take long, for nothing.
+const MAX_DRAINED_BODY: u64 = 1024 * 1024;
+/// How long a connection that ends after an early answer goes on reading what the client still
+/// sends, so that the client reads its answer before the close.
+const LINGER: Duration = Duration::from_secs(5);
 /// Room in the read buffer worth reading into directly; with less, a read goes through
 /// [`SCRATCH`].
 const MIN_READ_ROOM: usize = 4 * 1024;
@@ -526,6 +533,11 @@ impl Client {
             // The answer came before the whole body (an instance that answers early, or refuses
             // the request): the body goes on being fed while the answer is written, as the
             // handler may still be sending it on, and the client may not read before it has sent.
+            // A rest too large to read through (or of unknown size) ends the connection instead.
+            let linger = feed
+                .still_to_come(read.len())
+                .is_none_or(|bytes| bytes > MAX_DRAINED_BODY);
+            let close = close || linger;
             // Boxed: this path is rare, and the state of every request holds room for what is
             // not.
             let mut writing = Box::pin(write_response(
@@ -539,6 +551,15 @@ impl Client {
             })
             .await?;
             drop(writing);
+            if linger {
+                // Closing with unread bytes would reset the connection, and a client that has
+                // not yet read its answer would lose it to the reset. So the gateway's side is
+                // shut first, and what still arrives is fed on (or thrown away) for a while.
+                let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+                let rest = poll_fn(|cx| feed.poll(cx, stream, read));
+                let _ = tokio::time::timeout(LINGER, rest).await;
+                return Ok(Some(false));
+            }
             // Then the rest is read to its end (for the handler if it still takes it, thrown away
             // if not), so the connection can carry the client's next request; bounded in time, as
             // on the instance's side.
@@ -673,6 +694,13 @@ impl Feed {
             broken: false,
         };
         (feed, body)
+    }
+
+    /// Bytes of the body not yet read from the connection, given the `buffered` bytes read and
+    /// not yet decoded; `None` for a chunked body.
+    fn still_to_come(&self, buffered: usize) -> Option<u64> {
+        let remaining = self.decoder.remaining()?;
+        Some(remaining.saturating_sub(buffered as u64))
     }
 
     /// Whether the body ended, whole or not.
