@@ -14,8 +14,9 @@
 //! A busy serving thread never sleeps, as there is always another connection ready, so once it
 //! has run for 250 µs without pausing it offers its CPU between two requests (`offer_cpu`):
 //! the clients and model servers that share its cores get to run without waiting for a
-//! scheduler tick. It looks for new socket events at tokio's default pace (every 61 tasks):
-//! looking more often cost throughput and did not shorten the tail (BENCHMARKS.md).
+//! scheduler tick. While busy it also looks for new socket events every few tasks
+//! (`EVENT_INTERVAL`), so that a connection whose socket became ready is not kept waiting behind
+//! a long batch.
 //!
 //! Optionally (`--pin-workers`) each thread is pinned to a CPU of its own. Unpinned, the kernel
 //! at times runs two serving threads on one core while another is busy elsewhere, and the
@@ -39,6 +40,12 @@ use crate::serving_thread;
 
 /// How many connections may wait in each listening socket's accept queue.
 const BACKLOG: i32 = 1024;
+
+/// How many tasks a busy serving thread runs before it looks for new socket events again.
+/// tokio's default, 61, starves streamed bodies: each takes many socket events, and with 61
+/// tasks between looks 256 KiB bodies went at under half the rate. Every 4 tasks cost small
+/// requests a few percent of their rate for no shorter tail; 16 does neither (BENCHMARKS.md).
+const EVENT_INTERVAL: u32 = 16;
 
 /// Binds `count` listening sockets to one address; with port 0, the port the first one got.
 pub(crate) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
@@ -109,6 +116,7 @@ impl Workers {
         for (index, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
             let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
             let runtime = tokio::runtime::Builder::new_current_thread()
+                .event_interval(EVENT_INTERVAL)
                 .on_thread_park(serving_thread::parking)
                 .on_thread_unpark(serving_thread::unparked)
                 .enable_all()
