@@ -9,7 +9,7 @@
 pub mod admin;
 pub mod auth;
 pub mod causes;
-pub mod client;
+mod client;
 pub mod config;
 pub mod demo;
 mod endpoint;
@@ -26,7 +26,7 @@ pub mod server;
 pub(crate) mod serving_thread;
 pub mod tls;
 pub mod upstream;
-pub mod workers;
+pub(crate) mod workers;
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[doc(hidden)]
