@@ -164,6 +164,8 @@ pub(crate) async fn serve_connections(
                 let client = h1::Client::new(stream, timeout, draining.clone());
                 tokio::spawn(serve_plain(client, handler, connection, builder, slot));
             }
+            // The TLS handshake runs in the connection's task, so a slow client cannot hold up
+            // the accept loop.
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let draining = draining.clone();
