@@ -107,6 +107,9 @@ impl Proxy {
 
     /// Answers one request: forwards it, or turns the failure into its JSON error response.
     /// Counts it once and logs it once, whatever happened.
+    ///
+    /// This and `forward` are async blocks rather than async fns: an async fn keeps
+    /// room for its arguments twice, and this state is allocated and copied for every request.
     #[allow(clippy::manual_async_fn)]
     pub fn handle(
         self: Arc<Self>,
@@ -182,6 +185,7 @@ impl Proxy {
         }
     }
 
+    // An async block, as `handle` says why.
     #[allow(clippy::manual_async_fn)]
     fn forward(
         self: &Arc<Self>,
