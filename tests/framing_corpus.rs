@@ -12,8 +12,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::tls::TlsGateway;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// One request as a strict reader sees it.
@@ -188,9 +189,8 @@ async fn logging_instance() -> (String, Log) {
 }
 
 /// The status of the gateway's final answer to `bytes` (interim 1xx answers passed over), sent
-/// on a connection of their own; 0 if the connection closed without one.
-async fn status_for(gateway: std::net::SocketAddr, bytes: &[u8]) -> u16 {
-    let mut stream = TcpStream::connect(gateway).await.expect("connect");
+/// on `stream`, a connection of their own; 0 if the connection closed without one.
+async fn status_for(mut stream: impl AsyncRead + AsyncWrite + Unpin, bytes: &[u8]) -> u16 {
     stream.write_all(bytes).await.expect("send");
     let mut seen = Vec::new();
     let mut buffer = [0u8; 4096];
@@ -458,10 +458,32 @@ async fn every_request_framing_case_is_refused_or_forwarded_unambiguously() {
     let (instance, log) = logging_instance().await;
     let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
     let gateway = gateway(&file.path).await;
+    let connect = || async { TcpStream::connect(gateway.addr()).await.expect("connect") };
+    let failures = run_request_cases(&log, connect).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The same bytes get the same outcome inside TLS: the connection is read by the same rules.
+#[tokio::test]
+async fn every_request_framing_case_has_the_same_outcome_over_tls() {
+    let (instance, log) = logging_instance().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
+    let gateway = TlsGateway::start(&file.path).await;
+    let failures = run_request_cases(&log, || gateway.connect()).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Sends each request case on a connection of its own from `connect`; what did not come out
+/// as the case says, one line each.
+async fn run_request_cases<S, F>(log: &Log, connect: impl Fn() -> F) -> Vec<String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: std::future::Future<Output = S>,
+{
     let mut failures = Vec::new();
     for (name, bytes, outcome) in request_cases() {
         log.lock().expect("log").clear();
-        let status = status_for(gateway.addr(), bytes.as_bytes()).await;
+        let status = status_for(connect().await, bytes.as_bytes()).await;
         // Whatever was forwarded has reached the instance by the time its answer is back.
         tokio::time::sleep(Duration::from_millis(5)).await;
         let seen = log.lock().expect("log").clone();
@@ -483,7 +505,7 @@ async fn every_request_framing_case_is_refused_or_forwarded_unambiguously() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    failures
 }
 
 /// An instance that answers each request with `answer`, then closes.

@@ -9,8 +9,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::tls::TlsGateway;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const BODY_BYTES: usize = 256 * 1024;
@@ -57,8 +58,10 @@ async fn early_instance(then_close: bool) -> String {
 
 /// Sends a POST with a 256 KiB body, writing and reading at once as a client that checks for an
 /// early answer does; returns the answer's bytes, or the error the read ended with.
-async fn post_large(stream: &mut TcpStream) -> Result<Vec<u8>, std::io::Error> {
-    let (mut reader, mut writer) = stream.split();
+async fn post_large(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+) -> Result<Vec<u8>, std::io::Error> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let head =
         format!("POST /score HTTP/1.1\r\nhost: gateway\r\ncontent-length: {BODY_BYTES}\r\n\r\n");
     let write = async {
@@ -117,7 +120,21 @@ async fn an_early_answer_from_an_instance_that_reads_on_keeps_the_connection() {
     let instance = early_instance(false).await;
     let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
     let gateway = gateway(&file.path).await;
-    let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    let stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    early_answers_keep(stream).await;
+}
+
+/// Over TLS the answer is written while the body is still read, on one TLS session.
+#[tokio::test]
+async fn over_tls_an_early_answer_keeps_the_connection_as_on_plain_ones() {
+    let instance = early_instance(false).await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
+    let gateway = TlsGateway::start(&file.path).await;
+    early_answers_keep(gateway.connect().await).await;
+}
+
+/// Sends three large POSTs on `stream`, each answered early; each must get its whole answer.
+async fn early_answers_keep(mut stream: impl AsyncRead + AsyncWrite + Unpin) {
     for round in 0..3 {
         let answer = tokio::time::timeout(PATIENCE, post_large(&mut stream))
             .await
@@ -191,8 +208,22 @@ async fn an_instance_that_fails_before_its_first_body_byte_gives_a_cut_answer_no
 #[tokio::test]
 async fn a_chunked_request_whose_trailer_ends_in_a_bare_lf_does_not_swallow_the_next_request() {
     let echo = echo_gateway().await;
-    let gateway = &echo.gateway;
-    let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    let stream = TcpStream::connect(echo.gateway.addr())
+        .await
+        .expect("connect");
+    a_bare_lf_trailer_is_refused_on(stream).await;
+}
+
+#[tokio::test]
+async fn over_tls_a_bare_lf_trailer_is_refused_as_on_plain_connections() {
+    let (echo, _task) = echo_server().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
+    let gateway = TlsGateway::start(&file.path).await;
+    a_bare_lf_trailer_is_refused_on(gateway.connect().await).await;
+}
+
+/// Sends a chunked request whose trailer line ends in a bare LF, and a GET pipelined behind it.
+async fn a_bare_lf_trailer_is_refused_on(mut stream: impl AsyncRead + AsyncWrite + Unpin) {
     stream
         .write_all(
             b"POST /score HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\n\r\n\
@@ -218,7 +249,7 @@ async fn a_chunked_request_whose_trailer_ends_in_a_bare_lf_does_not_swallow_the_
 
 /// Everything `stream` sends until it closes or is quiet for half a second; and whether it
 /// closed.
-async fn read_until_quiet(stream: &mut TcpStream) -> (String, bool) {
+async fn read_until_quiet(stream: &mut (impl AsyncRead + Unpin)) -> (String, bool) {
     let mut answer = Vec::new();
     let mut buffer = [0u8; 16 * 1024];
     loop {
@@ -233,8 +264,25 @@ async fn read_until_quiet(stream: &mut TcpStream) -> (String, bool) {
 #[tokio::test]
 async fn pipelined_chunked_requests_are_each_answered_on_a_connection_that_stays_open() {
     let echo = echo_gateway().await;
-    let gateway = &echo.gateway;
-    let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    let stream = TcpStream::connect(echo.gateway.addr())
+        .await
+        .expect("connect");
+    pipelined_chunked_requests_are_answered_on(stream).await;
+}
+
+#[tokio::test]
+async fn over_tls_pipelined_chunked_requests_are_answered_as_on_plain_connections() {
+    let (echo, _task) = echo_server().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
+    let gateway = TlsGateway::start(&file.path).await;
+    pipelined_chunked_requests_are_answered_on(gateway.connect().await).await;
+}
+
+/// Sends two chunked POSTs and a GET pipelined; all three must be answered, in order, on a
+/// connection that stays open.
+async fn pipelined_chunked_requests_are_answered_on(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+) {
     stream
         .write_all(
             b"POST /score HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\n\r\n\
@@ -409,4 +457,71 @@ async fn a_refused_body_too_large_to_read_through_gets_its_answer_and_then_the_c
         "{text}"
     );
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// An instance that starts a chunked answer, sends one piece, and then stays quiet; it reports
+/// on `left` once the gateway closes the instance's connection.
+async fn quiet_stream_instance(left: tokio::sync::mpsc::Sender<()>) -> String {
+    scripted_upstream(move |mut stream| {
+        let left = left.clone();
+        tokio::spawn(async move {
+            read_request_head(&mut stream).await;
+            let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+            if stream.write_all(head).await.is_err() {
+                return;
+            }
+            let mut buffer = [0u8; 1024];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buffer)).await
+            {
+                let _ = left.send(()).await;
+            }
+        })
+    })
+    .await
+}
+
+/// Reads until the first piece of the quiet answer is in, then drops the connection; the
+/// gateway must let the instance go, well before the instance's own 30 s wait.
+async fn a_client_that_leaves_mid_stream_frees_the_instance(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    mut left: tokio::sync::mpsc::Receiver<()>,
+) {
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .expect("send");
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !seen.windows(5).any(|w| w == b"first") {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buffer))
+            .await
+            .expect("the first piece in time")
+            .expect("read");
+        assert!(n > 0, "closed before the first piece");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    drop(stream);
+    tokio::time::timeout(PATIENCE, left.recv())
+        .await
+        .expect("the instance was let go in time");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_a_quiet_stream_frees_the_instance() {
+    let (tell, left) = tokio::sync::mpsc::channel(1);
+    let instance = quiet_stream_instance(tell).await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
+    let gateway = gateway(&file.path).await;
+    let stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    a_client_that_leaves_mid_stream_frees_the_instance(stream, left).await;
+}
+
+#[tokio::test]
+async fn over_tls_a_client_that_leaves_a_quiet_stream_frees_the_instance() {
+    let (tell, left) = tokio::sync::mpsc::channel(1);
+    let instance = quiet_stream_instance(tell).await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
+    let gateway = TlsGateway::start(&file.path).await;
+    a_client_that_leaves_mid_stream_frees_the_instance(gateway.connect().await, left).await;
 }

@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::tls::{client_config, write_certificate};
 use common::*;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
@@ -19,44 +19,6 @@ use switchyard::model_server::Model;
 use switchyard::{Gateway, GatewayOptions, TlsFiles};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// A self-signed certificate for 127.0.0.1 and localhost, written as PEM files in `dir`.
-fn write_certificate(dir: &std::path::Path, name: &str) -> (TlsFiles, CertificateDer<'static>) {
-    let certified = rcgen::generate_simple_self_signed(vec![
-        "localhost".into(),
-        "127.0.0.1".into(),
-        name.into(),
-    ])
-    .expect("generate a certificate");
-    let files = TlsFiles {
-        cert: dir.join("tls.crt"),
-        key: dir.join("tls.key"),
-    };
-    // Written beside and renamed into place, as cert-manager's volume would swap them.
-    for (path, pem) in [
-        (&files.cert, certified.cert.pem()),
-        (&files.key, certified.key_pair.serialize_pem()),
-    ] {
-        let temp = path.with_extension("tmp");
-        std::fs::File::create(&temp)
-            .and_then(|mut f| f.write_all(pem.as_bytes()))
-            .expect("write PEM");
-        std::fs::rename(&temp, path).expect("rename PEM");
-    }
-    (files, certified.cert.der().clone())
-}
-
-fn client_config(trusted: &[CertificateDer<'static>]) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in trusted {
-        roots.add(cert.clone()).expect("trust the test certificate");
-    }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("protocols")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-}
 
 async fn tls_gateway(blue: &str, files: TlsFiles) -> (EndpointFile, Gateway) {
     let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[blue])]));

@@ -12,8 +12,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
 /// A client's request body: read whole with its head, or streamed as it arrives, by the serve
-/// loop's own HTTP/1.1 path; streamed by hyper (HTTP/2, TLS); or any body a server
-/// the endpoint is mounted in hands over.
+/// loop's own HTTP/1.1 path; streamed by hyper (HTTP/2, and what that path hands over); or any
+/// body a server the endpoint is mounted in hands over.
 #[derive(Debug)]
 pub struct ClientBody(Kind);
 

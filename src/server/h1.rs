@@ -1,4 +1,4 @@
-//! The serve loop's own HTTP/1.1 path, for plain-TCP HTTP/1.1: requests answered in order on a
+//! The serve loop's own HTTP/1.1 path, over plain TCP or TLS: requests answered in order on a
 //! kept-alive connection, with no body, a small one read whole with the head, or a large or
 //! chunked one streamed to the handler through the same decoder that reads instances' answers
 //! (`http1::codec`). Serving it here skips what hyper's general machinery does for every
@@ -23,12 +23,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::body::BodyFeed;
+use super::wire::{self, MIN_READ_ROOM, Wire};
 use super::{ClientBody, Connection, Handler, IntoReply, MAX_HEADER_BYTES, Reply};
 use crate::causes::BoxError;
 use crate::http1::codec::{BodyDecoder, BodyFraming, Decoded};
@@ -40,8 +40,6 @@ use crate::http1::rules::{
 /// Request bodies up to this size are read whole with their head; larger ones stream through
 /// hyper.
 pub(crate) const MAX_WHOLE_BODY: usize = 64 * 1024;
-/// The most one read takes in.
-const READ_SIZE: usize = 16 * 1024;
 /// Room a streamed request body's reads get. Large: each read is one frame handed to the
 /// handler, and fewer, larger frames cost far less per byte. A connection holds at most this
 /// and the one frame waiting for the handler.
@@ -53,16 +51,6 @@ const MAX_DRAINED_BODY: u64 = 1024 * 1024;
 /// How long a connection that ends after an early answer goes on reading what the client still
 /// sends, so that the client reads its answer before the close.
 const LINGER: Duration = Duration::from_secs(5);
-/// Room in the read buffer worth reading into directly; with less, a read goes through
-/// [`SCRATCH`].
-const MIN_READ_ROOM: usize = 4 * 1024;
-
-thread_local! {
-    /// Where a read lands when the connection's own buffer has no room: this thread's
-    /// connections share it, and each takes only what arrived.
-    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
-        std::cell::RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
-}
 /// Room the write buffer starts with: most answers' head and body fit, and the allocator keeps
 /// blocks of this size at hand.
 const HEAD_ROOM: usize = 1024;
@@ -307,8 +295,8 @@ pub(crate) fn next_whole_request(buf: &mut BytesMut) -> Option<Request<ClientBod
 }
 
 /// One client connection on this path: all it holds while it waits for a request.
-pub(crate) struct Client {
-    stream: TcpStream,
+pub(crate) struct Client<W> {
+    stream: W,
     read: BytesMut,
     /// Ticks every header read timeout while the connection waits for a request. Boxed with
     /// its period: every idle connection's task holds room for what is not.
@@ -326,14 +314,10 @@ enum Read {
     Close,
 }
 
-impl Client {
+impl<W: Wire> Client<W> {
     /// A connection from a client on `stream`, which is let go once it sends no whole head for
     /// a full `timeout` period, or once `draining` turns true between requests.
-    pub(crate) fn new(
-        stream: TcpStream,
-        timeout: Duration,
-        draining: watch::Receiver<bool>,
-    ) -> Self {
+    pub(crate) fn new(stream: W, timeout: Duration, draining: watch::Receiver<bool>) -> Self {
         let mut idle = tokio::time::interval_at(Instant::now() + timeout, timeout);
         // After a request that outlasted a tick, the next tick is one period after the late one.
         idle.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -348,8 +332,8 @@ impl Client {
 
     /// The connection, with the bytes of it already read in front, for hyper to serve from
     /// there; with the drain signal and the header read timeout.
-    pub(crate) fn into_hand_over(self) -> (Prefixed<TcpStream>, watch::Receiver<bool>, Duration) {
-        let stream = Prefixed::new(self.read.freeze(), self.stream);
+    pub(crate) fn into_hand_over(self) -> (Prefixed<W::Stream>, watch::Receiver<bool>, Duration) {
+        let stream = Prefixed::new(self.read.freeze(), self.stream.into_stream());
         (stream, self.draining, self.idle.period())
     }
 
@@ -388,8 +372,8 @@ impl Client {
 
 /// Serves requests on `client`'s connection until the client closes it, asks to, or sends
 /// something hyper must serve.
-pub(crate) async fn serve(
-    client: &mut Client,
+pub(crate) async fn serve<W: Wire>(
+    client: &mut Client<W>,
     handler: &impl Handler,
     connection: &Connection,
 ) -> Result<Ended, BoxError> {
@@ -414,7 +398,7 @@ pub(crate) async fn serve(
         client.progress = true;
         let has_body = head.body != BodyOf::Whole(0);
         if head.expect_continue && has_body && client.read.len() == head.len {
-            write_all(&client.stream, b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            wire::write_all(&client.stream, b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
         let whole = head.body.whole_len();
         while client.read.len() < head.len + whole {
@@ -456,7 +440,7 @@ pub(crate) async fn serve(
         crate::serving_thread::offer_cpu();
         if !keep_alive {
             // A clean end: the client reads the response to its last byte, then the close.
-            let _ = client.stream.shutdown().await;
+            let _ = wire::shutdown(&client.stream).await;
             return Ok(Ended::Closed);
         }
         // A connection waiting for its next request holds no buffer: the allocator hands the
@@ -468,7 +452,7 @@ pub(crate) async fn serve(
     }
 }
 
-impl Client {
+impl<W: Wire> Client<W> {
     /// Answers `request` and writes the answer; `Some(true)` if the connection may carry
     /// another request, `None` if the client left before the answer.
     #[allow(clippy::manual_async_fn)]
@@ -526,7 +510,8 @@ impl Client {
             let close = close || *draining.borrow() || broken;
             let mut out = Vec::with_capacity(HEAD_ROOM);
             let Some(feed) = feed.as_mut().filter(|feed| !feed.is_over()) else {
-                let written = write_response(stream, &mut out, reply, to_head, close, true).await?;
+                let written =
+                    write_response(stream, &mut out, reply, to_head, close, Some(read)).await?;
                 return Ok(Some(written));
             };
 
@@ -541,7 +526,7 @@ impl Client {
             // Boxed: this path is rare, and the state of every request holds room for what is
             // not.
             let mut writing = Box::pin(write_response(
-                stream, &mut out, reply, to_head, close, false,
+                stream, &mut out, reply, to_head, close, None,
             ));
             let written = poll_fn(|cx| {
                 if !feed.is_over() {
@@ -555,7 +540,7 @@ impl Client {
                 // Closing with unread bytes would reset the connection, and a client that has
                 // not yet read its answer would lose it to the reset. So the gateway's side is
                 // shut first, and what still arrives is fed on (or thrown away) for a while.
-                let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+                let _ = wire::shutdown(stream).await;
                 let rest = poll_fn(|cx| feed.poll(cx, stream, read));
                 let _ = tokio::time::timeout(LINGER, rest).await;
                 return Ok(Some(false));
@@ -574,20 +559,15 @@ impl Client {
 /// the connection, or sent no whole head in a full period of `idle` since it last ticked.
 fn poll_arrival(
     cx: &mut Context<'_>,
-    stream: &TcpStream,
+    stream: &impl Wire,
     read: &mut BytesMut,
     idle: &mut Interval,
     progress: &mut bool,
 ) -> Poll<io::Result<Read>> {
     loop {
-        match stream.poll_read_ready(cx) {
-            Poll::Ready(Ok(())) => match try_read(stream, read) {
-                Ok(0) => return Poll::Ready(Ok(Read::Close)),
-                Ok(_) => return Poll::Ready(Ok(Read::More)),
-                // Readiness was stale: wait again.
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(error) => return Poll::Ready(Err(error)),
-            },
+        match stream.poll_read_into(cx, read) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Read::Close)),
+            Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Read::More)),
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => {}
         }
@@ -602,70 +582,16 @@ fn poll_arrival(
 /// the connection. Bytes of a next request are kept, up to a bound.
 fn poll_client_left(
     cx: &mut Context<'_>,
-    stream: &TcpStream,
+    stream: &impl Wire,
     read: &mut BytesMut,
 ) -> Poll<io::Result<()>> {
     loop {
         if read.len() > MAX_HEADER_BYTES {
             return Poll::Pending;
         }
-        std::task::ready!(stream.poll_read_ready(cx))?;
-        match try_read(stream, read) {
-            Ok(0) => return Poll::Ready(Ok(())),
-            // Readiness was stale, or more came: either way, wait for the next.
-            Ok(_) => {}
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(error) => return Poll::Ready(Err(error)),
+        if std::task::ready!(stream.poll_read_into(cx, read))? == 0 {
+            return Poll::Ready(Ok(()));
         }
-    }
-}
-
-/// Reads what `stream` holds onto the end of `read`, which grows only by what arrived.
-/// Readiness is often stale (a read that took all there was leaves it set), so a buffer that
-/// made room before each read would be holding memory through most idle waits.
-fn try_read(stream: &TcpStream, read: &mut BytesMut) -> io::Result<usize> {
-    let room = read.capacity() - read.len();
-    if room >= MIN_READ_ROOM {
-        return read_once(stream, room, || stream.try_read_buf(read));
-    }
-    SCRATCH.with_borrow_mut(|scratch| {
-        let n = read_once(stream, scratch.len(), || stream.try_read(scratch))?;
-        read.extend_from_slice(&scratch[..n]);
-        Ok(n)
-    })
-}
-
-/// Whether a read that fills less than it had room for shows the socket empty: true of the
-/// edge-triggered event queues (epoll, kqueue) tokio uses on these systems.
-const SHORT_READ_EMPTIES: bool = cfg!(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "macos",
-    target_os = "freebsd"
-));
-
-/// Runs `read`, one read of at most `room` bytes from `stream`. A read that took less than
-/// `room` emptied the socket, so its readiness is cleared, as a read that would block clears it:
-/// the next wait goes to the event loop rather than to one more read that finds nothing, one
-/// system call per request saved. tokio's own `poll_read` does the same; its `try_read` does
-/// not. The readiness cleared is the one seen before the read, so bytes that arrive after it
-/// still wake the connection.
-fn read_once(
-    stream: &TcpStream,
-    room: usize,
-    read: impl FnOnce() -> io::Result<usize>,
-) -> io::Result<usize> {
-    let mut short = None;
-    let result = stream.try_io(tokio::io::Interest::READABLE, || match read() {
-        Ok(n) if SHORT_READ_EMPTIES && 0 < n && n < room => {
-            short = Some(n);
-            Err(io::ErrorKind::WouldBlock.into())
-        }
-        other => other,
-    });
-    match short {
-        Some(n) => Ok(n),
-        None => result,
     }
 }
 
@@ -713,7 +639,7 @@ impl Feed {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        stream: &TcpStream,
+        stream: &impl Wire,
         read: &mut BytesMut,
     ) -> Poll<bool> {
         loop {
@@ -750,25 +676,16 @@ impl Feed {
                     continue;
                 }
             }
-            match stream.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(error)) => {
-                    self.fail(error.into());
-                    continue;
-                }
-                Poll::Ready(Ok(())) => {}
-            }
             // A body in flight reads straight into the buffer, in large pieces: each becomes
             // one frame, handed on without another copy.
             if read.capacity() - read.len() < MIN_READ_ROOM {
                 read.reserve(BODY_READ_SIZE);
             }
-            let room = read.capacity() - read.len();
-            match read_once(stream, room, || stream.try_read_buf(read)) {
-                Ok(0) => self.fail("the client closed the connection mid-body".into()),
-                Ok(_) => {}
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => self.fail(error.into()),
+            match stream.poll_read_into(cx, read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => self.fail("the client closed the connection mid-body".into()),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => self.fail(error.into()),
             }
         }
     }
@@ -876,16 +793,17 @@ pub(crate) fn encode_response_head(
     (framing, close)
 }
 
-/// Writes `response`; `Ok(true)` if the connection may carry another request. With
-/// `watch_client`, a client that closes the connection while the body waits ends the answer;
-/// without, the connection's reads are someone else's (the request body is still coming).
+/// Writes `response`; `Ok(true)` if the connection may carry another request. With `watch`,
+/// the connection's read buffer, a client that closes the connection while the body waits ends
+/// the answer, and bytes of its next request are kept there; without, the connection's reads
+/// are someone else's (the request body is still coming).
 async fn write_response<B>(
-    stream: &TcpStream,
+    stream: &impl Wire,
     out: &mut Vec<u8>,
     reply: Reply<B>,
     to_head: bool,
     close: bool,
-    watch_client: bool,
+    mut watch: Option<&mut BytesMut>,
 ) -> Result<bool, BoxError>
 where
     B: Body,
@@ -903,13 +821,11 @@ where
         close,
     );
     if to_head || framing == Framing::None {
-        write_all(stream, out).await?;
+        wire::write_all(stream, out).await?;
         return Ok(!close);
     }
 
     let mut sent = 0u64;
-    // Whether a close by the client is still looked for while the body waits.
-    let mut watching = watch_client;
     loop {
         // Take what is ready; write out what is buffered before waiting for more, so a
         // streamed answer reaches the client as it is made.
@@ -922,10 +838,10 @@ where
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 if !out.is_empty() {
-                    write_all(stream, out).await?;
+                    wire::write_all(stream, out).await?;
                     out.clear();
                 }
-                next_frame_unless_client_left(stream, &mut next, &mut watching).await?
+                next_frame_unless_client_left(stream, &mut next, &mut watch).await?
             }
         };
         let Some(frame) = frame else { break };
@@ -934,7 +850,7 @@ where
             Err(error) => {
                 // What came before the failure still goes out, so the client sees the answer
                 // begin and then end short of its framing, rather than no answer at all.
-                let _ = write_all(stream, out).await;
+                let _ = wire::write_all(stream, out).await;
                 return Err(error);
             }
         };
@@ -966,67 +882,51 @@ where
             out.extend_from_slice(b"\r\n");
         }
         if out.len() >= FLUSH_BYTES {
-            write_all(stream, out).await?;
+            wire::write_all(stream, out).await?;
             out.clear();
         }
     }
     match framing {
         Framing::Length(length) if sent < length => {
-            write_all(stream, out).await?;
+            wire::write_all(stream, out).await?;
             return Err("response body shorter than its content-length".into());
         }
         Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
         _ => {}
     }
-    write_all(stream, out).await?;
+    wire::write_all(stream, out).await?;
     Ok(!close)
-}
-
-/// Writes all of `buf`. Through a shared reference, so that the request body can be read on
-/// the same connection meanwhile.
-async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(())
 }
 
 /// Waits for the body's next frame, but gives up when the client closes the connection: a
 /// stream that is quiet for minutes (server-sent events, a slow generation) must not keep an
-/// instance working for a client that is gone. Once the client has sent bytes of a next
-/// request, the socket stays readable, so it is no longer watched.
+/// instance working for a client that is gone. Bytes of a next request are read onto `watch`
+/// meanwhile; once they fill a request head's limit, the client is no longer watched.
 async fn next_frame_unless_client_left<T>(
-    stream: &TcpStream,
+    stream: &impl Wire,
     next: &mut impl FnMut(&mut Context<'_>) -> Poll<Option<T>>,
-    watching: &mut bool,
+    watch: &mut Option<&mut BytesMut>,
 ) -> Result<Option<T>, BoxError> {
-    loop {
-        tokio::select! {
-            biased;
-            frame = poll_fn(&mut *next) => return Ok(frame),
-            ready = stream.readable(), if *watching => {
-                ready?;
-                let mut byte = [0u8; 1];
-                let mut peeked = tokio::io::ReadBuf::new(&mut byte);
-                // Readiness can be spurious: a peek that would wait is no news.
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                match stream.poll_peek(&mut cx, &mut peeked) {
-                    Poll::Ready(Ok(0)) => {
-                        return Err("the client closed the connection mid-answer".into());
-                    }
-                    Poll::Ready(Ok(_)) => *watching = false,
-                    Poll::Ready(Err(error)) => return Err(error.into()),
-                    Poll::Pending => {}
+    poll_fn(|cx| {
+        if let Poll::Ready(frame) = next(cx) {
+            return Poll::Ready(Ok(frame));
+        }
+        while let Some(read) = watch.as_deref_mut() {
+            if read.len() > MAX_HEADER_BYTES {
+                *watch = None;
+                break;
+            }
+            match std::task::ready!(stream.poll_read_into(cx, read)) {
+                Ok(0) => {
+                    return Poll::Ready(Err("the client closed the connection mid-answer".into()));
                 }
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Err(error.into())),
             }
         }
-    }
+        Poll::Pending
+    })
+    .await
 }
 
 fn write_length(out: &mut Vec<u8>, length: u64) {

@@ -2,12 +2,14 @@
 //! listener, a cap on open connections, accept errors that back off instead of exiting, and a
 //! graceful drain on shutdown.
 //!
-//! Plain HTTP/1.1 connections start on the loop's own HTTP/1.1 path (`h1.rs`), which serves the
-//! common requests and hands anything else to hyper; TLS connections go to hyper directly.
+//! HTTP/1.1 connections, plain or TLS, start on the loop's own HTTP/1.1 path (`h1.rs`), which
+//! serves the common requests and hands anything else to hyper; TLS connections that chose
+//! HTTP/2 by ALPN go to hyper directly.
 
 mod body;
 mod h1;
 mod handler;
+mod wire;
 
 pub use body::ClientBody;
 #[doc(hidden)]
@@ -35,6 +37,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use wire::{TlsWire, Wire};
 
 /// Default time a client may take to send a request head before its connection is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -162,7 +166,7 @@ pub(crate) async fn serve_connections(
         match &options.tls {
             None => {
                 let client = h1::Client::new(stream, timeout, draining.clone());
-                tokio::spawn(serve_plain(client, handler, connection, builder, slot));
+                tokio::spawn(serve_http1(client, handler, connection, builder, slot));
             }
             // The TLS handshake runs in the connection's task, so a slow client cannot hold up
             // the accept loop.
@@ -170,11 +174,20 @@ pub(crate) async fn serve_connections(
                 let acceptor = acceptor.clone();
                 let draining = draining.clone();
                 tokio::spawn(async move {
-                    let _slot = slot;
-                    let served = serve_tls(
-                        stream, acceptor, &builder, handler, connection, draining, timeout,
-                    );
-                    log_end(served.await, peer);
+                    let Some(stream) = tls_handshake(stream, acceptor, peer).await else {
+                        return;
+                    };
+                    // HTTP/2 by ALPN goes to hyper at once; HTTP/1.1 (by ALPN, or a client
+                    // that named no protocol) is served as on a plain connection.
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let _slot = slot;
+                        let served = serve_with_hyper(
+                            stream, &builder, handler, connection, draining, timeout,
+                        );
+                        return log_end(served.await, peer);
+                    }
+                    let client = h1::Client::new(TlsWire::new(stream), timeout, draining);
+                    serve_http1(client, handler, connection, builder, slot).await;
                 });
             }
         }
@@ -206,14 +219,14 @@ pub(crate) async fn serve_connections(
     }
 }
 
-/// Serves a plain TCP connection on the serve loop's own HTTP/1.1 path, and with hyper from the
-/// first request that path leaves to it.
+/// Serves a connection on the serve loop's own HTTP/1.1 path, and with hyper from the first
+/// request that path leaves to it.
 ///
 /// An async block rather than an async fn: an async fn's task keeps room for its arguments
 /// twice (as passed, and moved into its body), and every idle connection holds that room.
 #[allow(clippy::manual_async_fn)]
-fn serve_plain(
-    mut client: h1::Client,
+fn serve_http1<W: Wire>(
+    mut client: h1::Client<W>,
     handler: impl Handler,
     connection: Connection,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -247,37 +260,22 @@ fn log_end(served: Result<(), BoxError>, peer: SocketAddr) {
     }
 }
 
-/// Completes the TLS handshake on `stream` within [`TLS_HANDSHAKE_TIMEOUT`], then serves it
-/// with hyper.
-async fn serve_tls(
+/// Completes the TLS handshake on `stream` within [`TLS_HANDSHAKE_TIMEOUT`]; `None` if it
+/// failed or took too long.
+async fn tls_handshake(
     stream: TcpStream,
     acceptor: TlsAcceptor,
-    builder: &auto::Builder<TokioExecutor>,
-    handler: impl Handler,
-    connection: Connection,
-    draining: watch::Receiver<bool>,
-    first_request: Duration,
-) -> Result<(), BoxError> {
-    let peer = connection.peer;
+    peer: SocketAddr,
+) -> Option<TlsStream<TcpStream>> {
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => {
-            serve_with_hyper(
-                stream,
-                builder,
-                handler,
-                connection,
-                draining,
-                first_request,
-            )
-            .await
-        }
+        Ok(Ok(stream)) => Some(stream),
         Ok(Err(error)) => {
             tracing::debug!(%error, %peer, "TLS handshake failed");
-            Ok(())
+            None
         }
         Err(_) => {
             tracing::debug!(%peer, "TLS handshake timed out");
-            Ok(())
+            None
         }
     }
 }
