@@ -17,6 +17,7 @@
 #   PEER_HEADERS=none bash benches/compare.sh    # nginx and HAProxy without the header work
 #   PIN_WORKERS=1 bash benches/compare.sh        # each proxy's workers pinned to CPUs 0..N-1
 #   BODY_BYTES=262144 bash benches/compare.sh    # 256 KiB request bodies, answered early
+#   TLS=1 bash benches/compare.sh                # clients speak HTTPS to every proxy
 #
 # Switchyard adds X-Forwarded-For, -Proto, -Host and a request id to every request it forwards,
 # and returns the request id and the deployment's name to the client. By default nginx and
@@ -54,8 +55,8 @@ haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 HAPROXY_PID=$!
 pin=()
 if [ "$PIN_WORKERS" = 1 ]; then pin=(--pin-workers); fi
-RUST_LOG=warn "$SWITCHYARD" serve --workers "$WORKERS" "${pin[@]}" --config "$work/config/endpoint.yaml" \
-  --listen "127.0.0.1:$SWITCH" --admin-listen "127.0.0.1:$ADMIN" & pids+=($!)
+RUST_LOG=warn "$SWITCHYARD" serve --workers "$WORKERS" "${pin[@]}" "${switchyard_tls[@]}" \
+  --config "$work/config/endpoint.yaml" --listen "127.0.0.1:$SWITCH" --admin-listen "127.0.0.1:$ADMIN" & pids+=($!)
 SWITCHYARD_PID=$!
 
 for port in $BLUE $GREEN $NGINX $HAPROXY $SWITCH; do wait_for_port "$port"; done
@@ -72,14 +73,17 @@ cpu_ticks() {
   for pid in $1; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
   echo "$total"
 }
-read -r -a CONTESTANTS <<< "${CONTESTANTS:-direct switchyard nginx haproxy}"
+# The upstream speaks plain HTTP only, so with TLS=1 there is no direct run.
+default_contestants="direct switchyard nginx haproxy"
+if [ "$TLS" = 1 ]; then default_contestants="switchyard nginx haproxy"; fi
+read -r -a CONTESTANTS <<< "${CONTESTANTS:-$default_contestants}"
 
 # One wrk run of contestant $1 for $2 seconds; prints "requests_per_s p50_ms p99_ms errors
 # cpu_us_per_request" (the CPU time, user and system, of the contestant's processes).
 measure() {
   local before after
   before=$(cpu_ticks "${PIDS[$1]}")
-  wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency -s "$work/post.lua" "http://127.0.0.1:${PORT[$1]}/score" > "$work/wrk.out"
+  wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency -s "$work/post.lua" "$SCHEME://127.0.0.1:${PORT[$1]}/score" > "$work/wrk.out"
   after=$(cpu_ticks "${PIDS[$1]}")
   awk -v cpu_us=$(((after - before) * TICK_US)) '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
@@ -93,7 +97,7 @@ measure() {
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)"
-echo "load: wrk -t1 -c$CONNECTIONS, ${DURATION}s per run, $ROUNDS rounds; proxies get $WORKERS workers/threads$( [ "$PIN_WORKERS" = 1 ] && echo ', pinned to CPUs')"
+echo "load: wrk -t1 -c$CONNECTIONS, ${DURATION}s per run, $ROUNDS rounds, $SCHEME; proxies get $WORKERS workers/threads$( [ "$PIN_WORKERS" = 1 ] && echo ', pinned to CPUs')"
 for name in "${CONTESTANTS[@]}"; do measure "$name" 2 >/dev/null; done  # warm-up
 
 : > "$work/results"
@@ -136,9 +140,14 @@ if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
 ulimit -n $((IDLE_CONNECTIONS * 2 + 1024)) 2>/dev/null || true
 echo
 for name in ${MEMORY_CONTESTANTS:-switchyard nginx haproxy}; do
-python3 - "$name" "${PORT[$name]}" "${PIDS[$name]}" "$IDLE_CONNECTIONS" "$IDLE_WAIT" "$BODY" <<'EOF'
-import asyncio, sys
+python3 - "$name" "${PORT[$name]}" "${PIDS[$name]}" "$IDLE_CONNECTIONS" "$IDLE_WAIT" "$BODY" "$TLS" <<'EOF'
+import asyncio, ssl, sys
 name, port, pids, count, wait, body = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+tls = None
+if sys.argv[7] == "1":
+    tls = ssl.create_default_context()
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
 def rss_kib():
     total = 0
     for pid in pids:
@@ -149,7 +158,7 @@ def rss_kib():
 request = (f"POST /score HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
            f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
 async def client(held):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     writer.write(request)
     await writer.drain()
     await reader.readuntil(b"\r\n\r\n")

@@ -1,7 +1,7 @@
 # What compare.sh and instructions.sh share: the tools check, the build, a work directory whose
 # processes are stopped on exit, loopback ports, the upstream, and the contestants' configs with
 # the same 90/10 split and the same header work. Sourced, not run; the caller sets PEER_HEADERS
-# and has `set -euo pipefail`.
+# (and TLS, 0 unless set) and has `set -euo pipefail`.
 
 case "$PEER_HEADERS" in
   same | none) ;;
@@ -47,6 +47,23 @@ wait_for_port() {
   echo "nothing listens on port $1" >&2
   exit 1
 }
+
+# TLS=1: every contestant terminates TLS for its clients with the same self-signed certificate
+# (ECDSA P-256), and clients connect with https://; the upstream stays plain.
+TLS=${TLS:-0}
+SCHEME=http
+nginx_tls="" haproxy_tls="" switchyard_tls=()
+if [ "$TLS" = 1 ]; then
+  SCHEME=https
+  mkdir -p "$work/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+    -keyout "$work/tls/key.pem" -out "$work/tls/cert.pem" 2>/dev/null
+  cat "$work/tls/cert.pem" "$work/tls/key.pem" > "$work/tls/both.pem"
+  nginx_tls=" ssl; ssl_certificate $work/tls/cert.pem; ssl_certificate_key $work/tls/key.pem"
+  haproxy_tls=" ssl crt $work/tls/both.pem"
+  switchyard_tls=(--tls-cert "$work/tls/cert.pem" --tls-key "$work/tls/key.pem")
+fi
 
 BLUE=$(free_port); GREEN=$(free_port)
 BODY='{"data": [[1,2,3,4,5,6,7,8,9,10], [10,9,8,7,6,5,4,3,2,1]]}'
@@ -151,7 +168,7 @@ http {
   upstream green { server 127.0.0.1:$GREEN; keepalive 128; keepalive_requests 100000000; }
   split_clients "\$request_id" \$deployment { 90% blue; * green; }
   server {
-    listen 127.0.0.1:$1;
+    listen 127.0.0.1:$1$nginx_tls;
     location / {
       proxy_pass http://\$deployment;
       proxy_http_version 1.1;
@@ -179,7 +196,7 @@ defaults
   timeout server 60s
   http-reuse always
 frontend gateway
-  bind 127.0.0.1:$1$haproxy_request_headers
+  bind 127.0.0.1:$1$haproxy_tls$haproxy_request_headers
   default_backend deployments
 backend deployments
   balance roundrobin$haproxy_response_headers
