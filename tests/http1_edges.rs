@@ -525,3 +525,130 @@ async fn over_tls_a_client_that_leaves_a_quiet_stream_frees_the_instance() {
     let gateway = TlsGateway::start(&file.path).await;
     a_client_that_leaves_mid_stream_frees_the_instance(gateway.connect().await, left).await;
 }
+
+/// An instance that sends a 103 Early Hints, waits, then answers.
+async fn hinting_instance() -> String {
+    scripted_upstream(|mut stream| {
+        tokio::spawn(async move {
+            read_request_head(&mut stream).await;
+            let hints = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\
+                          connection: x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\n\r\n";
+            if stream.write_all(hints).await.is_err() {
+                return;
+            }
+            // The hint must reach the client before the answer exists.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        })
+    })
+    .await
+}
+
+/// Asks for `/page` on `stream`; the 103 must arrive before the answer (while the instance
+/// still waits), with its link and without the instance's connection headers.
+async fn early_hints_arrive_first_on(mut stream: impl AsyncRead + AsyncWrite + Unpin) {
+    stream
+        .write_all(b"GET /page HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .expect("send");
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buffer))
+            .await
+            .expect("a head in time")
+            .expect("read");
+        assert!(n > 0, "closed before any head");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    let first = String::from_utf8_lossy(&seen).to_string();
+    assert!(
+        first.starts_with("HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"),
+        "{first}"
+    );
+    assert!(
+        !first.contains("HTTP/1.1 200"),
+        "the hint came with the answer: {first}"
+    );
+    assert!(
+        !first.contains("x-hop") && !first.contains("keep-alive"),
+        "{first}"
+    );
+    while !seen.ends_with(b"ok") {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buffer))
+            .await
+            .expect("the answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before the answer");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{text}");
+    assert!(text.contains("\r\n\r\nHTTP/1.1 200 OK\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn early_hints_reach_the_client_before_the_answer() {
+    let instance = hinting_instance().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
+    let gateway = gateway(&file.path).await;
+    let stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    early_hints_arrive_first_on(stream).await;
+}
+
+#[tokio::test]
+async fn over_tls_early_hints_reach_the_client_before_the_answer() {
+    let instance = hinting_instance().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
+    let gateway = TlsGateway::start(&file.path).await;
+    early_hints_arrive_first_on(gateway.connect().await).await;
+}
+
+#[tokio::test]
+async fn an_instance_that_hints_without_end_gets_no_more_than_a_head_s_worth_through() {
+    let instance = scripted_upstream(|mut stream| {
+        tokio::spawn(async move {
+            read_request_head(&mut stream).await;
+            let hint = format!(
+                "HTTP/1.1 103 Early Hints\r\nlink: </{}>\r\n\r\n",
+                "a".repeat(200)
+            );
+            for _ in 0..1000 {
+                if stream.write_all(hint.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        })
+    })
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
+    let gateway = gateway(&file.path).await;
+    let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    stream
+        .write_all(b"GET /page HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .expect("send");
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    while !seen.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buffer))
+            .await
+            .expect("the answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before the answer");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    let hints = text.matches("HTTP/1.1 103 ").count();
+    // 239 bytes each: 274 fit in 64 KiB.
+    assert!((1..=274).contains(&hints), "{hints} hints passed");
+    assert!(
+        text.contains("\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{hints} hints, then no answer"
+    );
+}

@@ -10,6 +10,7 @@ use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Version};
 
 use super::header_block::HeaderBlock;
+use super::interim;
 pub(crate) use super::rules::MAX_HEAD_BYTES;
 use super::rules::{
     BadLength, Codings, ConnectionToken, ContentLength, MAX_HEADERS, TransferCodings,
@@ -128,7 +129,9 @@ pub(crate) enum BodyFraming {
 }
 
 /// Parses a response head at the start of `buf`, consuming it. `Ok(None)` means more bytes are
-/// needed. Interim (1xx) responses other than 101 are consumed and skipped. The head keeps only
+/// needed. Interim (1xx) responses other than 101 are consumed; a 103 is offered to the client
+/// that waits (see [`super::interim`]), with the same headers left out as of a final answer, and
+/// the others are dropped: the gateway answers `Expect: 100-continue` itself. The head keeps only
 /// end-to-end headers: those about the connection to the instance are read and left out, and
 /// so are those named in `own`, which the gateway sets itself.
 pub(crate) fn parse_response_head(
@@ -142,7 +145,12 @@ pub(crate) fn parse_response_head(
                 return Err(Malformed("response head larger than 64 KiB"));
             }
             Read::Partial => return Ok(None),
-            Read::Interim(length) => buf.advance(length),
+            Read::Interim(length, early_hints) => {
+                if early_hints {
+                    interim::offer(|out| write_early_hints(out, &buf[..length], own));
+                }
+                buf.advance(length);
+            }
             Read::Final(head, length) => {
                 buf.advance(length);
                 return Ok(Some(head));
@@ -151,12 +159,45 @@ pub(crate) fn parse_response_head(
     }
 }
 
+/// The status of an Early Hints answer (RFC 8297).
+const EARLY_HINTS: u16 = 103;
+
+/// Writes the 103 whose head is `head` for the client: its status line and its end-to-end
+/// headers, by the rules of a final answer's, then the empty line.
+fn write_early_hints(out: &mut Vec<u8>, head: &[u8], own: &[HeaderName]) {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
+    // Read whole once already, by the same parser.
+    let Ok(httparse::Status::Complete(_)) = response.parse(head) else {
+        return;
+    };
+    let status = StatusCode::from_u16(EARLY_HINTS).unwrap_or(StatusCode::CONTINUE);
+    let mut hop = HopHeaders::default();
+    for slot in response.headers.iter() {
+        if slot.name.eq_ignore_ascii_case("connection") {
+            hop.read_connection(slot.value);
+        }
+    }
+    out.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\n");
+    for slot in response.headers.iter() {
+        let name = slot.name.as_bytes();
+        if Role::of(name, status, own) == Role::EndToEnd && !hop.names(name) {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(slot.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// What [`read_head`] found at the start of the buffer.
 enum Read {
     /// The head has not all arrived.
     Partial,
-    /// An interim (1xx) response of this length, which the final one follows.
-    Interim(usize),
+    /// An interim (1xx) response of this length, which the final one follows; and whether it
+    /// is a 103 Early Hints.
+    Interim(usize, bool),
     /// The final response's head, and its length.
     Final(ResponseHead, usize),
 }
@@ -188,7 +229,7 @@ fn read_head(buf: &[u8], method: &Method, own: &[HeaderName]) -> Result<Read, Ma
     let status = StatusCode::from_u16(code).map_err(|_| Malformed("status code out of range"))?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         // 100 Continue, 103 Early Hints: the final response follows.
-        return Ok(Read::Interim(length));
+        return Ok(Read::Interim(length, code == EARLY_HINTS));
     }
     let version = if response.version == Some(0) {
         Version::HTTP_10
@@ -784,6 +825,30 @@ mod tests {
         );
         assert_eq!(parsed.status, StatusCode::CREATED);
         assert_eq!(lines(&parsed), "", "the 103's link is not the answer's");
+    }
+
+    #[test]
+    fn an_early_hint_is_offered_with_the_final_answers_header_rules() {
+        let own = [HeaderName::from_static("x-request-id")];
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 100 Continue\r\n\r\n\
+             HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nconnection: x-hop\r\nx-hop: 1\r\n\
+             keep-alive: 5\r\nx-request-id: theirs\r\ncontent-length: 9\r\n\r\n\
+             HTTP/1.1 103 Early Hints\r\nlink: </b>\r\n\r\n\
+             HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        );
+        let (parsed, heads) =
+            interim::collect(|| parse_response_head(&mut buf, &Method::GET, &own));
+        assert_eq!(
+            parsed.expect("valid").expect("whole").status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&heads),
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+             HTTP/1.1 103 Early Hints\r\nlink: </b>\r\n\r\n",
+            "the 100 is the gateway's own to send; connection headers stay behind"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub(crate) mod codec;
 mod header_block;
+pub(crate) mod interim;
 pub(crate) mod rules;
 
 use std::collections::VecDeque;

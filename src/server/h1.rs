@@ -32,6 +32,7 @@ use super::wire::{self, MIN_READ_ROOM, Wire};
 use super::{ClientBody, Connection, Handler, IntoReply, MAX_HEADER_BYTES, Reply};
 use crate::causes::BoxError;
 use crate::http1::codec::{BodyDecoder, BodyFraming, Decoded};
+use crate::http1::interim;
 use crate::http1::rules::{
     Codings, ConnectionToken, ContentLength, MAX_HEADERS, REST_OF_REQUEST_TIMEOUT, TransferCodings,
     connection_tokens, parse_decimal,
@@ -480,12 +481,18 @@ impl<W: Wire> Client<W> {
             // Wait for the answer, feeding the request body meanwhile. Once the body is in,
             // watch the client: bytes of a next request are kept (up to a bound), and a client
             // that closes the connection cancels the request.
+            let mut hints = EarlyHints::default();
             let reply = {
                 let mut answer = pin!(handler.call(request, connection.clone()));
                 let answered = poll_fn(|cx| {
                     loop {
-                        if let Poll::Ready(reply) = answer.as_mut().poll(cx) {
+                        let (polled, heads) = interim::collect(|| answer.as_mut().poll(cx));
+                        hints.take(heads);
+                        if let Poll::Ready(reply) = polled {
                             return Poll::Ready(Ok(Some(reply.into_reply())));
+                        }
+                        if let Poll::Ready(Err(error)) = hints.poll_send(cx, stream) {
+                            return Poll::Ready(Err(error));
                         }
                         if let Some(feed) = feed.as_mut().filter(|feed| !feed.is_over()) {
                             match feed.poll(cx, stream, read) {
@@ -505,6 +512,9 @@ impl<W: Wire> Client<W> {
                 };
                 reply
             };
+            if !hints.unsent.is_empty() {
+                wire::write_all(stream, &hints.unsent).await?;
+            }
 
             let broken = feed.as_ref().is_some_and(|feed| feed.broken);
             let close = close || *draining.borrow() || broken;
@@ -552,6 +562,45 @@ impl<W: Wire> Client<W> {
             let whole = tokio::time::timeout(REST_OF_REQUEST_TIMEOUT, rest).await;
             Ok(Some(written && whole == Ok(true)))
         }
+    }
+}
+
+/// 103 Early Hints an instance sent before its answer, on their way to the client.
+#[derive(Default)]
+struct EarlyHints {
+    /// Heads not yet written, whole or in part.
+    unsent: Vec<u8>,
+    /// Bytes of hints taken for this request so far.
+    taken: usize,
+}
+
+impl EarlyHints {
+    /// Takes `heads` to send, unless the request's hints would then pass the limit of one
+    /// request head: an instance that sends hints without end gets no more of them through.
+    fn take(&mut self, heads: Vec<u8>) {
+        if heads.is_empty() || self.taken + heads.len() > MAX_HEADER_BYTES {
+            return;
+        }
+        self.taken += heads.len();
+        if self.unsent.is_empty() {
+            self.unsent = heads;
+        } else {
+            self.unsent.extend_from_slice(&heads);
+        }
+    }
+
+    /// Writes what is unsent; `Ready(Ok)` once all of it is on its way.
+    fn poll_send(&mut self, cx: &mut Context<'_>, stream: &impl Wire) -> Poll<io::Result<()>> {
+        if self.unsent.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        while !self.unsent.is_empty() {
+            match std::task::ready!(stream.poll_write(cx, &self.unsent))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => drop(self.unsent.drain(..n)),
+            }
+        }
+        stream.poll_flush(cx)
     }
 }
 
