@@ -486,8 +486,9 @@ impl<W: Wire> Client<W> {
                 let mut answer = pin!(handler.call(request, connection.clone()));
                 let answered = poll_fn(|cx| {
                     loop {
-                        let (polled, heads) = interim::collect(|| answer.as_mut().poll(cx));
-                        hints.take(heads);
+                        let opened = interim::open();
+                        let polled = answer.as_mut().poll(cx);
+                        hints.take(opened.close());
                         if let Poll::Ready(reply) = polled {
                             return Poll::Ready(Ok(Some(reply.into_reply())));
                         }
