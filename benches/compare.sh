@@ -78,14 +78,31 @@ default_contestants="direct switchyard nginx haproxy"
 if [ "$TLS" = 1 ]; then default_contestants="switchyard nginx haproxy"; fi
 read -r -a CONTESTANTS <<< "${CONTESTANTS:-$default_contestants}"
 
+# CPU time (user and system, in microseconds) of the processes this shell has waited for.
+# `times` runs in this shell, not in a command substitution, which would be a shell of its own.
+children_us() {
+  times > "$work/times"
+  awk 'NR == 2 {
+    split($1, u, /[ms]/); split($2, s, /[ms]/)
+    printf "%.0f\n", ((u[1] + s[1]) * 60 + u[2] + s[2]) * 1000000 }' "$work/times"
+}
+
 # One wrk run of contestant $1 for $2 seconds; prints "requests_per_s p50_ms p99_ms errors
-# cpu_us_per_request" (the CPU time, user and system, of the contestant's processes).
+# cpu_us_per_request peers_cpu_us_per_request": the CPU time, user and system, of the
+# contestant's processes, and of the upstream and wrk together (the load generator and the
+# model server share the cores with the proxy, so what a proxy makes them spend is throughput too).
 measure() {
-  local before after
+  local before after upstream_before upstream_after wrk_before wrk_after
   before=$(cpu_ticks "${PIDS[$1]}")
+  upstream_before=$(cpu_ticks "${PIDS[direct]}")
+  children_us > "$work/wrk_before"
   wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency -s "$work/post.lua" "$SCHEME://127.0.0.1:${PORT[$1]}/score" > "$work/wrk.out"
+  children_us > "$work/wrk_after"
+  wrk_before=$(cat "$work/wrk_before"); wrk_after=$(cat "$work/wrk_after")
   after=$(cpu_ticks "${PIDS[$1]}")
-  awk -v cpu_us=$(((after - before) * TICK_US)) '
+  upstream_after=$(cpu_ticks "${PIDS[direct]}")
+  local peers_us=$(((upstream_after - upstream_before) * TICK_US + wrk_after - wrk_before))
+  awk -v cpu_us=$(((after - before) * TICK_US)) -v peers_us="$peers_us" '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     / requests in / { requests = $1 }
     /Requests\/sec/ { rps = $2 }
@@ -93,7 +110,7 @@ measure() {
     /^ +99%/ { p99 = ms($2) }
     /Non-2xx/ { errors += $NF }
     /Socket errors/ { gsub(/,/, ""); errors += $4 + $6 + $8 + $10 }
-    END { printf "%s %.3f %.3f %d %.2f\n", rps, p50, p99, errors + 0, cpu_us / (requests > 0 ? requests : 1) }' "$work/wrk.out"
+    END { n = requests > 0 ? requests : 1; printf "%s %.3f %.3f %d %.2f %.2f\n", rps, p50, p99, errors + 0, cpu_us / n, peers_us / n }' "$work/wrk.out"
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)"
@@ -116,21 +133,24 @@ python3 - "$work/results" <<'EOF'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 by = {}
-for name, rps, p50, p99, errors, cpu in rows:
-    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errors), float(cpu)))
+for name, rps, p50, p99, errors, cpu, peers in rows:
+    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errors), float(cpu), float(peers)))
 median = {name: [statistics.median(col) for col in zip(*runs)] for name, runs in by.items()}
 print()
 print(f"{'contestant':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs haproxy':>12}{'vs nginx':>10}"
-      f"{'CPU us/req':>12}")
+      f"{'CPU us/req':>12}{'peers us/req':>14}")
 def ratio(rps, peer):
     return f"{rps / median[peer][0]:.2f}" if peer in median else "-"
 for name in [n for n in ["direct", "switchyard", "nginx", "haproxy"] if n in median]:
-    rps, p50, p99, _, cpu = median[name]
+    rps, p50, p99, _, cpu, peers = median[name]
     errors = sum(run[3] for run in by[name])
+    # For 'direct' the upstream is the contestant: its peer is wrk alone, not shown.
+    peers = "-" if name == "direct" else f"{peers:.1f}"
     print(f"{name:<12}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}{errors:>8}"
-          f"{ratio(rps, 'haproxy'):>12}{ratio(rps, 'nginx'):>10}{cpu:>12.1f}")
+          f"{ratio(rps, 'haproxy'):>12}{ratio(rps, 'nginx'):>10}{cpu:>12.1f}{peers:>14}")
 print("(medians over rounds; errors are summed; CPU: user + system time of the contestant's")
-print(" processes per request, the upstream's for 'direct')")
+print(" processes per request, the upstream's for 'direct'; peers: that of the upstream and wrk,")
+print(" which share the cores, per request)")
 EOF
 
 # Memory: resident size of each proxy before and after IDLE_CONNECTIONS keep-alive clients have
