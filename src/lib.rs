@@ -1,36 +1,65 @@
 //! Switchyard: one scoring endpoint in front of several deployments of a model, with the traffic
 //! split, header pins and hot reload of Azure ML's managed online endpoints.
 //!
-//! The flow of one request: accept -> load one [`routing::RoutingTable`] snapshot -> pin header
-//! or weighted draw -> an instance of that deployment -> forward -> stream the response back with
+//! The flow of one request: accept -> load one routing table snapshot -> pin header or weighted
+//! draw -> an instance of that deployment -> forward -> stream the response back with
 //! `azureml-model-deployment` set. A reload builds a whole new table and swaps it in; requests
 //! in flight keep the snapshot they started with.
+//!
+//! The API: a whole [`Gateway`] (listeners, admin API, reload, drain) started from
+//! [`GatewayOptions`]; or one [`Endpoint`], the request path as a `tower::Service`, to mount in a
+//! server of your own (see `examples/embed.rs`); and the endpoint file's types in [`config`].
 
-pub mod admin;
-pub mod auth;
-pub mod causes;
-mod client;
 pub mod config;
-pub mod demo;
+
+pub use causes::BoxError;
+pub use endpoint::{Endpoint, EndpointOptions};
+pub use metrics::Metrics;
+pub use proxy::ProxyBody;
+pub use reload::Reloader;
+pub use server::ClientBody;
+pub use upstream::resolve::{Resolve, SystemResolver};
+
+mod client;
 mod endpoint;
-pub mod error;
 pub(crate) mod http1;
-pub mod metrics;
-pub mod model_server;
-pub mod ops;
-pub mod proxy;
-pub mod reload;
-pub mod rollout;
-pub mod routing;
-pub mod server;
 pub(crate) mod serving_thread;
-pub mod tls;
-pub mod upstream;
 pub(crate) mod workers;
 
-/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+// What the binary, the tests, the benches and the fuzz targets use besides the API: public so
+// that they can, and hidden from the API's documentation, which is what the crate promises.
+#[doc(hidden)]
+pub mod admin;
+#[doc(hidden)]
+pub mod auth;
+#[doc(hidden)]
+pub mod causes;
+#[doc(hidden)]
+pub mod demo;
+#[doc(hidden)]
+pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+#[doc(hidden)]
+pub mod metrics;
+#[doc(hidden)]
+pub mod model_server;
+#[doc(hidden)]
+pub mod ops;
+#[doc(hidden)]
+pub mod proxy;
+#[doc(hidden)]
+pub mod reload;
+#[doc(hidden)]
+pub mod rollout;
+#[doc(hidden)]
+pub mod routing;
+#[doc(hidden)]
+pub mod server;
+#[doc(hidden)]
+pub mod tls;
+#[doc(hidden)]
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,13 +71,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
-pub use endpoint::{Endpoint, EndpointOptions};
-
 use crate::admin::AdminState;
 use crate::config::ConfigError;
-use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::reload::Reloader;
 
 /// Default address of the scoring listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -83,10 +108,10 @@ pub struct GatewayOptions {
     /// How often instance host names are resolved again.
     pub resolve_interval: Duration,
     /// Serve on this many threads of their own, each with its own listening socket on the same
-    /// port, connections evened out between them (see [`workers`]). `None` serves on the
+    /// port, connections evened out between them (see the `workers` module). `None` serves on the
     /// caller's runtime.
     pub workers: Option<usize>,
-    /// Pin each serving thread to a CPU of its own (see [`workers`]). Off by default.
+    /// Pin each serving thread to a CPU of its own (see the `workers` module). Off by default.
     pub pin_workers: bool,
 }
 

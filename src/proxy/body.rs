@@ -27,7 +27,7 @@ use crate::server::ClientBody;
 use crate::upstream::InFlight;
 
 /// What the gateway answers with: an instance's body streamed through, or a small body of its
-/// own. It carries the request's [`Record`], finished when the body ends or is dropped.
+/// own. It carries the request's record, finished when the body ends or is dropped.
 #[derive(Debug)]
 pub struct ProxyBody {
     kind: Kind,

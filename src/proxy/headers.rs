@@ -133,7 +133,7 @@ pub fn single_host(
 }
 
 /// Refuses a request body in a transfer coding the gateway cannot pass on
-/// ([`TransferCodings`]).
+/// (`TransferCodings`).
 pub fn supported_codings(headers: &HeaderMap) -> Result<(), ProxyError> {
     let mut codings = TransferCodings::default();
     for value in headers.get_all(header::TRANSFER_ENCODING) {
@@ -201,7 +201,7 @@ pub fn strip_forbidden_trailers(trailers: &mut HeaderMap) {
     }
 }
 
-/// Whether `name` is a hop-by-hop header ([`is_hop_by_hop_name`]).
+/// Whether `name` is a hop-by-hop header (`is_hop_by_hop_name`).
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     is_hop_by_hop_name(name.as_str().as_bytes())
 }
