@@ -654,8 +654,41 @@ fn parse_trailers(block: &[u8]) -> Result<HeaderMap, Malformed> {
 
 /// Reads `wire` as an instance's answer, fed `step` bytes at a time: the head, then the body to
 /// its end. Returns how many body bytes came out. For the fuzz target: malformed input must end
-/// in an error, never a panic, a hang or more body than the framing allows.
+/// in an error, never a panic, a hang or more body than the framing allows; and the early hints
+/// passed on must be whole 103 heads, each with no header about a connection or a body.
 pub fn read_response_in_steps(wire: &[u8], step: usize, to_head_request: bool) -> usize {
+    let opened = interim::open();
+    let read = read_response_pieces(wire, step, to_head_request);
+    check_early_hints(&opened.close());
+    read
+}
+
+/// Asserts that `heads` is a run of whole `103 Early Hints` heads that say nothing of a
+/// connection or of framing.
+fn check_early_hints(mut heads: &[u8]) {
+    while !heads.is_empty() {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut slots);
+        let Ok(httparse::Status::Complete(length)) = response.parse(heads) else {
+            panic!("an early hint that is not a whole head: {heads:?}");
+        };
+        assert_eq!(response.code, Some(EARLY_HINTS));
+        for slot in response.headers.iter() {
+            let name = slot.name.as_bytes();
+            assert!(
+                !is_hop_by_hop_name(name)
+                    && !slot.name.eq_ignore_ascii_case("content-length")
+                    && HeaderName::from_bytes(name).is_ok()
+                    && HeaderValue::from_bytes(slot.value).is_ok(),
+                "an early hint passed on {:?}",
+                slot.name
+            );
+        }
+        heads = &heads[length..];
+    }
+}
+
+fn read_response_pieces(wire: &[u8], step: usize, to_head_request: bool) -> usize {
     let method = if to_head_request {
         Method::HEAD
     } else {
