@@ -556,3 +556,44 @@ async fn every_answer_framing_case_reaches_the_client_clean_or_as_a_502() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// What the instance reads of a request with two `X-Forwarded-For` lines, sent on `stream`.
+async fn forwarded_headers_through(
+    log: &Log,
+    stream: impl AsyncRead + AsyncWrite + Unpin,
+) -> Message {
+    log.lock().expect("log").clear();
+    let request = format!(
+        "GET /score HTTP/1.1\r\n{H}x-forwarded-for: 198.51.100.1\r\n\
+         x-forwarded-for: 203.0.113.7\r\nx-forwarded-proto: gopher\r\n\r\n"
+    );
+    assert_eq!(status_for(stream, request.as_bytes()).await, 200);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let seen = log.lock().expect("log").clone();
+    match seen.as_slice() {
+        [Ok(message)] => message.clone(),
+        other => panic!("expected one message, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_x_forwarded_for_line_is_kept_in_order_and_the_client_appended() {
+    let (instance, log) = logging_instance().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
+    let plain = gateway(&file.path).await;
+    let stream = TcpStream::connect(plain.addr()).await.expect("connect");
+    let message = forwarded_headers_through(&log, stream).await;
+    assert_eq!(
+        message.header("x-forwarded-for"),
+        ["198.51.100.1, 203.0.113.7, 127.0.0.1"]
+    );
+    assert_eq!(message.header("x-forwarded-proto"), ["http"]);
+
+    let tls = TlsGateway::start(&file.path).await;
+    let message = forwarded_headers_through(&log, tls.connect().await).await;
+    assert_eq!(
+        message.header("x-forwarded-for"),
+        ["198.51.100.1, 203.0.113.7, 127.0.0.1"]
+    );
+    assert_eq!(message.header("x-forwarded-proto"), ["https"]);
+}
