@@ -12,7 +12,7 @@ use crate::http1::rules::parse_decimal;
 use crate::proxy::headers::strip_hop_by_hop;
 use crate::proxy::target_path;
 pub use crate::server::read_requests;
-use crate::server::{encode_response_head, next_whole_request};
+use crate::server::{AnswerTo, encode_response_head, next_whole_request};
 
 /// The header lines of a strictly parsed head, lowercased, in order.
 fn lines(headers: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
@@ -111,8 +111,9 @@ pub fn forward_requests(wire: &[u8]) -> usize {
 /// An instance's answer in `wire`, read by the client side, and its head as the serve loop's
 /// own path writes it back to the client, read strictly: the same status, the same end-to-end
 /// lines in order, and framing that agrees with the instance's (one length, the same length,
-/// or chunked where the length was open). Returns whether an answer was read.
-pub fn pass_answer(wire: &[u8], to_head_request: bool) -> bool {
+/// or chunked where the length was open; for an HTTP/1.0 client, never chunked, and the
+/// connection's end where the length was open). Returns whether an answer was read.
+pub fn pass_answer(wire: &[u8], to_head_request: bool, http10: bool) -> bool {
     let method = if to_head_request {
         Method::HEAD
     } else {
@@ -131,14 +132,12 @@ pub fn pass_answer(wire: &[u8], to_head_request: bool) -> bool {
         BodyFraming::Chunked | BodyFraming::UntilClose | BodyFraming::Upgrade => None,
     };
     let mut out = Vec::new();
-    let (_, closes) = encode_response_head(
-        &mut out,
-        &parts,
-        Some(&head.headers),
-        exact,
-        to_head_request,
-        false,
-    );
+    let to = AnswerTo {
+        head: to_head_request,
+        http10,
+        close: false,
+    };
+    let (_, closes) = encode_response_head(&mut out, &parts, Some(&head.headers), exact, to);
     let mut slots = [httparse::EMPTY_HEADER; 256];
     let mut parsed = httparse::Response::new(&mut slots);
     match parsed.parse(&out) {
@@ -156,6 +155,12 @@ pub fn pass_answer(wire: &[u8], to_head_request: bool) -> bool {
     let bodiless = head.status.is_informational()
         || head.status == StatusCode::NO_CONTENT
         || head.status == StatusCode::NOT_MODIFIED;
+    if http10 {
+        assert_eq!(chunked, 0, "chunks for an HTTP/1.0 client: {written:?}");
+        if lengths == 0 && exact.is_none() && !bodiless && !to_head_request {
+            assert!(closes, "an open length for HTTP/1.0 without the close");
+        }
+    }
     if let (BodyFraming::Length(length), false) = (head.body, bodiless) {
         let value = written
             .iter()
@@ -177,6 +182,9 @@ pub fn pass_answer(wire: &[u8], to_head_request: bool) -> bool {
         .filter(|(name, _)| name != "content-length" && name != "transfer-encoding")
         .filter(|(name, _)| dated || name != "date")
         .filter(|(name, value)| !(closes && name == "connection" && value == b"close"))
+        .filter(|(name, value)| {
+            !(http10 && !closes && name == "connection" && value == b"keep-alive")
+        })
         .collect();
     let expected = from_instance;
     assert_eq!(passed, expected, "the instance's lines changed");
@@ -212,11 +220,13 @@ mod tests {
                 false,
             ),
         ] {
-            assert!(
-                pass_answer(wire, to_head),
-                "{:?}",
-                String::from_utf8_lossy(wire)
-            );
+            for http10 in [false, true] {
+                assert!(
+                    pass_answer(wire, to_head, http10),
+                    "{:?}",
+                    String::from_utf8_lossy(wire)
+                );
+            }
         }
     }
 }

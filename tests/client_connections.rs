@@ -1,6 +1,7 @@
 //! Client connections as the serve loop sees them, spoken to byte by byte: pipelined requests,
-//! `Connection: close`, requests its own HTTP/1.1 path hands to hyper (HTTP/1.0, chunked or
-//! large bodies), clients that are silent or too slow, and clients that leave mid-request.
+//! `Connection: close`, HTTP/1.0 keep-alive, chunked and large bodies on one connection, what
+//! its own HTTP/1.1 path hands to hyper (malformed heads, HTTP/2), clients that are silent or too
+//! slow, and clients that leave mid-request.
 
 mod common;
 
@@ -180,21 +181,87 @@ async fn connection_close_gets_its_answer_then_the_close() {
 }
 
 #[tokio::test]
-async fn requests_for_hyper_are_served_on_the_same_connection() {
-    let addr = serve(describe, Duration::from_secs(30)).await;
+async fn http10_clients_keep_the_connection_only_when_they_ask_and_get_no_chunks() {
+    use http_body_util::channel::Channel;
+    use http_body_util::combinators::BoxBody;
+    type Answer = Response<BoxBody<Bytes, std::convert::Infallible>>;
+    let handler = |request: Request<ClientBody>, connection| async move {
+        if request.uri().path() == "/stream" {
+            // Of unknown length: chunked for HTTP/1.1, until the close for HTTP/1.0.
+            let (mut sender, body) = Channel::<Bytes, std::convert::Infallible>::new(1);
+            tokio::spawn(async move {
+                for piece in ["ab", "cde"] {
+                    let _ = sender.send_data(Bytes::from(piece)).await;
+                }
+            });
+            return Answer::new(BoxBody::new(body));
+        }
+        Answer::new(BoxBody::new(
+            describe(request, connection).await.into_body(),
+        ))
+    };
+    let addr = serve(handler, Duration::from_secs(30)).await;
 
-    // HTTP/1.0, answered as such.
+    // Without `Connection: keep-alive`: answered (as HTTP/1.1, RFC 9110 section 2.5), then closed.
     let mut old = TcpStream::connect(addr).await.expect("connect");
     old.write_all(b"GET / HTTP/1.0\r\n\r\n")
         .await
         .expect("write");
     let mut pending = Vec::new();
     let answer = read_answer(&mut old, &mut pending).await;
-    assert!(answer.head.starts_with("http/1.0 200"), "{}", answer.head);
+    assert!(answer.head.starts_with("http/1.1 200"), "{}", answer.head);
+    assert!(
+        answer.head.contains("\r\nconnection: close"),
+        "{}",
+        answer.head
+    );
     assert_eq!(answer.body, "GET 0 HTTP/1.0");
+    closed_after(&mut old).await;
 
-    // A chunked body, then a body past the size read whole, then a plain request: hyper keeps
-    // the connection once it has it.
+    // With it: kept, and said to be kept; a 100-continue is ignored, not answered.
+    let mut kept = TcpStream::connect(addr).await.expect("connect");
+    kept.write_all(
+        b"POST / HTTP/1.0\r\nconnection: keep-alive\r\nexpect: 100-continue\r\n\
+          content-length: 2\r\n\r\nhi\
+          GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut pending = Vec::new();
+    for expected in ["POST 2 HTTP/1.0", "GET 0 HTTP/1.0"] {
+        let answer = read_answer(&mut kept, &mut pending).await;
+        assert!(answer.head.starts_with("http/1.1 200"), "{}", answer.head);
+        assert!(
+            answer.head.contains("\r\nconnection: keep-alive"),
+            "{}",
+            answer.head
+        );
+        assert_eq!(answer.body, expected);
+    }
+    assert!(!String::from_utf8_lossy(&pending).contains("100 continue"));
+
+    // A body of unknown length: no chunks, its end is the connection's.
+    kept.write_all(b"GET /stream HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, kept.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&rest).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(!text.contains("transfer-encoding"), "{text}");
+    assert!(text.ends_with("\r\n\r\nabcde"), "{text}");
+}
+
+#[tokio::test]
+async fn streamed_bodies_share_a_connection_and_garbage_gets_a_400() {
+    let addr = serve(describe, Duration::from_secs(30)).await;
+
+    // A chunked body, then a body past the size read whole, then a plain request, all on one
+    // connection.
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let large = vec![b'x'; 100 * 1024];
     let mut wire = b"POST /score HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n\

@@ -6,10 +6,14 @@
 //! of what a request costs when it is only passed along; and it reads request framing by the
 //! same rules as the client side does answers.
 //!
+//! HTTP/1.0 is served here too: its connection is kept only when the client asks
+//! (`Connection: keep-alive`, which the answer repeats), an answer of unknown length is framed by
+//! the connection's end rather than chunked, and no interim answer goes to it.
+//!
 //! Anything else goes to hyper on the same connection, with the bytes already read, and stays
-//! there: HTTP/2, HTTP/1.0, upgrades, expectations other than `100-continue`, and heads the
-//! rules refuse (hyper answers malformed ones with the right 4xx; the proxy refuses framing the
-//! rules forbid).
+//! there: HTTP/2, upgrades, expectations other than `100-continue`, an HTTP/1.0 request with a
+//! transfer coding, and heads the rules refuse (hyper answers malformed ones with the right 4xx;
+//! the proxy refuses framing the rules forbid).
 
 use std::future::{Future, poll_fn};
 use std::io::{self, Write as _};
@@ -89,8 +93,12 @@ pub(crate) struct Head {
     target: Range<usize>,
     /// How the body follows the head.
     body: BodyOf,
-    /// The client asked to close the connection after this request.
+    /// The connection closes after this request: the client asked, or it speaks HTTP/1.0 and did
+    /// not ask to keep it.
     close: bool,
+    /// The request is HTTP/1.0: its answer is framed without chunks, and no interim answer goes
+    /// to it.
+    http10: bool,
     /// The client waits for `100 Continue` before it sends the body.
     expect_continue: bool,
 }
@@ -138,10 +146,12 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
     };
-    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    let (Some(method), Some(target), Some(minor @ (0 | 1))) =
+        (request.method, request.path, request.version)
     else {
         return Parsed::Other;
     };
+    let http10 = minor == 0;
     // Origin-form targets only: proxies' absolute form, `*` and CONNECT are hyper's to judge.
     if !target.starts_with('/') || method == "CONNECT" {
         return Parsed::Other;
@@ -154,14 +164,15 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
     let mut length = ContentLength::default();
     let mut codings = TransferCodings::default();
     let mut close = false;
+    let mut keep_alive = false;
     let mut expect_continue = false;
     for line in request.headers.iter() {
         let name = line.name.as_bytes();
         match name.len() {
             14 if name.eq_ignore_ascii_case(b"content-length") => length.add(line.value),
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => codings.add(line.value),
-            // `100-continue` is answered here, so it is not passed on; any other expectation
-            // gets hyper's 417.
+            // `100-continue` is answered here, so it is not passed on; an HTTP/1.0 client's is
+            // ignored (RFC 9110, section 10.1.1). Any other expectation gets hyper's 417.
             6 if name.eq_ignore_ascii_case(b"expect") => {
                 if !line
                     .value
@@ -170,7 +181,7 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
                 {
                     return Parsed::Other;
                 }
-                expect_continue = true;
+                expect_continue = !http10;
                 continue;
             }
             7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Other,
@@ -178,8 +189,9 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
                 for token in connection_tokens(line.value) {
                     match token {
                         ConnectionToken::Close => close = true,
+                        ConnectionToken::KeepAlive => keep_alive = true,
                         ConnectionToken::Upgrade => return Parsed::Other,
-                        ConnectionToken::KeepAlive | ConnectionToken::Names(_) => {}
+                        ConnectionToken::Names(_) => {}
                     }
                 }
             }
@@ -191,7 +203,12 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         });
     }
     // What the framing rules refuse (both framings, a bad or conflicting length, a coding
-    // other than one `chunked`) gets its 400 or 501 on hyper's path, where the proxy sees it.
+    // other than one `chunked`) gets its 400 or 501 on hyper's path, where the proxy sees it;
+    // so does an HTTP/1.0 request with a transfer coding, whose framing RFC 9112 (section 6.1)
+    // calls faulty.
+    if http10 && codings.was_sent() {
+        return Parsed::Other;
+    }
     let body = match (length.get(), codings.verdict(), codings.was_sent()) {
         (None, Codings::None, _) => BodyOf::Whole(0),
         (None, Codings::Chunked, _) => BodyOf::Streamed(BodyFraming::Chunked),
@@ -206,7 +223,9 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         method: offset(method.as_bytes()),
         target: offset(target.as_bytes()),
         body,
-        close,
+        // HTTP/1.0 keeps a connection only when asked to (RFC 9112, section 9.3).
+        close: close || (http10 && !keep_alive),
+        http10,
         expect_continue,
     })
 }
@@ -226,7 +245,11 @@ fn build_request(bytes: &Bytes, head: &Head, spans: &[Span]) -> Option<Request<(
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
+    *request.version_mut() = if head.http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
     *request.headers_mut() = headers;
     Some(request)
 }
@@ -470,6 +493,7 @@ impl<W: Wire> Client<W> {
         // room for its arguments twice, and for the handler's future beside the answer's.
         async move {
             let to_head = request.method() == Method::HEAD;
+            let http10 = request.version() == Version::HTTP_10;
             let Client {
                 stream,
                 read,
@@ -488,7 +512,11 @@ impl<W: Wire> Client<W> {
                     loop {
                         let opened = interim::open();
                         let polled = answer.as_mut().poll(cx);
-                        hints.take(opened.close());
+                        let heads = opened.close();
+                        // HTTP/1.0 has no interim answers (RFC 9110, section 15.2).
+                        if !http10 {
+                            hints.take(heads);
+                        }
                         if let Poll::Ready(reply) = polled {
                             return Poll::Ready(Ok(Some(reply.into_reply())));
                         }
@@ -521,8 +549,12 @@ impl<W: Wire> Client<W> {
             let close = close || *draining.borrow() || broken;
             let mut out = Vec::with_capacity(HEAD_ROOM);
             let Some(feed) = feed.as_mut().filter(|feed| !feed.is_over()) else {
-                let written =
-                    write_response(stream, &mut out, reply, to_head, close, Some(read)).await?;
+                let answer = AnswerTo {
+                    head: to_head,
+                    http10,
+                    close,
+                };
+                let written = write_response(stream, &mut out, reply, answer, Some(read)).await?;
                 return Ok(Some(written));
             };
 
@@ -536,9 +568,12 @@ impl<W: Wire> Client<W> {
             let close = close || linger;
             // Boxed: this path is rare, and the state of every request holds room for what is
             // not.
-            let mut writing = Box::pin(write_response(
-                stream, &mut out, reply, to_head, close, None,
-            ));
+            let answer = AnswerTo {
+                head: to_head,
+                http10,
+                close,
+            };
+            let mut writing = Box::pin(write_response(stream, &mut out, reply, answer, None));
             let written = poll_fn(|cx| {
                 if !feed.is_over() {
                     let _ = feed.poll(cx, stream, read);
@@ -752,6 +787,20 @@ pub(crate) enum Framing {
     None,
     Length(u64),
     Chunked,
+    /// By the end of the connection: a body of unknown length for an HTTP/1.0 client.
+    UntilClose,
+}
+
+/// What an answer's head says besides the answer itself: whom it answers, and whether the
+/// connection ends after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AnswerTo {
+    /// A HEAD request: no body follows the head.
+    pub(crate) head: bool,
+    /// An HTTP/1.0 client, which reads no chunks and keeps the connection only if told.
+    pub(crate) http10: bool,
+    /// The connection ends after this answer.
+    pub(crate) close: bool,
 }
 
 /// Writes the head of an answer into `out`: the status line, the handler's headers, an
@@ -762,11 +811,15 @@ pub(crate) fn encode_response_head(
     parts: &http::response::Parts,
     lines: Option<&crate::http1::HeaderBlock>,
     exact: Option<u64>,
-    to_head: bool,
-    close: bool,
+    to: AnswerTo,
 ) -> (Framing, bool) {
+    let AnswerTo {
+        head: to_head,
+        http10,
+        close,
+    } = to;
     let status = parts.status;
-    let close = close || status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut close = close || status == StatusCode::SWITCHING_PROTOCOLS;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -825,6 +878,10 @@ pub(crate) fn encode_response_head(
             Framing::Length(length)
         }
         None if to_head => Framing::None,
+        None if http10 => {
+            close = true;
+            Framing::UntilClose
+        }
         None => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             Framing::Chunked
@@ -837,6 +894,10 @@ pub(crate) fn encode_response_head(
     }
     if close && !closing {
         out.extend_from_slice(b"connection: close\r\n");
+    }
+    // An HTTP/1.0 client closes after the answer unless told otherwise (RFC 9112, section 9.3).
+    if http10 && !close && !closing {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     let close = close || closing;
     out.extend_from_slice(b"\r\n");
@@ -851,8 +912,7 @@ async fn write_response<B>(
     stream: &impl Wire,
     out: &mut Vec<u8>,
     reply: Reply<B>,
-    to_head: bool,
-    close: bool,
+    to: AnswerTo,
     mut watch: Option<&mut BytesMut>,
 ) -> Result<bool, BoxError>
 where
@@ -862,15 +922,9 @@ where
     let (response, lines) = reply.into_parts();
     let (parts, body) = response.into_parts();
     let mut body = pin!(body);
-    let (framing, close) = encode_response_head(
-        out,
-        &parts,
-        lines.as_ref(),
-        body.size_hint().exact(),
-        to_head,
-        close,
-    );
-    if to_head || framing == Framing::None {
+    let (framing, close) =
+        encode_response_head(out, &parts, lines.as_ref(), body.size_hint().exact(), to);
+    if to.head || framing == Framing::None {
         wire::write_all(stream, out).await?;
         return Ok(!close);
     }
@@ -1117,7 +1171,9 @@ mod tests {
     #[test]
     fn everything_else_is_left_to_hyper() {
         for text in [
-            "GET / HTTP/1.0\r\n\r\n",
+            "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.0\r\ncontent-length: 1\r\ntransfer-encoding: identity\r\n\r\n",
+            "GET / HTTP/1.0\r\nexpect: 200-ok\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
             "POST / HTTP/1.1\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
@@ -1142,6 +1198,25 @@ mod tests {
             "x: 1\r\n".repeat(MAX_HEADERS + 1)
         );
         assert_eq!(parse(&many), Parsed::Other, "too many header lines");
+    }
+
+    #[test]
+    fn http10_keeps_the_connection_only_when_asked_and_expects_nothing() {
+        let head = |text: &str| match parse(text) {
+            Parsed::Request(head) => head,
+            other => panic!("{text:?}: {other:?}"),
+        };
+        let plain = head("GET / HTTP/1.0\r\n\r\n");
+        assert!(plain.http10 && plain.close);
+        let kept = head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(kept.http10 && !kept.close);
+        let both = head("GET / HTTP/1.0\r\nconnection: keep-alive, close\r\n\r\n");
+        assert!(both.close);
+        // RFC 9110, section 10.1.1: a 100-continue from HTTP/1.0 is ignored, not answered.
+        let expecting =
+            head("POST / HTTP/1.0\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n");
+        assert!(!expecting.expect_continue);
+        assert!(!head("GET / HTTP/1.1\r\n\r\n").http10);
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod wire;
 pub use body::ClientBody;
 #[doc(hidden)]
 pub use h1::read_requests;
-pub(crate) use h1::{encode_response_head, next_whole_request};
+pub(crate) use h1::{AnswerTo, encode_response_head, next_whole_request};
 pub use handler::{Handler, IntoReply, Reply};
 
 use std::convert::Infallible;
