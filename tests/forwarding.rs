@@ -223,8 +223,8 @@ async fn an_instances_headers_reach_every_kind_of_client_alike() {
             .http2_only(true)
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let url = format!("http://{}/score", gateway.addr());
-    // The plain keep-alive HTTP/1.1 client is served by the gateway's own path; HTTP/1.0 and
-    // HTTP/2 clients by hyper. All must see the same headers.
+    // HTTP/1.1 and HTTP/1.0 clients are served by the gateway's own path, HTTP/2 clients by
+    // hyper. All must see the same headers.
     for (who, client, method, version) in [
         ("HTTP/1.1", &http1, Method::GET, Version::HTTP_11),
         ("HTTP/1.1 HEAD", &http1, Method::HEAD, Version::HTTP_11),
