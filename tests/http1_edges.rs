@@ -652,3 +652,27 @@ async fn an_instance_that_hints_without_end_gets_no_more_than_a_head_s_worth_thr
         "{hints} hints, then no answer"
     );
 }
+
+/// What the own path leaves to hyper is handed over inside the TLS session, with the bytes
+/// already read: a target in absolute form is answered by hyper's path, and so is the request
+/// behind it on the same session.
+#[tokio::test]
+async fn over_tls_a_request_left_to_hyper_is_answered_on_the_same_session() {
+    let (echo, _task) = echo_server().await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
+    let gateway = TlsGateway::start(&file.path).await;
+    let mut stream = gateway.connect().await;
+    stream
+        .write_all(
+            b"GET https://gateway/first HTTP/1.1\r\nhost: gateway\r\n\r\n\
+              POST /after HTTP/1.1\r\nhost: gateway\r\nexpect: 200-ok\r\ncontent-length: 2\r\n\r\nhi",
+        )
+        .await
+        .expect("send");
+    let (text, _) = read_until_quiet(&mut stream).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    let first = text.find("x-echo-uri: /first").expect("the first request");
+    let after = text.find("x-echo-uri: /after").expect("the second request");
+    assert!(first < after, "{text}");
+    assert!(text.contains("x-echo-x-forwarded-proto: https"), "{text}");
+}

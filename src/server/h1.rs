@@ -11,8 +11,8 @@
 //! the connection's end rather than chunked, and no interim answer goes to it.
 //!
 //! Anything else goes to hyper on the same connection, with the bytes already read, and stays
-//! there: HTTP/2, upgrades, expectations other than `100-continue`, an HTTP/1.0 request with a
-//! transfer coding, and heads the rules refuse (hyper answers malformed ones with the right 4xx;
+//! there: HTTP/2, upgrades, an HTTP/1.0 request with a transfer coding, and heads the rules
+//! refuse (hyper answers malformed ones with the right 4xx;
 //! the proxy refuses framing the rules forbid).
 
 use std::future::{Future, poll_fn};
@@ -172,15 +172,14 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
             14 if name.eq_ignore_ascii_case(b"content-length") => length.add(line.value),
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => codings.add(line.value),
             // `100-continue` is answered here, so it is not passed on; an HTTP/1.0 client's is
-            // ignored (RFC 9110, section 10.1.1). Any other expectation gets hyper's 417.
-            6 if name.eq_ignore_ascii_case(b"expect") => {
-                if !line
+            // ignored (RFC 9110, section 10.1.1). Any other expectation is ignored too, as hyper
+            // ignores it: the request goes on without it (`codec::is_framing_header`).
+            6 if name.eq_ignore_ascii_case(b"expect")
+                && line
                     .value
                     .trim_ascii()
-                    .eq_ignore_ascii_case(b"100-continue")
-                {
-                    return Parsed::Other;
-                }
+                    .eq_ignore_ascii_case(b"100-continue") =>
+            {
                 expect_continue = !http10;
                 continue;
             }
@@ -1173,13 +1172,11 @@ mod tests {
         for text in [
             "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
             "POST / HTTP/1.0\r\ncontent-length: 1\r\ntransfer-encoding: identity\r\n\r\n",
-            "GET / HTTP/1.0\r\nexpect: 200-ok\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
             "POST / HTTP/1.1\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
             "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
             "POST / HTTP/1.1\r\ntransfer-encoding: \r\ncontent-length: 3\r\n\r\n",
-            "POST / HTTP/1.1\r\nexpect: 200-ok\r\ncontent-length: 1\r\n\r\n",
             "GET /ws HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
             "GET /ws HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
             "GET http://g/ HTTP/1.1\r\n\r\n",
