@@ -12,8 +12,8 @@
 //!
 //! Anything else goes to hyper on the same connection, with the bytes already read, and stays
 //! there: HTTP/2, upgrades, an HTTP/1.0 request with a transfer coding, and heads the rules
-//! refuse (hyper answers malformed ones with the right 4xx;
-//! the proxy refuses framing the rules forbid).
+//! refuse (hyper answers malformed ones with the right 4xx; the proxy refuses framing the rules
+//! forbid).
 
 use std::future::{Future, poll_fn};
 use std::io::{self, Write as _};
@@ -42,8 +42,8 @@ use crate::http1::rules::{
     connection_tokens, parse_decimal,
 };
 
-/// Request bodies up to this size are read whole with their head; larger ones stream through
-/// hyper.
+/// Request bodies up to this size are read whole with their head; larger ones are streamed to
+/// the handler as they arrive.
 pub(crate) const MAX_WHOLE_BODY: usize = 64 * 1024;
 /// Room a streamed request body's reads get. Large: each read is one frame handed to the
 /// handler, and fewer, larger frames cost far less per byte. A connection holds at most this
