@@ -174,16 +174,20 @@ pub(crate) async fn serve_connections(
                 let acceptor = acceptor.clone();
                 let draining = draining.clone();
                 tokio::spawn(async move {
-                    let Some(stream) = tls_handshake(stream, acceptor, peer).await else {
+                    // The handshake's state and hyper's are boxed: the task would otherwise
+                    // hold room for the larger of them for as long as the connection lives,
+                    // several times what serving HTTP/1.1 on it needs.
+                    let handshake = Box::pin(tls_handshake(stream, acceptor, peer));
+                    let Some(stream) = handshake.await else {
                         return;
                     };
                     // HTTP/2 by ALPN goes to hyper at once; HTTP/1.1 (by ALPN, or a client
                     // that named no protocol) is served as on a plain connection.
                     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                         let _slot = slot;
-                        let served = serve_with_hyper(
+                        let served = Box::pin(serve_with_hyper(
                             stream, &builder, handler, connection, draining, timeout,
-                        );
+                        ));
                         return log_end(served.await, peer);
                     }
                     let client = h1::Client::new(TlsWire::new(stream), timeout, draining);
