@@ -168,30 +168,31 @@ pub(crate) async fn serve_connections(
                 let client = h1::Client::new(stream, timeout, draining.clone());
                 tokio::spawn(serve_http1(client, handler, connection, builder, slot));
             }
-            // The TLS handshake runs in the connection's task, so a slow client cannot hold up
-            // the accept loop.
+            // The TLS handshake runs in a task of its own, so a slow client cannot hold up the
+            // accept loop; the connection is then served by a task sized for what it speaks,
+            // rather than one that keeps room for the handshake's state, or hyper's, for as
+            // long as the connection lives.
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let draining = draining.clone();
                 tokio::spawn(async move {
-                    // The handshake's state and hyper's are boxed: the task would otherwise
-                    // hold room for the larger of them for as long as the connection lives,
-                    // several times what serving HTTP/1.1 on it needs.
-                    let handshake = Box::pin(tls_handshake(stream, acceptor, peer));
-                    let Some(stream) = handshake.await else {
+                    let Some(stream) = tls_handshake(stream, acceptor, peer).await else {
                         return;
                     };
                     // HTTP/2 by ALPN goes to hyper at once; HTTP/1.1 (by ALPN, or a client
                     // that named no protocol) is served as on a plain connection.
                     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        let _slot = slot;
-                        let served = Box::pin(serve_with_hyper(
-                            stream, &builder, handler, connection, draining, timeout,
-                        ));
-                        return log_end(served.await, peer);
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            let served = serve_with_hyper(
+                                stream, &builder, handler, connection, draining, timeout,
+                            );
+                            log_end(served.await, peer);
+                        });
+                        return;
                     }
                     let client = h1::Client::new(TlsWire::new(stream), timeout, draining);
-                    serve_http1(client, handler, connection, builder, slot).await;
+                    tokio::spawn(serve_http1(client, handler, connection, builder, slot));
                 });
             }
         }
