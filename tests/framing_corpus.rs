@@ -456,8 +456,7 @@ fn request_cases() -> Vec<(&'static str, String, Outcome)> {
 #[tokio::test]
 async fn every_request_framing_case_is_refused_or_forwarded_unambiguously() {
     let (instance, log) = logging_instance().await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
-    let gateway = gateway(&file.path).await;
+    let (_file, gateway) = gateway_for(&instance).await;
     let connect = || async { TcpStream::connect(gateway.addr()).await.expect("connect") };
     let failures = run_request_cases(&log, connect).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -467,8 +466,7 @@ async fn every_request_framing_case_is_refused_or_forwarded_unambiguously() {
 #[tokio::test]
 async fn every_request_framing_case_has_the_same_outcome_over_tls() {
     let (instance, log) = logging_instance().await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
-    let gateway = TlsGateway::start(&file.path).await;
+    let (_file, gateway) = TlsGateway::for_instance(&instance).await;
     let failures = run_request_cases(&log, || gateway.connect()).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

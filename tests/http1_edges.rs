@@ -118,8 +118,7 @@ async fn echo_gateway() -> EchoGateway {
 #[tokio::test]
 async fn an_early_answer_from_an_instance_that_reads_on_keeps_the_connection() {
     let instance = early_instance(false).await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
-    let gateway = gateway(&file.path).await;
+    let (_file, gateway) = gateway_for(&instance).await;
     let stream = TcpStream::connect(gateway.addr()).await.expect("connect");
     early_answers_keep(stream).await;
 }
@@ -128,8 +127,7 @@ async fn an_early_answer_from_an_instance_that_reads_on_keeps_the_connection() {
 #[tokio::test]
 async fn over_tls_an_early_answer_keeps_the_connection_as_on_plain_ones() {
     let instance = early_instance(false).await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
-    let gateway = TlsGateway::start(&file.path).await;
+    let (_file, gateway) = TlsGateway::for_instance(&instance).await;
     early_answers_keep(gateway.connect().await).await;
 }
 
@@ -149,8 +147,7 @@ async fn early_answers_keep(mut stream: impl AsyncRead + AsyncWrite + Unpin) {
 #[tokio::test]
 async fn an_early_answer_from_an_instance_that_closes_reaches_the_client_whole() {
     let instance = early_instance(true).await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
-    let gateway = gateway(&file.path).await;
+    let (_file, gateway) = gateway_for(&instance).await;
     for round in 0..20 {
         let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
         let answer = tokio::time::timeout(PATIENCE, post_large(&mut stream))
@@ -178,8 +175,7 @@ async fn an_instance_that_fails_before_its_first_body_byte_gives_a_cut_answer_no
         })
     })
     .await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
-    let gateway = gateway(&file.path).await;
+    let (_file, gateway) = gateway_for(&instance).await;
     let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
     stream
         .write_all(b"GET /score HTTP/1.1\r\nhost: gateway\r\n\r\n")
@@ -217,8 +213,7 @@ async fn a_chunked_request_whose_trailer_ends_in_a_bare_lf_does_not_swallow_the_
 #[tokio::test]
 async fn over_tls_a_bare_lf_trailer_is_refused_as_on_plain_connections() {
     let (echo, _task) = echo_server().await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
-    let gateway = TlsGateway::start(&file.path).await;
+    let (_file, gateway) = TlsGateway::for_instance(&echo).await;
     a_bare_lf_trailer_is_refused_on(gateway.connect().await).await;
 }
 
@@ -273,8 +268,7 @@ async fn pipelined_chunked_requests_are_each_answered_on_a_connection_that_stays
 #[tokio::test]
 async fn over_tls_pipelined_chunked_requests_are_answered_as_on_plain_connections() {
     let (echo, _task) = echo_server().await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
-    let gateway = TlsGateway::start(&file.path).await;
+    let (_file, gateway) = TlsGateway::for_instance(&echo).await;
     pipelined_chunked_requests_are_answered_on(gateway.connect().await).await;
 }
 
@@ -511,8 +505,7 @@ async fn a_client_that_leaves_mid_stream_frees_the_instance(
 async fn a_client_that_leaves_a_quiet_stream_frees_the_instance() {
     let (tell, left) = tokio::sync::mpsc::channel(1);
     let instance = quiet_stream_instance(tell).await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
-    let gateway = gateway(&file.path).await;
+    let (_file, gateway) = gateway_for(&instance).await;
     let stream = TcpStream::connect(gateway.addr()).await.expect("connect");
     a_client_that_leaves_mid_stream_frees_the_instance(stream, left).await;
 }
@@ -521,8 +514,7 @@ async fn a_client_that_leaves_a_quiet_stream_frees_the_instance() {
 async fn over_tls_a_client_that_leaves_a_quiet_stream_frees_the_instance() {
     let (tell, left) = tokio::sync::mpsc::channel(1);
     let instance = quiet_stream_instance(tell).await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
-    let gateway = TlsGateway::start(&file.path).await;
+    let (_file, gateway) = TlsGateway::for_instance(&instance).await;
     a_client_that_leaves_mid_stream_frees_the_instance(gateway.connect().await, left).await;
 }
 
@@ -592,8 +584,7 @@ async fn early_hints_arrive_first_on(mut stream: impl AsyncRead + AsyncWrite + U
 #[tokio::test]
 async fn early_hints_reach_the_client_before_the_answer() {
     let instance = hinting_instance().await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
-    let gateway = gateway(&file.path).await;
+    let (_file, gateway) = gateway_for(&instance).await;
     let stream = TcpStream::connect(gateway.addr()).await.expect("connect");
     early_hints_arrive_first_on(stream).await;
 }
@@ -601,8 +592,7 @@ async fn early_hints_reach_the_client_before_the_answer() {
 #[tokio::test]
 async fn over_tls_early_hints_reach_the_client_before_the_answer() {
     let instance = hinting_instance().await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
-    let gateway = TlsGateway::start(&file.path).await;
+    let (_file, gateway) = TlsGateway::for_instance(&instance).await;
     early_hints_arrive_first_on(gateway.connect().await).await;
 }
 
@@ -626,8 +616,7 @@ async fn an_instance_that_hints_without_end_gets_no_more_than_a_head_s_worth_thr
         })
     })
     .await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&instance])]));
-    let gateway = gateway(&file.path).await;
+    let (_file, gateway) = gateway_for(&instance).await;
     let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
     stream
         .write_all(b"GET /page HTTP/1.1\r\nhost: gateway\r\n\r\n")
@@ -659,8 +648,7 @@ async fn an_instance_that_hints_without_end_gets_no_more_than_a_head_s_worth_thr
 #[tokio::test]
 async fn over_tls_a_request_left_to_hyper_is_answered_on_the_same_session() {
     let (echo, _task) = echo_server().await;
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&echo])]));
-    let gateway = TlsGateway::start(&file.path).await;
+    let (_file, gateway) = TlsGateway::for_instance(&echo).await;
     let mut stream = gateway.connect().await;
     stream
         .write_all(

@@ -137,14 +137,6 @@ async fn h2c_with_prior_knowledge_is_served() {
         "an HTTP/2 client reaches an HTTP/1.1 instance"
     );
 }
-
-/// A gateway whose one deployment, `blue`, is the instance at `url`.
-async fn gateway_for(url: &str) -> (EndpointFile, Gateway) {
-    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[url])]));
-    let gateway = gateway(&file.path).await;
-    (file, gateway)
-}
-
 #[tokio::test]
 async fn server_sent_events_arrive_one_by_one() {
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);

@@ -110,6 +110,14 @@ pub async fn gateway(path: &Path) -> Gateway {
         .expect("start the gateway")
 }
 
+/// A gateway in front of the one instance at `url`, and its endpoint file, which must live as
+/// long as it.
+pub async fn gateway_for(url: &str) -> (EndpointFile, Gateway) {
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[url])]));
+    let gateway = gateway(&file.path).await;
+    (file, gateway)
+}
+
 /// A gateway for the file at `path` serving on `threads` threads of its own, as the binary does.
 pub async fn gateway_on_threads(path: &Path, threads: usize) -> Gateway {
     let mut options = GatewayOptions::new(path, loopback());

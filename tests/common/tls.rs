@@ -58,6 +58,14 @@ pub struct TlsGateway {
 }
 
 impl TlsGateway {
+    /// A TLS gateway in front of the one instance at `url`, and its endpoint file, which must
+    /// live as long as it.
+    pub async fn for_instance(url: &str) -> (super::EndpointFile, Self) {
+        let file = super::EndpointFile::new(&super::endpoint_yaml(&[("blue", 100, &[url])]));
+        let gateway = TlsGateway::start(&file.path).await;
+        (file, gateway)
+    }
+
     pub async fn start(path: &Path) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let (files, cert) = write_certificate(dir.path(), "gateway");
