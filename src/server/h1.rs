@@ -509,12 +509,12 @@ impl<W: Wire> Client<W> {
                 let mut answer = pin!(handler.call(request, connection.clone()));
                 let answered = poll_fn(|cx| {
                     loop {
-                        let opened = interim::open();
+                        // HTTP/1.0 has no interim answers (RFC 9110, section 15.2): no slot is
+                        // opened for one.
+                        let opened = (!http10).then(interim::open);
                         let polled = answer.as_mut().poll(cx);
-                        let heads = opened.close();
-                        // HTTP/1.0 has no interim answers (RFC 9110, section 15.2).
-                        if !http10 {
-                            hints.take(heads);
+                        if let Some(opened) = opened {
+                            hints.take(opened.close());
                         }
                         if let Poll::Ready(reply) = polled {
                             return Poll::Ready(Ok(Some(reply.into_reply())));
@@ -547,12 +547,12 @@ impl<W: Wire> Client<W> {
             let broken = feed.as_ref().is_some_and(|feed| feed.broken);
             let close = close || *draining.borrow() || broken;
             let mut out = Vec::with_capacity(HEAD_ROOM);
+            let answer = AnswerTo {
+                head: to_head,
+                http10,
+                close,
+            };
             let Some(feed) = feed.as_mut().filter(|feed| !feed.is_over()) else {
-                let answer = AnswerTo {
-                    head: to_head,
-                    http10,
-                    close,
-                };
                 let written = write_response(stream, &mut out, reply, answer, Some(read)).await?;
                 return Ok(Some(written));
             };
@@ -564,14 +564,12 @@ impl<W: Wire> Client<W> {
             let linger = feed
                 .still_to_come(read.len())
                 .is_none_or(|bytes| bytes > MAX_DRAINED_BODY);
-            let close = close || linger;
+            let answer = AnswerTo {
+                close: close || linger,
+                ..answer
+            };
             // Boxed: this path is rare, and the state of every request holds room for what is
             // not.
-            let answer = AnswerTo {
-                head: to_head,
-                http10,
-                close,
-            };
             let mut writing = Box::pin(write_response(stream, &mut out, reply, answer, None));
             let written = poll_fn(|cx| {
                 if !feed.is_over() {
