@@ -159,9 +159,6 @@ pub(crate) fn parse_response_head(
     }
 }
 
-/// The status of an Early Hints answer (RFC 8297).
-const EARLY_HINTS: u16 = 103;
-
 /// Writes the 103 whose head is `head` for the client: its status line and its end-to-end
 /// headers, by the rules of a final answer's, then the empty line.
 fn write_early_hints(out: &mut Vec<u8>, head: &[u8], own: &[HeaderName]) {
@@ -171,7 +168,7 @@ fn write_early_hints(out: &mut Vec<u8>, head: &[u8], own: &[HeaderName]) {
     let Ok(httparse::Status::Complete(_)) = response.parse(head) else {
         return;
     };
-    let status = StatusCode::from_u16(EARLY_HINTS).unwrap_or(StatusCode::CONTINUE);
+    let status = StatusCode::EARLY_HINTS;
     let mut hop = HopHeaders::default();
     for slot in response.headers.iter() {
         if slot.name.eq_ignore_ascii_case("connection") {
@@ -229,7 +226,7 @@ fn read_head(buf: &[u8], method: &Method, own: &[HeaderName]) -> Result<Read, Ma
     let status = StatusCode::from_u16(code).map_err(|_| Malformed("status code out of range"))?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         // 100 Continue, 103 Early Hints: the final response follows.
-        return Ok(Read::Interim(length, code == EARLY_HINTS));
+        return Ok(Read::Interim(length, status == StatusCode::EARLY_HINTS));
     }
     let version = if response.version == Some(0) {
         Version::HTTP_10
@@ -672,7 +669,7 @@ fn check_early_hints(mut heads: &[u8]) {
         let Ok(httparse::Status::Complete(length)) = response.parse(heads) else {
             panic!("an early hint that is not a whole head: {heads:?}");
         };
-        assert_eq!(response.code, Some(EARLY_HINTS));
+        assert_eq!(response.code, Some(StatusCode::EARLY_HINTS.as_u16()));
         for slot in response.headers.iter() {
             let name = slot.name.as_bytes();
             assert!(
