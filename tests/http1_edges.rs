@@ -242,6 +242,25 @@ async fn a_bare_lf_trailer_is_refused_on(mut stream: impl AsyncRead + AsyncWrite
     assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
 }
 
+/// Reads from `stream` onto `seen` until `done` says what came is enough; fails if the
+/// connection closes first, or nothing enough comes within [`PATIENCE`] of a read (`what`).
+async fn read_until(
+    stream: &mut (impl AsyncRead + Unpin),
+    seen: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> bool,
+    what: &str,
+) {
+    let mut buffer = [0u8; 16 * 1024];
+    while !done(seen) {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buffer))
+            .await
+            .unwrap_or_else(|_| panic!("{what} in time"))
+            .expect("read");
+        assert!(n > 0, "closed before {what}");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+}
+
 /// Everything `stream` sends until it closes or is quiet for half a second; and whether it
 /// closed.
 async fn read_until_quiet(stream: &mut (impl AsyncRead + Unpin)) -> (String, bool) {
@@ -486,15 +505,13 @@ async fn a_client_that_leaves_mid_stream_frees_the_instance(
         .await
         .expect("send");
     let mut seen = Vec::new();
-    let mut buffer = [0u8; 1024];
-    while !seen.windows(5).any(|w| w == b"first") {
-        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buffer))
-            .await
-            .expect("the first piece in time")
-            .expect("read");
-        assert!(n > 0, "closed before the first piece");
-        seen.extend_from_slice(&buffer[..n]);
-    }
+    read_until(
+        &mut stream,
+        &mut seen,
+        |seen| seen.windows(5).any(|w| w == b"first"),
+        "the first piece",
+    )
+    .await;
     drop(stream);
     tokio::time::timeout(PATIENCE, left.recv())
         .await
@@ -546,15 +563,13 @@ async fn early_hints_arrive_first_on(mut stream: impl AsyncRead + AsyncWrite + U
         .await
         .expect("send");
     let mut seen = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buffer))
-            .await
-            .expect("a head in time")
-            .expect("read");
-        assert!(n > 0, "closed before any head");
-        seen.extend_from_slice(&buffer[..n]);
-    }
+    read_until(
+        &mut stream,
+        &mut seen,
+        |seen| seen.windows(4).any(|w| w == b"\r\n\r\n"),
+        "a head",
+    )
+    .await;
     let first = String::from_utf8_lossy(&seen).to_string();
     assert!(
         first.starts_with("HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"),
@@ -568,14 +583,13 @@ async fn early_hints_arrive_first_on(mut stream: impl AsyncRead + AsyncWrite + U
         !first.contains("x-hop") && !first.contains("keep-alive"),
         "{first}"
     );
-    while !seen.ends_with(b"ok") {
-        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buffer))
-            .await
-            .expect("the answer in time")
-            .expect("read");
-        assert!(n > 0, "closed before the answer");
-        seen.extend_from_slice(&buffer[..n]);
-    }
+    read_until(
+        &mut stream,
+        &mut seen,
+        |seen| seen.ends_with(b"ok"),
+        "the answer",
+    )
+    .await;
     let text = String::from_utf8_lossy(&seen);
     assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{text}");
     assert!(text.contains("\r\n\r\nHTTP/1.1 200 OK\r\n"), "{text}");
@@ -623,15 +637,13 @@ async fn an_instance_that_hints_without_end_gets_no_more_than_a_head_s_worth_thr
         .await
         .expect("send");
     let mut seen = Vec::new();
-    let mut buffer = [0u8; 16 * 1024];
-    while !seen.ends_with(b"\r\n\r\nok") {
-        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buffer))
-            .await
-            .expect("the answer in time")
-            .expect("read");
-        assert!(n > 0, "closed before the answer");
-        seen.extend_from_slice(&buffer[..n]);
-    }
+    read_until(
+        &mut stream,
+        &mut seen,
+        |seen| seen.ends_with(b"\r\n\r\nok"),
+        "the answer",
+    )
+    .await;
     let text = String::from_utf8_lossy(&seen);
     let hints = text.matches("HTTP/1.1 103 ").count();
     // 239 bytes each: 274 fit in 64 KiB.
