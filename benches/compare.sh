@@ -18,6 +18,8 @@
 #   PIN_WORKERS=1 bash benches/compare.sh        # each proxy's workers pinned to CPUs 0..N-1
 #   BODY_BYTES=262144 bash benches/compare.sh    # 256 KiB request bodies, answered early
 #   TLS=1 bash benches/compare.sh                # clients speak HTTPS to every proxy
+#   BASELINE=/tmp/old/switchyard CONTESTANTS="switchyard baseline haproxy" \
+#     bash benches/compare.sh                    # an A/B against another build, same rounds
 #
 # Switchyard adds X-Forwarded-For, -Proto, -Host and a request id to every request it forwards,
 # and returns the request id and the deployment's name to the client. By default nginx and
@@ -58,15 +60,25 @@ if [ "$PIN_WORKERS" = 1 ]; then pin=(--pin-workers); fi
 RUST_LOG=warn "$SWITCHYARD" serve --workers "$WORKERS" "${pin[@]}" "${switchyard_tls[@]}" \
   --config "$work/config/endpoint.yaml" --listen "127.0.0.1:$SWITCH" --admin-listen "127.0.0.1:$ADMIN" & pids+=($!)
 SWITCHYARD_PID=$!
+# BASELINE=PATH: another Switchyard binary, the contestant "baseline", with the same settings.
+BASE=$(free_port); BASE_ADMIN=$(free_port); BASELINE_PID=""
+if [ -n "${BASELINE:-}" ]; then
+  mkdir -p "$work/baseline"
+  cp "$work/config/endpoint.yaml" "$work/baseline/endpoint.yaml"
+  RUST_LOG=warn "$BASELINE" serve --workers "$WORKERS" "${pin[@]}" "${switchyard_tls[@]}" \
+    --config "$work/baseline/endpoint.yaml" --listen "127.0.0.1:$BASE" --admin-listen "127.0.0.1:$BASE_ADMIN" & pids+=($!)
+  BASELINE_PID=$!
+  wait_for_port "$BASE"
+fi
 
 for port in $BLUE $GREEN $NGINX $HAPROXY $SWITCH; do wait_for_port "$port"; done
 
-declare -A PORT=([direct]=$BLUE [switchyard]=$SWITCH [nginx]=$NGINX [haproxy]=$HAPROXY)
+declare -A PORT=([direct]=$BLUE [switchyard]=$SWITCH [nginx]=$NGINX [haproxy]=$HAPROXY [baseline]=$BASE)
 # The processes doing each contestant's work (nginx's workers are its master's children), whose
 # CPU time per request is a steadier comparison than throughput on a busy machine.
 children() { cat "/proc/$1/task/$1/children"; }
 declare -A PIDS=([direct]="$(children "$UPSTREAM_PID")" [switchyard]=$SWITCHYARD_PID
-                 [nginx]="$(children "$NGINX_PID")" [haproxy]=$HAPROXY_PID)
+                 [nginx]="$(children "$NGINX_PID")" [haproxy]=$HAPROXY_PID [baseline]=$BASELINE_PID)
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 cpu_ticks() {
   local total=0 pid
@@ -141,7 +153,7 @@ print(f"{'contestant':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'
       f"{'CPU us/req':>12}{'peers us/req':>14}")
 def ratio(rps, peer):
     return f"{rps / median[peer][0]:.2f}" if peer in median else "-"
-for name in [n for n in ["direct", "switchyard", "nginx", "haproxy"] if n in median]:
+for name in [n for n in ["direct", "switchyard", "baseline", "nginx", "haproxy"] if n in median]:
     rps, p50, p99, _, cpu, peers = median[name]
     errors = sum(run[3] for run in by[name])
     # For 'direct' the upstream is the contestant: its peer is wrk alone, not shown.
