@@ -121,15 +121,6 @@ impl Proxy {
             let request_id = headers::request_id(request.headers());
             // gRPC runs over HTTP/2; an HTTP/1.1 request is never asked.
             let grpc = request.version() == Version::HTTP_2 && is_grpc(request.headers());
-            // A chunked HTTP/1.1 request that hyper reads (on a connection the serve loop's own
-            // path handed over) goes through its decoder, which takes a trailer line ending in a
-            // bare LF as not ended and reads on into the next pipelined request. Its connection
-            // ends with its answer, so whatever the client sent after it is never taken for part
-            // of it: the client sends it again on a new connection. The serve loop's own decoder
-            // refuses such a trailer.
-            let close_after = request.version() == Version::HTTP_11
-                && request.body().is_read_by_hyper()
-                && request.headers().contains_key(header::TRANSFER_ENCODING);
             let mut trace = Trace {
                 deployment: None,
                 route: RouteLabel::Unrouted,
@@ -169,9 +160,6 @@ impl Proxy {
                 None => self.metrics.count_unrouted(status),
             }
             reply.set_own_header(&REQUEST_ID, request_id.clone());
-            if close_after {
-                reply.set_own_header(&header::CONNECTION, http::HeaderValue::from_static("close"));
-            }
             // Logged, and its stream timings observed, when the body is over.
             reply.body_mut().attach(Record::new(
                 started,

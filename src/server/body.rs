@@ -59,11 +59,6 @@ impl ClientBody {
         (feed, ClientBody(Kind::Fed(body)))
     }
 
-    /// Whether hyper's HTTP/1.1 or HTTP/2 decoder reads this body.
-    pub(crate) fn is_read_by_hyper(&self) -> bool {
-        matches!(self.0, Kind::Streamed(_))
-    }
-
     /// A second body with the same bytes, if every byte is already here (a clone of `Bytes`
     /// shares them).
     pub(crate) fn clone_whole(&self) -> Option<ClientBody> {

@@ -137,8 +137,14 @@ pub(crate) async fn serve_connections(
     options: ServeOptions,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper reads HTTP/1 only on a connection the own path handed over, and only its first
+    // request there: the answer says `Connection: close` and the connection ends with it. So
+    // no two parsers take turns on one connection's bytes (hyper's chunked decoder, for one,
+    // reads a trailer line ending in a bare LF as unended, and would take the next pipelined
+    // request for part of the body); a client that pipelined sends the rest again.
     builder
         .http1()
+        .keep_alive(false)
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size(MAX_HEADER_BYTES);
