@@ -39,6 +39,17 @@ pub enum ProxyError {
     /// The `Host` header is sent twice or is no host.
     #[error("invalid `Host` header: {0}")]
     InvalidHost(&'static str),
+    /// The request head breaks HTTP/1.1's syntax (RFC 9112), so nothing of it is forwarded.
+    #[error("malformed request head: {0}")]
+    MalformedHead(&'static str),
+    /// The request head is over the gateway's limits.
+    #[error("the request head is over the limits of {bytes} bytes and {lines} header lines")]
+    HeadTooLarge {
+        /// The limit on the head's size.
+        bytes: usize,
+        /// The limit on its header lines.
+        lines: usize,
+    },
     /// `CONNECT`: the gateway is no tunnel.
     #[error(
         "CONNECT is not supported: the gateway forwards requests to models, it opens no tunnels"
@@ -126,6 +137,8 @@ impl ProxyError {
             ProxyError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::InvalidHost(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MalformedHead(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UnsupportedCoding(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -149,6 +162,8 @@ impl ProxyError {
             ProxyError::InvalidTarget(_) => "invalid_request_target",
             ProxyError::ConnectMethod => "method_not_allowed",
             ProxyError::InvalidHost(_) => "invalid_host",
+            ProxyError::MalformedHead(_) => "malformed_request",
+            ProxyError::HeadTooLarge { .. } => "request_header_fields_too_large",
             ProxyError::UnsupportedCoding(_) => "unsupported_transfer_coding",
             ProxyError::Unauthorized => "unauthorized",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
@@ -176,6 +191,8 @@ impl ProxyError {
             ProxyError::InvalidTarget(_) => GrpcStatus::InvalidArgument,
             ProxyError::ConnectMethod => GrpcStatus::Unimplemented,
             ProxyError::InvalidHost(_) => GrpcStatus::InvalidArgument,
+            ProxyError::MalformedHead(_) => GrpcStatus::InvalidArgument,
+            ProxyError::HeadTooLarge { .. } => GrpcStatus::ResourceExhausted,
             ProxyError::UnsupportedCoding(_) => GrpcStatus::Unimplemented,
             ProxyError::Unauthorized => GrpcStatus::Unauthenticated,
             ProxyError::PayloadTooLarge { .. } => GrpcStatus::ResourceExhausted,
@@ -344,6 +361,8 @@ mod tests {
             ProxyError::InvalidTarget("bad"),
             ProxyError::UnsupportedCoding("gzip".into()),
             ProxyError::InvalidHost("bad"),
+            ProxyError::MalformedHead("bad"),
+            ProxyError::HeadTooLarge { bytes: 1, lines: 1 },
             ProxyError::ConnectMethod,
             ProxyError::Unauthorized,
             ProxyError::PayloadTooLarge { limit: 1 },
@@ -382,6 +401,8 @@ mod tests {
                 | ProxyError::InvalidTarget(_)
                 | ProxyError::UnsupportedCoding(_)
                 | ProxyError::InvalidHost(_)
+                | ProxyError::MalformedHead(_)
+                | ProxyError::HeadTooLarge { .. }
                 | ProxyError::ConnectMethod
                 | ProxyError::Unauthorized
                 | ProxyError::PayloadTooLarge { .. }

@@ -233,6 +233,7 @@ impl Gateway {
             connection_slots: Arc::new(Semaphore::new(options.max_connections)),
             open_connections: None,
             header_read_timeout: server::HEADER_READ_TIMEOUT,
+            refused: Some(metrics.gateway_errors()),
         };
         let serving = match listeners {
             Listeners::Here(listener) => {

@@ -468,6 +468,12 @@ impl Metrics {
         self.gateway_errors.with_label_values(&[kind]).inc();
     }
 
+    /// The counter of errors the gateway answered itself, by kind, for the serve loop: it
+    /// answers malformed request heads before any handler sees them.
+    pub fn gateway_errors(&self) -> IntCounterVec {
+        self.gateway_errors.clone()
+    }
+
     /// Requests answered so far per deployment name, any route, read in one pass.
     pub fn request_counts(&self) -> HashMap<String, RequestCounts> {
         let mut counts: HashMap<String, RequestCounts> = HashMap::new();

@@ -702,16 +702,16 @@ async fn over_tls_a_request_left_to_hyper_is_the_last_its_session_carries() {
     a_request_left_to_hyper_ends_its_connection_on(gateway.connect().await, &forwarded).await;
 }
 
-/// A target in absolute form is left to hyper's path, with a request pipelined behind it.
-/// hyper answers the first, says `Connection: close` and ends the connection: the second is
-/// never read by a second parser, and never forwarded (the client sends it again).
+/// `OPTIONS *` is left to hyper's path, with a request pipelined behind it. hyper answers the
+/// first, says `Connection: close` and ends the connection: the second is never read by a
+/// second parser, and never forwarded (the client sends it again).
 async fn a_request_left_to_hyper_ends_its_connection_on(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
     forwarded: &AtomicUsize,
 ) {
     stream
         .write_all(
-            b"GET http://gateway/first HTTP/1.1\r\nhost: gateway\r\n\r\n\
+            b"OPTIONS * HTTP/1.1\r\nhost: gateway\r\n\r\n\
               GET /after HTTP/1.1\r\nhost: gateway\r\n\r\n",
         )
         .await
@@ -722,4 +722,109 @@ async fn a_request_left_to_hyper_ends_its_connection_on(
     assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
     assert!(closed, "the connection stays open: {text}");
     assert_eq!(forwarded.load(Ordering::SeqCst), 1, "{text}");
+}
+
+/// A target in absolute form is read by the own path as any other: the instance gets its
+/// path, and the connection carries the request behind it.
+#[tokio::test]
+async fn a_target_in_absolute_form_keeps_its_connection() {
+    let echo = echo_gateway().await;
+    let mut stream = TcpStream::connect(echo.gateway.addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"GET http://gateway/first?q=1 HTTP/1.1\r\nhost: other\r\n\r\n\
+              GET /after HTTP/1.1\r\nhost: gateway\r\n\r\n",
+        )
+        .await
+        .expect("send");
+    let mut seen = Vec::new();
+    read_until(
+        &mut stream,
+        &mut seen,
+        |seen| String::from_utf8_lossy(seen).contains("x-echo-uri: /after"),
+        "both answers",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&seen);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    assert!(text.contains("x-echo-uri: /first?q=1\r\n"), "{text}");
+    // The target's authority names the host, over `Host` (RFC 9112, section 3.2.2).
+    assert!(
+        text.contains("x-echo-x-forwarded-host: gateway\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("connection: close"), "{text}");
+}
+
+/// Heads that break the syntax or the limits are answered by the gateway: a precise status,
+/// its code in a JSON body, `Connection: close`, and a count in the gateway's error metric.
+/// Nothing of them reaches an instance.
+#[tokio::test]
+async fn a_malformed_or_oversized_head_is_refused_with_its_code_and_counted() {
+    let (instance, forwarded) = counting_instance().await;
+    let (_file, gateway) = gateway_for(&instance).await;
+    let many_lines = format!(
+        "GET / HTTP/1.1\r\nhost: g\r\n{}\r\n",
+        "x: 1\r\n".repeat(101)
+    );
+    let long_line = format!(
+        "GET / HTTP/1.1\r\nhost: g\r\nx: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let cases: [(&str, &[u8], &str); 5] = [
+        (
+            "400",
+            b"GET / HTTP/1.1\r\nhost: g\r\nbad name: 1\r\n\r\n",
+            "malformed_request",
+        ),
+        (
+            "400",
+            b"GET / HTTP/1.1\r\nhost: g\r\nx: a\x01b\r\n\r\n",
+            "malformed_request",
+        ),
+        (
+            "400",
+            b"G(ET / HTTP/1.1\r\nhost: g\r\n\r\n",
+            "malformed_request",
+        ),
+        (
+            "431",
+            many_lines.as_bytes(),
+            "request_header_fields_too_large",
+        ),
+        (
+            "431",
+            long_line.as_bytes(),
+            "request_header_fields_too_large",
+        ),
+    ];
+    for (status, head, code) in cases {
+        let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+        stream.write_all(head).await.expect("send");
+        let mut answer = Vec::new();
+        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+            .await
+            .expect("the connection ends")
+            .expect("read");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+        assert!(
+            text.contains("content-type: application/json\r\n"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("\"code\":\"{code}\"")), "{text}");
+    }
+    let counted = |kind: &str| {
+        metric(
+            &gateway,
+            "switchyard_gateway_errors_total",
+            &[&format!("kind=\"{kind}\"")],
+        )
+    };
+    assert_eq!(counted("malformed_request"), 3);
+    assert_eq!(counted("request_header_fields_too_large"), 2);
+    assert_eq!(forwarded.load(Ordering::SeqCst), 0);
 }

@@ -27,6 +27,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
+use http_body_util::Full;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -35,6 +36,7 @@ use super::body::BodyFeed;
 use super::wire::{self, MIN_READ_ROOM, Wire};
 use super::{ClientBody, Connection, Handler, IntoReply, MAX_HEADER_BYTES, Reply};
 use crate::causes::BoxError;
+use crate::error::ProxyError;
 use crate::http1::codec::{BodyDecoder, BodyFraming, Decoded};
 use crate::http1::interim;
 use crate::http1::rules::{
@@ -70,6 +72,9 @@ pub(crate) enum Ended {
     /// It carries something this path does not serve: hyper takes it from here, starting with
     /// the bytes already read ([`Client::into_hand_over`]).
     HandOver,
+    /// Its next request head is malformed or over the limits: it is to be answered with this
+    /// error, and the connection closed ([`refuse`]).
+    Refused(ProxyError),
 }
 
 /// What the start of a connection's buffer holds.
@@ -79,6 +84,10 @@ pub(crate) enum Parsed {
     Request(Head),
     /// Not a whole head yet.
     Partial,
+    /// A head that breaks the syntax: what is wrong with it.
+    Malformed(&'static str),
+    /// A head over [`MAX_HEADER_BYTES`] or [`MAX_HEADERS`] lines.
+    TooLarge,
     /// Something for hyper.
     Other,
 }
@@ -129,6 +138,27 @@ pub(crate) struct Span {
     value: Range<usize>,
 }
 
+/// Whether `target` begins as an `http://` or `https://` URL, in any case.
+fn is_http_url(target: &str) -> bool {
+    let starts = |prefix: &str| {
+        target
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    };
+    starts("http://") || starts("https://")
+}
+
+/// What a syntax error httparse found means, for the client's 400.
+fn malformed(error: httparse::Error) -> &'static str {
+    match error {
+        httparse::Error::HeaderName => "a header name is empty or holds a character it may not",
+        httparse::Error::HeaderValue => "a header value holds a control character",
+        httparse::Error::NewLine => "a line ends in CR without LF",
+        httparse::Error::Token => "the method or the target holds a character it may not",
+        _ => "not an HTTP/1.1 request line and header lines",
+    }
+}
+
 /// Reads the request head at the start of `buf`, if it is one this path serves, and records
 /// where its header lines lie in `spans`.
 pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
@@ -140,11 +170,14 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         &mut slots,
     );
     let len = match parsed {
-        // Heads over the limit get hyper's 431.
-        Ok(httparse::Status::Complete(len)) if len > MAX_HEADER_BYTES => return Parsed::Other,
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEADER_BYTES => return Parsed::TooLarge,
         Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEADER_BYTES => return Parsed::TooLarge,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
+        // HTTP/2's preface (`PRI * HTTP/2.0`), and versions hyper answers with its 505.
+        Err(httparse::Error::Version) => return Parsed::Other,
+        Err(error) => return Parsed::Malformed(malformed(error)),
     };
     let (Some(method), Some(target), Some(minor @ (0 | 1))) =
         (request.method, request.path, request.version)
@@ -152,8 +185,9 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         return Parsed::Other;
     };
     let http10 = minor == 0;
-    // Origin-form targets only: proxies' absolute form, `*` and CONNECT are hyper's to judge.
-    if !target.starts_with('/') || method == "CONNECT" {
+    // A path, or an http(s) URL (absolute form, which a server must accept: RFC 9112, section
+    // 3.2.2); `*` and CONNECT's authority form are hyper's to judge.
+    if !(target.starts_with('/') || is_http_url(target)) || method == "CONNECT" {
         return Parsed::Other;
     }
     let offset = |part: &[u8]| {
@@ -406,8 +440,15 @@ pub(crate) async fn serve<W: Wire>(
             match parse_head(&client.read, &mut spans) {
                 Parsed::Request(head) => break head,
                 Parsed::Other => return Ok(Ended::HandOver),
-                Parsed::Partial if client.read.len() > MAX_HEADER_BYTES => {
-                    return Ok(Ended::HandOver);
+                Parsed::Malformed(what) => {
+                    return Ok(Ended::Refused(ProxyError::MalformedHead(what)));
+                }
+                Parsed::TooLarge => {
+                    let error = ProxyError::HeadTooLarge {
+                        bytes: MAX_HEADER_BYTES,
+                        lines: MAX_HEADERS,
+                    };
+                    return Ok(Ended::Refused(error));
                 }
                 Parsed::Partial => {}
             }
@@ -473,6 +514,36 @@ pub(crate) async fn serve<W: Wire>(
             spans = Vec::new();
         }
     }
+}
+
+/// Answers a request head this path refuses with `error` and `Connection: close`, then ends
+/// the connection as an early answer does: the gateway's side is shut first and what still
+/// arrives is read and dropped for a while, so the client reads the answer rather than losing
+/// it to a reset. Nothing of the head reaches an instance.
+pub(crate) async fn refuse<W: Wire>(client: &Client<W>, error: &ProxyError) {
+    let reply = Reply::from(error.to_response().map(Full::new));
+    let answer = AnswerTo {
+        head: false,
+        http10: false,
+        close: true,
+    };
+    let mut out = Vec::with_capacity(HEAD_ROOM);
+    let written = write_response(&client.stream, &mut out, reply, answer, None).await;
+    if written.is_err() || wire::shutdown(&client.stream).await.is_err() {
+        return;
+    }
+    let stream = &client.stream;
+    let mut scratch = BytesMut::new();
+    let drained = poll_fn(|cx| {
+        loop {
+            scratch.clear();
+            match std::task::ready!(stream.poll_read_into(cx, &mut scratch)) {
+                Ok(0) | Err(_) => return Poll::Ready(()),
+                Ok(_) => {}
+            }
+        }
+    });
+    let _ = tokio::time::timeout(LINGER, drained).await;
 }
 
 impl<W: Wire> Client<W> {
@@ -1177,22 +1248,48 @@ mod tests {
             "POST / HTTP/1.1\r\ntransfer-encoding: \r\ncontent-length: 3\r\n\r\n",
             "GET /ws HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
             "GET /ws HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
-            "GET http://g/ HTTP/1.1\r\n\r\n",
+            "GET ftp://g/ HTTP/1.1\r\n\r\n",
+            "GET g.example:80 HTTP/1.1\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\n\r\n",
             "CONNECT g:443 HTTP/1.1\r\n\r\n",
             "POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
             "POST / HTTP/1.1\r\ncontent-length: 1, 2\r\n\r\n",
             "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
             "POST / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n",
-            "NOT HTTP\r\n\r\n",
+            "GET / HTTP/1.2\r\n\r\n",
         ] {
             assert_eq!(parse(text), Parsed::Other, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn heads_that_break_the_syntax_or_the_limits_are_refused_here() {
+        for text in [
+            "NOT HTTP\r\n\r\n",
+            "GET / HTTP/1.1\r\nbad name: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\n: empty name\r\n\r\n",
+            "GET / HTTP/1.1\r\nx: a\x01b\r\n\r\n",
+            "GET / HTTP/1.1\r\nx: a\rb\r\n\r\n",
+            "GE(T / HTTP/1.1\r\n\r\n",
+            "GET /a\x7fb HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(text), Parsed::Malformed(_)),
+                "{text:?}: {:?}",
+                parse(text)
+            );
         }
         let many = format!(
             "GET / HTTP/1.1\r\n{}\r\n",
             "x: 1\r\n".repeat(MAX_HEADERS + 1)
         );
-        assert_eq!(parse(&many), Parsed::Other, "too many header lines");
+        assert_eq!(parse(&many), Parsed::TooLarge, "too many header lines");
+        let long = format!("GET / HTTP/1.1\r\nx: {}\r\n", "a".repeat(MAX_HEADER_BYTES));
+        assert_eq!(
+            parse(&long),
+            Parsed::TooLarge,
+            "a head past the size limit, unfinished"
+        );
     }
 
     #[test]

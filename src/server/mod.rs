@@ -32,7 +32,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use prometheus::IntGauge;
+use prometheus::{IntCounterVec, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -64,6 +64,9 @@ pub struct ServeOptions {
     /// How long a client may take to send a request head. On a kept-alive HTTP/1.1
     /// connection the serve loop's own path allows up to twice this between requests.
     pub header_read_timeout: Duration,
+    /// Counts, by the error's code, the request heads the serve loop refuses itself (malformed
+    /// or over the limits), if set.
+    pub refused: Option<IntCounterVec>,
 }
 
 impl ServeOptions {
@@ -75,6 +78,7 @@ impl ServeOptions {
             connection_slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
             open_connections: None,
             header_read_timeout: HEADER_READ_TIMEOUT,
+            refused: None,
         }
     }
 }
@@ -153,7 +157,10 @@ pub(crate) async fn serve_connections(
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     // Shared: the settings are large, and each connection's task would hold a copy.
-    let builder = Arc::new(builder);
+    let shared = Arc::new(Shared {
+        hyper: builder,
+        refused: options.refused.clone(),
+    });
 
     // Connections watch this to learn that shutdown began; the loop learns that they all
     // ended when every receiver is gone.
@@ -165,14 +172,14 @@ pub(crate) async fn serve_connections(
         }
         let handler = handler.clone();
         let connection = Connection::new(peer, options.tls.is_some());
-        let builder = Arc::clone(&builder);
+        let shared = Arc::clone(&shared);
         let timeout = options.header_read_timeout;
         // Two kinds of task, each sized for what it serves: most connections are plain keep-alive
         // ones that wait between requests, and each of those holds room for its task's state.
         match &options.tls {
             None => {
                 let client = h1::Client::new(stream, timeout, draining.clone());
-                tokio::spawn(serve_http1(client, handler, connection, builder, slot));
+                tokio::spawn(serve_http1(client, handler, connection, shared, slot));
             }
             // The TLS handshake runs in a task of its own, so a slow client cannot hold up the
             // accept loop; the connection is then served by a task sized for what it speaks,
@@ -191,14 +198,19 @@ pub(crate) async fn serve_connections(
                         tokio::spawn(async move {
                             let _slot = slot;
                             let served = serve_with_hyper(
-                                stream, &builder, handler, connection, draining, timeout,
+                                stream,
+                                &shared.hyper,
+                                handler,
+                                connection,
+                                draining,
+                                timeout,
                             );
                             log_end(served.await, peer);
                         });
                         return;
                     }
                     let client = h1::Client::new(TlsWire::new(stream), timeout, draining);
-                    tokio::spawn(serve_http1(client, handler, connection, builder, slot));
+                    tokio::spawn(serve_http1(client, handler, connection, shared, slot));
                 });
             }
         }
@@ -230,6 +242,13 @@ pub(crate) async fn serve_connections(
     }
 }
 
+/// What every connection of a serve loop uses: hyper's settings, for what the own path leaves
+/// to it, and the counter of refused request heads.
+struct Shared {
+    hyper: auto::Builder<TokioExecutor>,
+    refused: Option<IntCounterVec>,
+}
+
 /// Serves a connection on the serve loop's own HTTP/1.1 path, and with hyper from the first
 /// request that path leaves to it.
 ///
@@ -240,7 +259,7 @@ fn serve_http1<W: Wire>(
     mut client: h1::Client<W>,
     handler: impl Handler,
     connection: Connection,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
     slot: Slot,
 ) -> impl Future<Output = ()> {
     async move {
@@ -248,13 +267,26 @@ fn serve_http1<W: Wire>(
         let _slot = &slot;
         let served = match h1::serve(&mut client, &handler, &connection).await {
             Ok(h1::Ended::Closed) => Ok(()),
+            Ok(h1::Ended::Refused(error)) => {
+                if let Some(refused) = &shared.refused {
+                    refused.with_label_values(&[error.code()]).inc();
+                }
+                tracing::debug!(%error, peer = %connection.peer, "request head refused");
+                h1::refuse(&client, &error).await;
+                Ok(())
+            }
             // Boxed: hyper's connection state is several times the size of the loop's own,
             // and every idle connection's task would hold room for it.
             Ok(h1::Ended::HandOver) => {
                 let (stream, draining, timeout) = client.into_hand_over();
                 let peer = connection.peer;
                 let served = Box::pin(serve_with_hyper(
-                    stream, &builder, handler, connection, draining, timeout,
+                    stream,
+                    &shared.hyper,
+                    handler,
+                    connection,
+                    draining,
+                    timeout,
                 ));
                 return log_end(served.await, peer);
             }
