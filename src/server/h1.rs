@@ -72,9 +72,32 @@ pub(crate) enum Ended {
     /// It carries something this path does not serve: hyper takes it from here, starting with
     /// the bytes already read ([`Client::into_hand_over`]).
     HandOver,
-    /// Its next request head is malformed or over the limits: it is to be answered with this
+    /// Its next request head is malformed or over the limits: it is to be answered with the
     /// error, and the connection closed ([`refuse`]).
-    Refused(ProxyError),
+    Refused(Refusal),
+}
+
+/// Why this path refuses a request head. Small, unlike the error it stands for: it is part of
+/// what every connection's task holds room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The head breaks the syntax: what is wrong with it.
+    Malformed(&'static str),
+    /// The head is over [`MAX_HEADER_BYTES`] or [`MAX_HEADERS`] lines.
+    TooLarge,
+}
+
+impl Refusal {
+    /// The error the client is answered with.
+    pub(crate) fn error(self) -> ProxyError {
+        match self {
+            Refusal::Malformed(what) => ProxyError::MalformedHead(what),
+            Refusal::TooLarge => ProxyError::HeadTooLarge {
+                bytes: MAX_HEADER_BYTES,
+                lines: MAX_HEADERS,
+            },
+        }
+    }
 }
 
 /// What the start of a connection's buffer holds.
@@ -84,10 +107,8 @@ pub(crate) enum Parsed {
     Request(Head),
     /// Not a whole head yet.
     Partial,
-    /// A head that breaks the syntax: what is wrong with it.
-    Malformed(&'static str),
-    /// A head over [`MAX_HEADER_BYTES`] or [`MAX_HEADERS`] lines.
-    TooLarge,
+    /// A head this path refuses.
+    Refused(Refusal),
     /// Something for hyper.
     Other,
 }
@@ -170,14 +191,18 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         &mut slots,
     );
     let len = match parsed {
-        Ok(httparse::Status::Complete(len)) if len > MAX_HEADER_BYTES => return Parsed::TooLarge,
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEADER_BYTES => {
+            return Parsed::Refused(Refusal::TooLarge);
+        }
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEADER_BYTES => return Parsed::TooLarge,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEADER_BYTES => {
+            return Parsed::Refused(Refusal::TooLarge);
+        }
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Refused(Refusal::TooLarge),
         // HTTP/2's preface (`PRI * HTTP/2.0`), and versions hyper answers with its 505.
         Err(httparse::Error::Version) => return Parsed::Other,
-        Err(error) => return Parsed::Malformed(malformed(error)),
+        Err(error) => return Parsed::Refused(Refusal::Malformed(malformed(error))),
     };
     let (Some(method), Some(target), Some(minor @ (0 | 1))) =
         (request.method, request.path, request.version)
@@ -440,16 +465,7 @@ pub(crate) async fn serve<W: Wire>(
             match parse_head(&client.read, &mut spans) {
                 Parsed::Request(head) => break head,
                 Parsed::Other => return Ok(Ended::HandOver),
-                Parsed::Malformed(what) => {
-                    return Ok(Ended::Refused(ProxyError::MalformedHead(what)));
-                }
-                Parsed::TooLarge => {
-                    let error = ProxyError::HeadTooLarge {
-                        bytes: MAX_HEADER_BYTES,
-                        lines: MAX_HEADERS,
-                    };
-                    return Ok(Ended::Refused(error));
-                }
+                Parsed::Refused(refusal) => return Ok(Ended::Refused(refusal)),
                 Parsed::Partial => {}
             }
             if client.read.is_empty() && client.draining() {
@@ -520,7 +536,7 @@ pub(crate) async fn serve<W: Wire>(
 /// the connection as an early answer does: the gateway's side is shut first and what still
 /// arrives is read and dropped for a while, so the client reads the answer rather than losing
 /// it to a reset. Nothing of the head reaches an instance.
-pub(crate) async fn refuse<W: Wire>(client: &Client<W>, error: &ProxyError) {
+pub(crate) async fn refuse<W: Wire>(client: &Client<W>, error: ProxyError) {
     let reply = Reply::from(error.to_response().map(Full::new));
     let answer = AnswerTo {
         head: false,
@@ -1274,7 +1290,7 @@ mod tests {
             "GET /a\x7fb HTTP/1.1\r\n\r\n",
         ] {
             assert!(
-                matches!(parse(text), Parsed::Malformed(_)),
+                matches!(parse(text), Parsed::Refused(Refusal::Malformed(_))),
                 "{text:?}: {:?}",
                 parse(text)
             );
@@ -1283,11 +1299,15 @@ mod tests {
             "GET / HTTP/1.1\r\n{}\r\n",
             "x: 1\r\n".repeat(MAX_HEADERS + 1)
         );
-        assert_eq!(parse(&many), Parsed::TooLarge, "too many header lines");
+        assert_eq!(
+            parse(&many),
+            Parsed::Refused(Refusal::TooLarge),
+            "too many header lines"
+        );
         let long = format!("GET / HTTP/1.1\r\nx: {}\r\n", "a".repeat(MAX_HEADER_BYTES));
         assert_eq!(
             parse(&long),
-            Parsed::TooLarge,
+            Parsed::Refused(Refusal::TooLarge),
             "a head past the size limit, unfinished"
         );
     }

@@ -267,12 +267,18 @@ fn serve_http1<W: Wire>(
         let _slot = &slot;
         let served = match h1::serve(&mut client, &handler, &connection).await {
             Ok(h1::Ended::Closed) => Ok(()),
-            Ok(h1::Ended::Refused(error)) => {
-                if let Some(refused) = &shared.refused {
-                    refused.with_label_values(&[error.code()]).inc();
-                }
-                tracing::debug!(%error, peer = %connection.peer, "request head refused");
-                h1::refuse(&client, &error).await;
+            // Boxed, as the hand-over is: rare, and every idle connection's task would hold
+            // room for it.
+            Ok(h1::Ended::Refused(refusal)) => {
+                let refused = async {
+                    let error = refusal.error();
+                    if let Some(refused) = &shared.refused {
+                        refused.with_label_values(&[error.code()]).inc();
+                    }
+                    tracing::debug!(%error, peer = %connection.peer, "request head refused");
+                    h1::refuse(&client, error).await;
+                };
+                Box::pin(refused).await;
                 Ok(())
             }
             // Boxed: hyper's connection state is several times the size of the loop's own,
