@@ -198,12 +198,7 @@ pub(crate) async fn serve_connections(
                         tokio::spawn(async move {
                             let _slot = slot;
                             let served = serve_with_hyper(
-                                stream,
-                                &shared.hyper,
-                                handler,
-                                connection,
-                                draining,
-                                timeout,
+                                stream, &shared, handler, connection, draining, timeout,
                             );
                             log_end(served.await, peer);
                         });
@@ -287,12 +282,7 @@ fn serve_http1<W: Wire>(
                 let (stream, draining, timeout) = client.into_hand_over();
                 let peer = connection.peer;
                 let served = Box::pin(serve_with_hyper(
-                    stream,
-                    &shared.hyper,
-                    handler,
-                    connection,
-                    draining,
-                    timeout,
+                    stream, &shared, handler, connection, draining, timeout,
                 ));
                 return log_end(served.await, peer);
             }
@@ -335,7 +325,7 @@ async fn tls_handshake(
 /// and then nothing would otherwise hold a connection slot for good.
 async fn serve_with_hyper<I>(
     io: I,
-    builder: &auto::Builder<TokioExecutor>,
+    shared: &Shared,
     handler: impl Handler,
     connection: Connection,
     mut draining: watch::Receiver<bool>,
@@ -354,7 +344,10 @@ where
             async move { Ok::<_, Infallible>(reply.await.into_reply().into_response()) }
         })
     };
-    let mut served = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    let served = shared
+        .hyper
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut served = pin!(served);
     let silent = async {
         tokio::time::sleep(first_request).await;
         if began.load(Ordering::Relaxed) {
