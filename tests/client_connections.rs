@@ -287,7 +287,7 @@ async fn streamed_bodies_share_a_connection_and_garbage_gets_a_400() {
         ["POST 5 HTTP/1.1", "POST 102400 HTTP/1.1", "GET 0 HTTP/1.1"]
     );
 
-    // Garbage gets hyper's 400, not a hang or a silent close.
+    // Garbage gets a 400, not a hang or a silent close.
     let mut bad = TcpStream::connect(addr).await.expect("connect");
     bad.write_all(b"NOT HTTP AT ALL\r\n\r\n")
         .await

@@ -178,17 +178,11 @@ async fn an_instance_that_fails_before_its_first_body_byte_gives_a_cut_answer_no
     })
     .await;
     let (_file, gateway) = gateway_for(&instance).await;
-    let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
-    stream
-        .write_all(b"GET /score HTTP/1.1\r\nhost: gateway\r\n\r\n")
-        .await
-        .expect("send");
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
-        .await
-        .expect("the connection ends")
-        .expect("read");
-    let text = String::from_utf8_lossy(&answer);
+    let text = answer_until_close(
+        gateway.addr(),
+        b"GET /score HTTP/1.1\r\nhost: gateway\r\n\r\n",
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("content-length: 100\r\n"), "{text}");
     let body = &text[text.find("\r\n\r\n").expect("a whole head") + 4..];
@@ -242,6 +236,19 @@ async fn a_bare_lf_trailer_is_refused_on(mut stream: impl AsyncRead + AsyncWrite
     assert!(answers == 2 || told, "{text}");
     // The serve loop's own decoder takes every line end to be CRLF, so it refuses the trailer.
     assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+}
+
+/// Sends `request` on a new connection to `gateway` and reads until the gateway closes it,
+/// within [`PATIENCE`].
+async fn answer_until_close(gateway: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(gateway).await.expect("connect");
+    stream.write_all(request).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Reads from `stream` onto `seen` until `done` says what came is enough; fails if the
@@ -801,14 +808,7 @@ async fn a_malformed_or_oversized_head_is_refused_with_its_code_and_counted() {
         ),
     ];
     for (status, head, code) in cases {
-        let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
-        stream.write_all(head).await.expect("send");
-        let mut answer = Vec::new();
-        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
-            .await
-            .expect("the connection ends")
-            .expect("read");
-        let text = String::from_utf8_lossy(&answer);
+        let text = answer_until_close(gateway.addr(), head).await;
         assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
         assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
         assert!(

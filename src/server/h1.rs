@@ -10,10 +10,11 @@
 //! (`Connection: keep-alive`, which the answer repeats), an answer of unknown length is framed by
 //! the connection's end rather than chunked, and no interim answer goes to it.
 //!
-//! Anything else goes to hyper on the same connection, with the bytes already read, and stays
-//! there: HTTP/2, upgrades, an HTTP/1.0 request with a transfer coding, and heads the rules
-//! refuse (hyper answers malformed ones with the right 4xx; the proxy refuses framing the rules
-//! forbid).
+//! So are targets in absolute form. A head that breaks the syntax or the limits is answered here
+//! (400 or 431, [`refuse`]) and ends its connection. Anything else goes to hyper on the same
+//! connection, with the bytes already read: HTTP/2, upgrades, `OPTIONS *`, CONNECT, an HTTP/1.0
+//! request with a transfer coding, and heads whose framing the rules refuse (the proxy answers
+//! those). For HTTP/1 hyper serves that one request and closes the connection.
 
 use std::future::{Future, poll_fn};
 use std::io::{self, Write as _};
