@@ -50,6 +50,9 @@ pub enum ProxyError {
         /// The limit on its header lines.
         lines: usize,
     },
+    /// A version other than HTTP/1.1, HTTP/1.0 and HTTP/2.
+    #[error("HTTP version not supported: send HTTP/1.1, HTTP/1.0 or HTTP/2")]
+    UnsupportedVersion,
     /// `CONNECT`: the gateway is no tunnel.
     #[error(
         "CONNECT is not supported: the gateway forwards requests to models, it opens no tunnels"
@@ -136,6 +139,7 @@ impl ProxyError {
             ProxyError::InvalidPinHeader(_) => StatusCode::BAD_REQUEST,
             ProxyError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UnsupportedVersion => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             ProxyError::InvalidHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::MalformedHead(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -161,6 +165,7 @@ impl ProxyError {
             ProxyError::InvalidPinHeader(_) => "invalid_deployment_header",
             ProxyError::InvalidTarget(_) => "invalid_request_target",
             ProxyError::ConnectMethod => "method_not_allowed",
+            ProxyError::UnsupportedVersion => "http_version_not_supported",
             ProxyError::InvalidHost(_) => "invalid_host",
             ProxyError::MalformedHead(_) => "malformed_request",
             ProxyError::HeadTooLarge { .. } => "request_header_fields_too_large",
@@ -190,6 +195,7 @@ impl ProxyError {
             ProxyError::InvalidPinHeader(_) => GrpcStatus::InvalidArgument,
             ProxyError::InvalidTarget(_) => GrpcStatus::InvalidArgument,
             ProxyError::ConnectMethod => GrpcStatus::Unimplemented,
+            ProxyError::UnsupportedVersion => GrpcStatus::Unimplemented,
             ProxyError::InvalidHost(_) => GrpcStatus::InvalidArgument,
             ProxyError::MalformedHead(_) => GrpcStatus::InvalidArgument,
             ProxyError::HeadTooLarge { .. } => GrpcStatus::ResourceExhausted,
@@ -364,6 +370,7 @@ mod tests {
             ProxyError::MalformedHead("bad"),
             ProxyError::HeadTooLarge { bytes: 1, lines: 1 },
             ProxyError::ConnectMethod,
+            ProxyError::UnsupportedVersion,
             ProxyError::Unauthorized,
             ProxyError::PayloadTooLarge { limit: 1 },
             ProxyError::Overloaded {
@@ -404,6 +411,7 @@ mod tests {
                 | ProxyError::MalformedHead(_)
                 | ProxyError::HeadTooLarge { .. }
                 | ProxyError::ConnectMethod
+                | ProxyError::UnsupportedVersion
                 | ProxyError::Unauthorized
                 | ProxyError::PayloadTooLarge { .. }
                 | ProxyError::Overloaded { .. }

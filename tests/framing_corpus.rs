@@ -448,7 +448,7 @@ fn request_cases() -> Vec<(&'static str, String, Outcome)> {
         (
             "an unknown version",
             format!("GET /score HTTP/1.2\r\n{H}\r\n"),
-            Refused(400),
+            Refused(505),
         ),
     ]
 }

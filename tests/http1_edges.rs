@@ -709,8 +709,9 @@ async fn over_tls_a_request_left_to_hyper_is_the_last_its_session_carries() {
     a_request_left_to_hyper_ends_its_connection_on(gateway.connect().await, &forwarded).await;
 }
 
-/// `OPTIONS *` is left to hyper's path, with a request pipelined behind it. hyper answers the
-/// first, says `Connection: close` and ends the connection: the second is never read by a
+/// An upgrade request (left to hyper, which hands the connection over once both sides switch)
+/// whose instance answers 200 rather than 101, with a request pipelined behind it. hyper answers
+/// the first, says `Connection: close` and ends the connection: the second is never read by a
 /// second parser, and never forwarded (the client sends it again).
 async fn a_request_left_to_hyper_ends_its_connection_on(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
@@ -718,7 +719,7 @@ async fn a_request_left_to_hyper_ends_its_connection_on(
 ) {
     stream
         .write_all(
-            b"OPTIONS * HTTP/1.1\r\nhost: gateway\r\n\r\n\
+            b"GET /ws HTTP/1.1\r\nhost: gateway\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n\
               GET /after HTTP/1.1\r\nhost: gateway\r\n\r\n",
         )
         .await
@@ -729,6 +730,35 @@ async fn a_request_left_to_hyper_ends_its_connection_on(
     assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
     assert!(closed, "the connection stays open: {text}");
     assert_eq!(forwarded.load(Ordering::SeqCst), 1, "{text}");
+}
+
+/// `OPTIONS *` is read by the own path as any other request: the instance gets `*`, and the
+/// connection carries the request behind it.
+#[tokio::test]
+async fn options_asterisk_is_forwarded_and_keeps_its_connection() {
+    let echo = echo_gateway().await;
+    let mut stream = TcpStream::connect(echo.gateway.addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"OPTIONS * HTTP/1.1\r\nhost: gateway\r\n\r\n\
+              GET /after HTTP/1.1\r\nhost: gateway\r\n\r\n",
+        )
+        .await
+        .expect("send");
+    let mut seen = Vec::new();
+    read_until(
+        &mut stream,
+        &mut seen,
+        |seen| String::from_utf8_lossy(seen).contains("x-echo-uri: /after"),
+        "both answers",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&seen);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    assert!(text.contains("x-echo-uri: *\r\n"), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
 }
 
 /// A target in absolute form is read by the own path as any other: the instance gets its
@@ -765,11 +795,13 @@ async fn a_target_in_absolute_form_keeps_its_connection() {
     assert!(!text.contains("connection: close"), "{text}");
 }
 
-/// Heads that break the syntax or the limits are answered by the gateway: a precise status,
-/// its code in a JSON body, `Connection: close`, and a count in the gateway's error metric.
-/// Nothing of them reaches an instance.
+/// Heads that break the syntax or the limits, frame their body so that readers could disagree,
+/// or name a target, method or version the gateway does not pass on, are answered by the
+/// gateway: a precise status, its code in a JSON body, `Connection: close`, and a count in the
+/// gateway's error metric. Nothing of them reaches an instance, not even a request pipelined
+/// behind them.
 #[tokio::test]
-async fn a_malformed_or_oversized_head_is_refused_with_its_code_and_counted() {
+async fn a_refused_head_is_answered_with_its_code_closed_and_counted() {
     let (instance, forwarded) = counting_instance().await;
     let (_file, gateway) = gateway_for(&instance).await;
     let many_lines = format!(
@@ -780,7 +812,7 @@ async fn a_malformed_or_oversized_head_is_refused_with_its_code_and_counted() {
         "GET / HTTP/1.1\r\nhost: g\r\nx: {}\r\n\r\n",
         "a".repeat(70_000)
     );
-    let cases: [(&str, &[u8], &str); 5] = [
+    let cases: [(&str, &[u8], &str); 11] = [
         (
             "400",
             b"GET / HTTP/1.1\r\nhost: g\r\nbad name: 1\r\n\r\n",
@@ -797,6 +829,16 @@ async fn a_malformed_or_oversized_head_is_refused_with_its_code_and_counted() {
             "malformed_request",
         ),
         (
+            "400",
+            b"POST / HTTP/1.1\r\nhost: g\r\ncontent-length: +3\r\n\r\nabc",
+            "malformed_request",
+        ),
+        (
+            "400",
+            b"POST / HTTP/1.0\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            "malformed_request",
+        ),
+        (
             "431",
             many_lines.as_bytes(),
             "request_header_fields_too_large",
@@ -806,16 +848,41 @@ async fn a_malformed_or_oversized_head_is_refused_with_its_code_and_counted() {
             long_line.as_bytes(),
             "request_header_fields_too_large",
         ),
+        (
+            "400",
+            b"GET score HTTP/1.1\r\nhost: g\r\n\r\n",
+            "invalid_request_target",
+        ),
+        (
+            "405",
+            b"CONNECT g:443 HTTP/1.1\r\nhost: g:443\r\n\r\n",
+            "method_not_allowed",
+        ),
+        (
+            "501",
+            b"POST / HTTP/1.1\r\nhost: g\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "unsupported_transfer_coding",
+        ),
+        (
+            "505",
+            b"GET / HTTP/1.2\r\nhost: g\r\n\r\n",
+            "http_version_not_supported",
+        ),
     ];
     for (status, head, code) in cases {
-        let text = answer_until_close(gateway.addr(), head).await;
+        let pipelined = [head, b"GET /next HTTP/1.1\r\nhost: g\r\n\r\n"].concat();
+        let text = answer_until_close(gateway.addr(), &pipelined).await;
         assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "one answer: {text}");
         assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
         assert!(
             text.contains("content-type: application/json\r\n"),
             "{text}"
         );
         assert!(text.contains(&format!("\"code\":\"{code}\"")), "{text}");
+        if code == "unsupported_transfer_coding" {
+            assert!(text.contains("`gzip, chunked`"), "names the coding: {text}");
+        }
     }
     let counted = |kind: &str| {
         metric(
@@ -824,7 +891,15 @@ async fn a_malformed_or_oversized_head_is_refused_with_its_code_and_counted() {
             &[&format!("kind=\"{kind}\"")],
         )
     };
-    assert_eq!(counted("malformed_request"), 3);
+    assert_eq!(counted("malformed_request"), 5);
     assert_eq!(counted("request_header_fields_too_large"), 2);
+    for kind in [
+        "invalid_request_target",
+        "method_not_allowed",
+        "unsupported_transfer_coding",
+        "http_version_not_supported",
+    ] {
+        assert_eq!(counted(kind), 1, "{kind}");
+    }
     assert_eq!(forwarded.load(Ordering::SeqCst), 0);
 }

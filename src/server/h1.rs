@@ -10,11 +10,13 @@
 //! (`Connection: keep-alive`, which the answer repeats), an answer of unknown length is framed by
 //! the connection's end rather than chunked, and no interim answer goes to it.
 //!
-//! So are targets in absolute form. A head that breaks the syntax or the limits is answered here
-//! (400 or 431, [`refuse`]) and ends its connection. Anything else goes to hyper on the same
-//! connection, with the bytes already read: HTTP/2, upgrades, `OPTIONS *`, CONNECT, an HTTP/1.0
-//! request with a transfer coding, and heads whose framing the rules refuse (the proxy answers
-//! those). For HTTP/1 hyper serves that one request and closes the connection.
+//! So are targets in absolute form and `OPTIONS *`. Every head is judged here: one that breaks
+//! the syntax or the limits, frames its body so that readers could disagree, or names a target,
+//! method or version the gateway does not pass on, is answered here ([`refuse`]) and ends its
+//! connection. Only HTTP/2's preface and upgrades go to hyper, on the same connection with the
+//! bytes already read: an upgrade because hyper hands over the client's connection once both
+//! sides switched, which the proxy splices to the instance's. For HTTP/1 hyper serves that one
+//! request and closes the connection.
 
 use std::future::{Future, poll_fn};
 use std::io::{self, Write as _};
@@ -41,8 +43,8 @@ use crate::error::ProxyError;
 use crate::http1::codec::{BodyDecoder, BodyFraming, Decoded};
 use crate::http1::interim;
 use crate::http1::rules::{
-    Codings, ConnectionToken, ContentLength, MAX_HEADERS, REST_OF_REQUEST_TIMEOUT, TransferCodings,
-    connection_tokens, parse_decimal,
+    BadLength, Codings, ConnectionToken, ContentLength, MAX_HEADERS, REST_OF_REQUEST_TIMEOUT,
+    TransferCodings, connection_tokens, parse_decimal,
 };
 
 /// Request bodies up to this size are read whole with their head; larger ones are streamed to
@@ -70,8 +72,8 @@ const FLUSH_BYTES: usize = 64 * 1024;
 pub(crate) enum Ended {
     /// The connection is done with.
     Closed,
-    /// It carries something this path does not serve: hyper takes it from here, starting with
-    /// the bytes already read ([`Client::into_hand_over`]).
+    /// It carries HTTP/2 or an upgrade: hyper takes it from here, starting with the bytes
+    /// already read ([`Client::into_hand_over`]).
     HandOver,
     /// Its next request head is malformed or over the limits: it is to be answered with the
     /// error, and the connection closed ([`refuse`]).
@@ -82,23 +84,72 @@ pub(crate) enum Ended {
 /// what every connection's task holds room for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// The head breaks the syntax: what is wrong with it.
-    Malformed(&'static str),
+    /// The head breaks the syntax, or frames its body so that readers could disagree.
+    Malformed(Malformed),
     /// The head is over [`MAX_HEADER_BYTES`] or [`MAX_HEADERS`] lines.
     TooLarge,
+    /// The target is not one an instance can be sent unchanged.
+    Target(BadTarget),
+    /// `CONNECT`.
+    Connect,
+    /// A transfer coding other than one final `chunked`.
+    Coding,
+    /// A version other than HTTP/1.1 and HTTP/1.0 (HTTP/2 starts with its preface instead).
+    Version,
 }
 
 impl Refusal {
-    /// The error the client is answered with.
-    pub(crate) fn error(self) -> ProxyError {
+    /// The error the client is answered with; `head` is the refused head, read again for what
+    /// the error names.
+    pub(crate) fn error(self, head: &[u8]) -> ProxyError {
         match self {
-            Refusal::Malformed(what) => ProxyError::MalformedHead(what),
+            Refusal::Malformed(what) => ProxyError::MalformedHead(what.describe()),
             Refusal::TooLarge => ProxyError::HeadTooLarge {
                 bytes: MAX_HEADER_BYTES,
                 lines: MAX_HEADERS,
             },
+            Refusal::Target(BadTarget::Asterisk) => {
+                ProxyError::InvalidTarget("`*` is the target of `OPTIONS *` only")
+            }
+            Refusal::Target(BadTarget::Scheme) => {
+                ProxyError::InvalidTarget("only http and https URLs")
+            }
+            Refusal::Target(BadTarget::NotAPath) => {
+                ProxyError::InvalidTarget("it must start with `/` (or be an http URL)")
+            }
+            Refusal::Connect => ProxyError::ConnectMethod,
+            Refusal::Coding => ProxyError::UnsupportedCoding(transfer_codings_of(head)),
+            Refusal::Version => ProxyError::UnsupportedVersion,
         }
     }
+}
+
+// Every connection's task holds room for one.
+const _: () = assert!(size_of::<Refusal>() <= 2);
+
+/// What is wrong with a request target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadTarget {
+    /// `*` with a method other than OPTIONS.
+    Asterisk,
+    /// A URL of a scheme other than http and https.
+    Scheme,
+    /// Neither a path nor a URL: a relative path, or an authority (which only CONNECT takes).
+    NotAPath,
+}
+
+/// The `Transfer-Encoding` values of the request head at the start of `buf`, joined.
+fn transfer_codings_of(buf: &[u8]) -> String {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
+    let _ = request.parse(buf);
+    let values: Vec<String> = request
+        .headers
+        .iter()
+        .filter(|line| line.name.eq_ignore_ascii_case("transfer-encoding"))
+        .map(|line| String::from_utf8_lossy(line.value).into_owned())
+        .collect();
+    values.join(", ")
 }
 
 /// What the start of a connection's buffer holds.
@@ -110,7 +161,7 @@ pub(crate) enum Parsed {
     Partial,
     /// A head this path refuses.
     Refused(Refusal),
-    /// Something for hyper.
+    /// HTTP/2, or an upgrade: hyper's.
     Other,
 }
 
@@ -170,14 +221,49 @@ fn is_http_url(target: &str) -> bool {
     starts("http://") || starts("https://")
 }
 
-/// What a syntax error httparse found means, for the client's 400.
-fn malformed(error: httparse::Error) -> &'static str {
-    match error {
-        httparse::Error::HeaderName => "a header name is empty or holds a character it may not",
-        httparse::Error::HeaderValue => "a header value holds a control character",
-        httparse::Error::NewLine => "a line ends in CR without LF",
-        httparse::Error::Token => "the method or the target holds a character it may not",
-        _ => "not an HTTP/1.1 request line and header lines",
+/// What is wrong with a malformed request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Malformed {
+    HeaderName,
+    HeaderValue,
+    NewLine,
+    Token,
+    NotHttp,
+    /// Parts the parser let through that the `http` crate does not take.
+    NotValid,
+    CodingInHttp10,
+    NotChunkedLast,
+    LengthNotANumber,
+    LengthsDisagree,
+}
+
+impl Malformed {
+    /// What httparse's syntax error means.
+    fn from_syntax(error: httparse::Error) -> Self {
+        match error {
+            httparse::Error::HeaderName => Malformed::HeaderName,
+            httparse::Error::HeaderValue => Malformed::HeaderValue,
+            httparse::Error::NewLine => Malformed::NewLine,
+            httparse::Error::Token => Malformed::Token,
+            _ => Malformed::NotHttp,
+        }
+    }
+
+    /// For the client's 400.
+    fn describe(self) -> &'static str {
+        match self {
+            Malformed::HeaderName => "a header name is empty or holds a character it may not",
+            Malformed::HeaderValue => "a header value holds a control character",
+            Malformed::NewLine => "a line ends in CR without LF",
+            Malformed::Token => "the method or the target holds a character it may not",
+            Malformed::NotHttp => "not an HTTP/1.1 request line and header lines",
+            Malformed::NotValid => "the target or a header is not valid HTTP",
+            Malformed::CodingInHttp10 => "an HTTP/1.0 request may not carry a Transfer-Encoding",
+            // Without chunked last, nothing says where the body ends (RFC 9112, section 6.3).
+            Malformed::NotChunkedLast => "the Transfer-Encoding does not end in `chunked`",
+            Malformed::LengthNotANumber => "the Content-Length is not a decimal number",
+            Malformed::LengthsDisagree => "the Content-Length values disagree",
+        }
     }
 }
 
@@ -201,20 +287,34 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         }
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(httparse::Error::TooManyHeaders) => return Parsed::Refused(Refusal::TooLarge),
-        // HTTP/2's preface (`PRI * HTTP/2.0`), and versions hyper answers with its 505.
-        Err(httparse::Error::Version) => return Parsed::Other,
-        Err(error) => return Parsed::Refused(Refusal::Malformed(malformed(error))),
+        // HTTP/2's preface is hyper's to read (`PRI * HTTP/2.0`, then the rest of it).
+        Err(httparse::Error::Version) if buf.starts_with(b"PRI * HTTP/2.0") => {
+            return Parsed::Other;
+        }
+        Err(httparse::Error::Version) if names_a_version(buf) => {
+            return Parsed::Refused(Refusal::Version);
+        }
+        Err(error) => return Parsed::Refused(Refusal::Malformed(Malformed::from_syntax(error))),
     };
-    let (Some(method), Some(target), Some(minor @ (0 | 1))) =
-        (request.method, request.path, request.version)
+    // A complete head has all three; httparse reads only HTTP/1.0 and HTTP/1.1.
+    let (Some(method), Some(target), Some(minor)) = (request.method, request.path, request.version)
     else {
-        return Parsed::Other;
+        return Parsed::Refused(Refusal::Malformed(Malformed::Token));
     };
     let http10 = minor == 0;
-    // A path, or an http(s) URL (absolute form, which a server must accept: RFC 9112, section
-    // 3.2.2); `*` and CONNECT's authority form are hyper's to judge.
-    if !(target.starts_with('/') || is_http_url(target)) || method == "CONNECT" {
-        return Parsed::Other;
+    if method == "CONNECT" {
+        return Parsed::Refused(Refusal::Connect);
+    }
+    // A path, an http(s) URL (absolute form, which a server must accept: RFC 9112, section
+    // 3.2.2), or `OPTIONS *`. Anything else an instance could read otherwise than the gateway.
+    if !(target.starts_with('/') || is_http_url(target) || (target == "*" && method == "OPTIONS")) {
+        return Parsed::Refused(Refusal::Target(if target == "*" {
+            BadTarget::Asterisk
+        } else if target.contains("://") {
+            BadTarget::Scheme
+        } else {
+            BadTarget::NotAPath
+        }));
     }
     let offset = |part: &[u8]| {
         let start = part.as_ptr() as usize - buf.as_ptr() as usize;
@@ -226,10 +326,16 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
     let mut close = false;
     let mut keep_alive = false;
     let mut expect_continue = false;
+    let mut upgrade = false;
+    // Where a `Content-Length` line lies among the spans, in case chunked overrides it.
+    let mut length_lines = 0;
     for line in request.headers.iter() {
         let name = line.name.as_bytes();
         match name.len() {
-            14 if name.eq_ignore_ascii_case(b"content-length") => length.add(line.value),
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                length.add(line.value);
+                length_lines += 1;
+            }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => codings.add(line.value),
             // `100-continue` is answered here, so it is not passed on; an HTTP/1.0 client's is
             // ignored (RFC 9110, section 10.1.1). Any other expectation is ignored too, as hyper
@@ -243,13 +349,13 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
                 expect_continue = !http10;
                 continue;
             }
-            7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Other,
+            7 if name.eq_ignore_ascii_case(b"upgrade") => upgrade = true,
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 for token in connection_tokens(line.value) {
                     match token {
                         ConnectionToken::Close => close = true,
                         ConnectionToken::KeepAlive => keep_alive = true,
-                        ConnectionToken::Upgrade => return Parsed::Other,
+                        ConnectionToken::Upgrade => upgrade = true,
                         ConnectionToken::Names(_) => {}
                     }
                 }
@@ -261,22 +367,23 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
             value: offset(line.value),
         });
     }
-    // What the framing rules refuse (both framings, a bad or conflicting length, a coding
-    // other than one `chunked`) gets its 400 or 501 on hyper's path, where the proxy sees it;
-    // so does an HTTP/1.0 request with a transfer coding, whose framing RFC 9112 (section 6.1)
-    // calls faulty.
-    if http10 && codings.was_sent() {
+    let body = match body_of(length, codings, http10) {
+        Ok(body) => body,
+        Err(refusal) => return Parsed::Refused(refusal),
+    };
+    if let BodyOf::Streamed(BodyFraming::Chunked) = body {
+        if length_lines > 0 {
+            // Chunked overrides a length sent beside it, which must not be passed on; and such
+            // a request may be an attempt at smuggling, so its connection ends after the
+            // answer (RFC 9112, section 6.1).
+            spans.retain(|span| !buf[span.name.clone()].eq_ignore_ascii_case(b"content-length"));
+            close = true;
+        }
+    }
+    // An upgrade is hyper's to serve, once its head has passed the same rules as any other.
+    if upgrade {
         return Parsed::Other;
     }
-    let body = match (length.get(), codings.verdict(), codings.was_sent()) {
-        (None, Codings::None, _) => BodyOf::Whole(0),
-        (None, Codings::Chunked, _) => BodyOf::Streamed(BodyFraming::Chunked),
-        (Some(Ok(length)), Codings::None, false) => match usize::try_from(length) {
-            Ok(length) if length <= MAX_WHOLE_BODY => BodyOf::Whole(length),
-            _ => BodyOf::Streamed(BodyFraming::Length(length)),
-        },
-        _ => return Parsed::Other,
-    };
     Parsed::Request(Head {
         len,
         method: offset(method.as_bytes()),
@@ -287,6 +394,49 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         http10,
         expect_continue,
     })
+}
+
+/// How a request's body follows its head, by RFC 9112, section 6: a refusal for framing that
+/// readers could take differently, or that the gateway cannot pass on unchanged.
+fn body_of(
+    length: ContentLength,
+    codings: TransferCodings,
+    http10: bool,
+) -> Result<BodyOf, Refusal> {
+    if codings.was_sent() {
+        if http10 {
+            return Err(Refusal::Malformed(Malformed::CodingInHttp10));
+        }
+        if !codings.ends_chunked() {
+            return Err(Refusal::Malformed(Malformed::NotChunkedLast));
+        }
+        return match codings.verdict() {
+            Codings::Chunked => Ok(BodyOf::Streamed(BodyFraming::Chunked)),
+            _ => Err(Refusal::Coding),
+        };
+    }
+    match length.get() {
+        None => Ok(BodyOf::Whole(0)),
+        Some(Ok(length)) => Ok(match usize::try_from(length) {
+            Ok(length) if length <= MAX_WHOLE_BODY => BodyOf::Whole(length),
+            _ => BodyOf::Streamed(BodyFraming::Length(length)),
+        }),
+        Some(Err(BadLength::NotANumber)) => Err(Refusal::Malformed(Malformed::LengthNotANumber)),
+        Some(Err(BadLength::Conflicting)) => Err(Refusal::Malformed(Malformed::LengthsDisagree)),
+    }
+}
+
+/// Whether the request line at the start of `buf` ends in a version of the form `HTTP/x.y`:
+/// one the gateway does not speak, rather than no version at all.
+fn names_a_version(buf: &[u8]) -> bool {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let version = line
+        .trim_ascii_end()
+        .rsplit(|&b| b == b' ')
+        .next()
+        .unwrap_or_default();
+    matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+        if major.is_ascii_digit() && minor.is_ascii_digit())
 }
 
 /// The request `head` describes, without its body, with header values pointing into `bytes`
@@ -315,8 +465,8 @@ fn build_request(bytes: &Bytes, head: &Head, spans: &[Span]) -> Option<Request<(
 
 /// Reads whatever `wire` holds as a client's request heads, the way a connection does: each
 /// head this path serves becomes a request, whose body must lie within `wire`. Returns how many
-/// requests it made before the rest was incomplete or left to hyper. For fuzzing: it must never
-/// panic, and a head must never claim bytes that are not there.
+/// requests it made before the rest was incomplete, refused or left to hyper. For fuzzing: it
+/// must never panic, and a head must never claim bytes that are not there.
 pub fn read_requests(wire: &[u8]) -> usize {
     let mut buf = BytesMut::from(wire);
     let mut made = 0;
@@ -448,13 +598,18 @@ impl<W: Wire> Client<W> {
         }
     }
 
+    /// What was read and not yet taken as a request: the head a refusal is about.
+    pub(crate) fn unread(&self) -> &[u8] {
+        &self.read
+    }
+
     fn draining(&self) -> bool {
         *self.draining.borrow()
     }
 }
 
-/// Serves requests on `client`'s connection until the client closes it, asks to, or sends
-/// something hyper must serve.
+/// Serves requests on `client`'s connection until the client closes it, asks to, sends a head
+/// this path refuses, or starts HTTP/2 or an upgrade, which hyper serves.
 pub(crate) async fn serve<W: Wire>(
     client: &mut Client<W>,
     handler: &impl Handler,
@@ -491,12 +646,7 @@ pub(crate) async fn serve<W: Wire>(
         let bytes = client.read.split_to(head.len).freeze();
         let body = client.read.split_to(whole).freeze();
         let Some(request) = build_request(&bytes, &head, &spans) else {
-            let mut read = BytesMut::with_capacity(bytes.len() + body.len() + client.read.len());
-            read.extend_from_slice(&bytes);
-            read.extend_from_slice(&body);
-            read.extend_from_slice(&client.read);
-            client.read = read;
-            return Ok(Ended::HandOver);
+            return Ok(Ended::Refused(Refusal::Malformed(Malformed::NotValid)));
         };
         let (request, feed) = match head.body {
             BodyOf::Whole(_) => (request.map(|()| ClientBody::whole(body)), None),
@@ -1254,29 +1404,110 @@ mod tests {
     }
 
     #[test]
-    fn everything_else_is_left_to_hyper() {
+    fn only_http2_and_upgrades_are_left_to_hyper() {
         for text in [
-            "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.0\r\ncontent-length: 1\r\ntransfer-encoding: identity\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
-            "POST / HTTP/1.1\r\ntransfer-encoding: \r\ncontent-length: 3\r\n\r\n",
             "GET /ws HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
             "GET /ws HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
-            "GET ftp://g/ HTTP/1.1\r\n\r\n",
-            "GET g.example:80 HTTP/1.1\r\n\r\n",
-            "OPTIONS * HTTP/1.1\r\n\r\n",
-            "CONNECT g:443 HTTP/1.1\r\n\r\n",
-            "POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
-            "POST / HTTP/1.1\r\ncontent-length: 1, 2\r\n\r\n",
-            "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
-            "POST / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n",
-            "GET / HTTP/1.2\r\n\r\n",
         ] {
             assert_eq!(parse(text), Parsed::Other, "{text:?}");
         }
+        // The same rules come first: an upgrade whose framing is refused is refused here.
+        assert_eq!(
+            parse("GET /ws HTTP/1.1\r\nupgrade: websocket\r\ncontent-length: x\r\n\r\n"),
+            Parsed::Refused(Refusal::Malformed(Malformed::LengthNotANumber))
+        );
+    }
+
+    #[test]
+    fn framing_targets_and_versions_readers_could_take_differently_are_refused_here() {
+        use Malformed::*;
+        for (text, refusal) in [
+            (
+                "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+                Refusal::Malformed(CodingInHttp10),
+            ),
+            (
+                "POST / HTTP/1.0\r\ncontent-length: 1\r\ntransfer-encoding: identity\r\n\r\n",
+                Refusal::Malformed(CodingInHttp10),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                Refusal::Coding,
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
+                Refusal::Coding,
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+                Refusal::Malformed(NotChunkedLast),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: \r\ncontent-length: 3\r\n\r\n",
+                Refusal::Malformed(NotChunkedLast),
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+                Refusal::Malformed(LengthsDisagree),
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 1, 2\r\n\r\n",
+                Refusal::Malformed(LengthsDisagree),
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+                Refusal::Malformed(LengthNotANumber),
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n",
+                Refusal::Malformed(LengthNotANumber),
+            ),
+            (
+                "GET ftp://g/ HTTP/1.1\r\n\r\n",
+                Refusal::Target(BadTarget::Scheme),
+            ),
+            (
+                "GET g.example:80 HTTP/1.1\r\n\r\n",
+                Refusal::Target(BadTarget::NotAPath),
+            ),
+            (
+                "GET score HTTP/1.1\r\n\r\n",
+                Refusal::Target(BadTarget::NotAPath),
+            ),
+            (
+                "GET * HTTP/1.1\r\n\r\n",
+                Refusal::Target(BadTarget::Asterisk),
+            ),
+            ("CONNECT g:443 HTTP/1.1\r\n\r\n", Refusal::Connect),
+            ("GET / HTTP/1.2\r\n\r\n", Refusal::Version),
+            ("GET / HTTP/3.0\r\n\r\n", Refusal::Version),
+            ("GET / FTP/1.1\r\n\r\n", Refusal::Malformed(NotHttp)),
+        ] {
+            assert_eq!(parse(text), Parsed::Refused(refusal), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn chunked_overrides_a_length_which_is_dropped_and_the_connection_ends_after() {
+        let text =
+            "POST / HTTP/1.1\r\ncontent-length: 3\r\nx: 1\r\ntransfer-encoding: chunked\r\n\r\n";
+        let mut spans = Vec::new();
+        let Parsed::Request(head) = parse_head(text.as_bytes(), &mut spans) else {
+            panic!("{text:?} is served here");
+        };
+        assert_eq!(head.body, BodyOf::Streamed(BodyFraming::Chunked));
+        assert!(head.close);
+        let names: Vec<&str> = spans.iter().map(|span| &text[span.name.clone()]).collect();
+        assert_eq!(names, ["x", "transfer-encoding"]);
+    }
+
+    #[test]
+    fn options_asterisk_is_served_here() {
+        let Parsed::Request(head) = parse("OPTIONS * HTTP/1.1\r\nhost: g\r\n\r\n") else {
+            panic!("OPTIONS * is served here");
+        };
+        assert!(!head.close);
     }
 
     #[test]

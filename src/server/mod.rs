@@ -3,7 +3,7 @@
 //! graceful drain on shutdown.
 //!
 //! HTTP/1.1 connections, plain or TLS, start on the loop's own HTTP/1.1 path (`h1.rs`), which
-//! serves the common requests and hands anything else to hyper; TLS connections that chose
+//! serves every HTTP/1 request and hands HTTP/2 and upgrades to hyper; TLS connections that chose
 //! HTTP/2 by ALPN go to hyper directly.
 
 mod body;
@@ -266,7 +266,7 @@ fn serve_http1<W: Wire>(
             // room for it.
             Ok(h1::Ended::Refused(refusal)) => {
                 let refused = async {
-                    let error = refusal.error();
+                    let error = refusal.error(client.unread());
                     if let Some(refused) = &shared.refused {
                         refused.with_label_values(&[error.code()]).inc();
                     }
