@@ -168,9 +168,22 @@ pub fn pass_answer(wire: &[u8], to_head_request: bool, http10: bool) -> bool {
             .map(|(_, v)| v.clone());
         assert_eq!(value, Some(length.to_string().into_bytes()), "{written:?}");
     }
+    // After a 101 the connection is the new protocol's: it ends as HTTP/1.1, and its head
+    // says nothing of a close.
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        assert!(
+            closes,
+            "a 101 the connection goes on speaking HTTP/1.1 after"
+        );
+        assert!(
+            !written
+                .iter()
+                .any(|(name, value)| name == "connection" && value == b"close"),
+            "a 101 that says close: {written:?}"
+        );
+    }
     // The instance's end-to-end lines, in order, as it sent them; the gateway adds only the
-    // framing, `connection: close` when it closes (after a 101, say) and, if the instance sent
-    // none, a `date`.
+    // framing, `connection: close` when it closes and, if the instance sent none, a `date`.
     let from_instance: Vec<(String, Vec<u8>)> = head
         .headers
         .fields()

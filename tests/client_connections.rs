@@ -1,7 +1,7 @@
 //! Client connections as the serve loop sees them, spoken to byte by byte: pipelined requests,
-//! `Connection: close`, HTTP/1.0 keep-alive, chunked and large bodies on one connection, what
-//! its own HTTP/1.1 path hands to hyper (malformed heads, HTTP/2), clients that are silent or too
-//! slow, and clients that leave mid-request.
+//! `Connection: close`, HTTP/1.0 keep-alive, chunked and large bodies on one connection,
+//! malformed heads, HTTP/2 (which its own HTTP/1.1 path hands to hyper), clients that are silent
+//! or too slow, and clients that leave mid-request.
 
 mod common;
 

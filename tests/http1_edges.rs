@@ -693,27 +693,26 @@ async fn counting_instance() -> (String, Arc<AtomicUsize>) {
 }
 
 #[tokio::test]
-async fn a_request_left_to_hyper_is_the_last_its_connection_carries() {
+async fn an_upgrade_not_switched_is_the_last_request_its_connection_carries() {
     let (instance, forwarded) = counting_instance().await;
     let (_file, gateway) = gateway_for(&instance).await;
     let stream = TcpStream::connect(gateway.addr()).await.expect("connect");
-    a_request_left_to_hyper_ends_its_connection_on(stream, &forwarded).await;
+    an_upgrade_not_switched_ends_its_connection_on(stream, &forwarded).await;
 }
 
-/// What the own path leaves to hyper is handed over inside the TLS session, with the bytes
-/// already read, and the session ends with its answer as a plain connection does.
+/// Inside TLS as on a plain connection.
 #[tokio::test]
-async fn over_tls_a_request_left_to_hyper_is_the_last_its_session_carries() {
+async fn over_tls_an_upgrade_not_switched_is_the_last_request_its_session_carries() {
     let (instance, forwarded) = counting_instance().await;
     let (_file, gateway) = TlsGateway::for_instance(&instance).await;
-    a_request_left_to_hyper_ends_its_connection_on(gateway.connect().await, &forwarded).await;
+    an_upgrade_not_switched_ends_its_connection_on(gateway.connect().await, &forwarded).await;
 }
 
-/// An upgrade request (left to hyper, which hands the connection over once both sides switch)
-/// whose instance answers 200 rather than 101, with a request pipelined behind it. hyper answers
-/// the first, says `Connection: close` and ends the connection: the second is never read by a
-/// second parser, and never forwarded (the client sends it again).
-async fn a_request_left_to_hyper_ends_its_connection_on(
+/// An upgrade request whose instance answers 200 rather than 101, with a request pipelined
+/// behind it. The gateway answers the first, says `Connection: close` and ends the connection:
+/// what follows an upgrade request may be the protocol the client asked for, so it is never
+/// read as a request, and never forwarded (the client sends it again).
+async fn an_upgrade_not_switched_ends_its_connection_on(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
     forwarded: &AtomicUsize,
 ) {

@@ -298,15 +298,15 @@ async fn readiness_probes_go_over_the_traffics_tls_settings_and_protocol() {
     }
 }
 
-#[tokio::test]
-async fn a_websocket_upgrade_is_spliced_through() {
+/// An instance that switches every request to WebSocket, then answers every chunk in upper
+/// case until the peer closes.
+async fn upper_casing_websocket() -> String {
     use tokio::io::AsyncReadExt;
-    let upstream = scripted_upstream(|mut stream| {
+    scripted_upstream(|mut stream| {
         tokio::spawn(async move {
             read_request_head(&mut stream).await;
             let head = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
             stream.write_all(head.as_bytes()).await.expect("101");
-            // After the switch: answer every chunk in upper case, until the peer closes.
             let mut buffer = [0u8; 256];
             loop {
                 let n = stream.read(&mut buffer).await.unwrap_or(0);
@@ -320,12 +320,37 @@ async fn a_websocket_upgrade_is_spliced_through() {
             }
         })
     })
-    .await;
-    let (_file, gateway) = gateway_for(&upstream).await;
+    .await
+}
 
-    let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+#[tokio::test]
+async fn a_websocket_upgrade_is_spliced_through() {
+    let upstream = upper_casing_websocket().await;
+    let (_file, gateway) = gateway_for(&upstream).await;
+    let stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    a_websocket_is_spliced_through_on(stream, &gateway).await;
+}
+
+/// Inside TLS the handshake is read by the same path, and the tunnel runs inside the session.
+#[tokio::test]
+async fn over_tls_a_websocket_upgrade_is_spliced_through() {
+    let upstream = upper_casing_websocket().await;
+    let (_file, gateway) = common::tls::TlsGateway::for_instance(&upstream).await;
+    let stream = gateway.connect().await;
+    a_websocket_is_spliced_through_on(stream, &gateway.gateway).await;
+}
+
+/// The client's handshake, with its first message sent right behind it: the 101 comes back
+/// without a close, the message (kept while the instance answered) and the next go through the
+/// tunnel, the tunnel counts as an open client connection while it lasts, and closing it on
+/// the client's side ends it.
+async fn a_websocket_is_spliced_through_on(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    gateway: &switchyard::Gateway,
+) {
+    use tokio::io::AsyncReadExt;
     stream
-        .write_all(b"GET /ws HTTP/1.1\r\nhost: gateway\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
+        .write_all(b"GET /ws HTTP/1.1\r\nhost: gateway\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\nhello")
         .await
         .expect("handshake");
     let mut head = Vec::new();
@@ -337,10 +362,14 @@ async fn a_websocket_upgrade_is_spliced_through() {
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
     assert!(head.contains("azureml-model-deployment: blue"), "{head}");
 
     for message in ["hello", "second frame"] {
-        stream.write_all(message.as_bytes()).await.expect("send");
+        if message != "hello" {
+            stream.write_all(message.as_bytes()).await.expect("send");
+        }
         let mut answer = vec![0u8; message.len()];
         tokio::time::timeout(PATIENCE, stream.read_exact(&mut answer))
             .await
@@ -348,6 +377,10 @@ async fn a_websocket_upgrade_is_spliced_through() {
             .expect("read");
         assert_eq!(answer, message.to_uppercase().as_bytes());
     }
+    let open = || metric(gateway, "switchyard_client_connections", &[]);
+    assert_eq!(open(), 1, "the tunnel is an open client connection");
+    drop(stream);
+    eventually("the tunnel ends with the client's side", || open() == 0).await;
 }
 
 /// An upstream that answers every request with a 101 to `protocol` and records each request

@@ -16,7 +16,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use tokio::io::{self as io, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 pub use body::{ProxyBody, UpstreamBody};
 use body::{RequestBody, SentBody, is_body_too_large};
@@ -29,7 +29,7 @@ use crate::error::{ProxyError, is_grpc, status_of_grpc_code};
 use crate::http1;
 use crate::metrics::{Metrics, RouteLabel};
 use crate::routing::{Decision, Draws, RoutingTable};
-use crate::server::{ClientBody, Connection, Reply};
+use crate::server::{self, ClientBody, Connection, Reply};
 use crate::upstream::connect::{self, tls_server_name};
 use crate::upstream::health::Outcome;
 use crate::upstream::{Deployment, InFlight, Instance, Refusal};
@@ -212,7 +212,9 @@ impl Proxy {
             // A WebSocket (or other HTTP/1.1 upgrade) handshake: once the instance agrees, the two
             // connections are spliced together.
             let upgrade = headers::upgrade_request(request.headers());
-            let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+            let client_upgrade = upgrade
+                .as_ref()
+                .and_then(|_| server::on_upgrade(&mut request));
 
             // A tunnel is one client's conversation; it is never copied.
             let mirror = mirror.filter(|_| upgrade.is_none());
@@ -533,7 +535,7 @@ enum Failure {
 /// Answers an accepted upgrade with the instance's 101 and, once the client has switched too,
 /// copies bytes both ways until either closes. The lease keeps the tunnel counted as in flight.
 fn splice(
-    client: hyper::upgrade::OnUpgrade,
+    client: server::OnUpgrade,
     head: http1::ResponseHead,
     body: http1::ResponseBody<UpstreamBody>,
     lease: InFlight,
@@ -545,7 +547,7 @@ fn splice(
             return;
         };
         let tunnel = async {
-            let mut client = hyper_util::rt::TokioIo::new(client.await.map_err(io::Error::other)?);
+            let mut client = client.await?;
             // Bytes the instance sent right after its 101 belong to the new protocol.
             client.write_all(&early).await?;
             tokio::io::copy_bidirectional(&mut client, &mut upstream).await

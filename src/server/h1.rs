@@ -13,16 +13,15 @@
 //! So are targets in absolute form and `OPTIONS *`. Every head is judged here: one that breaks
 //! the syntax or the limits, frames its body so that readers could disagree, or names a target,
 //! method or version the gateway does not pass on, is answered here ([`refuse`]) and ends its
-//! connection. Only HTTP/2's preface and upgrades go to hyper, on the same connection with the
-//! bytes already read: an upgrade because hyper hands over the client's connection once both
-//! sides switched, which the proxy splices to the instance's. For HTTP/1 hyper serves that one
-//! request and closes the connection.
+//! connection. An upgrade is served here as well: a 101 answer hands the connection on
+//! (`handover.rs`), and any other ends it. Only a connection that begins with HTTP/2's preface
+//! goes to hyper, with the bytes already read.
 
 use std::future::{Future, poll_fn};
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::ops::Range;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,11 +30,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use http_body_util::Full;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::body::BodyFeed;
+use super::handover::{self, Pending, Prefixed};
 use super::wire::{self, MIN_READ_ROOM, Wire};
 use super::{ClientBody, Connection, Handler, IntoReply, MAX_HEADER_BYTES, Reply};
 use crate::causes::BoxError;
@@ -72,9 +71,12 @@ const FLUSH_BYTES: usize = 64 * 1024;
 pub(crate) enum Ended {
     /// The connection is done with.
     Closed,
-    /// It carries HTTP/2 or an upgrade: hyper takes it from here, starting with the bytes
-    /// already read ([`Client::into_hand_over`]).
-    HandOver,
+    /// It carries HTTP/2: hyper takes it from here, starting with the bytes already read
+    /// ([`Client::into_hand_over`]).
+    Http2,
+    /// The handler switched it to another protocol with a 101, which is written: the
+    /// connection goes to whoever waits on the request's [`OnUpgrade`](super::OnUpgrade).
+    Switched(Pending),
     /// Its next request head is malformed or over the limits: it is to be answered with the
     /// error, and the connection closed ([`refuse`]).
     Refused(Refusal),
@@ -161,8 +163,8 @@ pub(crate) enum Parsed {
     Partial,
     /// A head this path refuses.
     Refused(Refusal),
-    /// HTTP/2, or an upgrade: hyper's.
-    Other,
+    /// HTTP/2's preface: hyper's.
+    Http2,
 }
 
 /// Where a request head's parts lie in the buffer; the header lines are in the spans passed to
@@ -183,6 +185,8 @@ pub(crate) struct Head {
     http10: bool,
     /// The client waits for `100 Continue` before it sends the body.
     expect_continue: bool,
+    /// The client asks to switch protocols (`Upgrade`, or `Connection: upgrade`).
+    upgrade: bool,
 }
 
 /// How a request's body follows its head.
@@ -289,7 +293,7 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         Err(httparse::Error::TooManyHeaders) => return Parsed::Refused(Refusal::TooLarge),
         // HTTP/2's preface is hyper's to read (`PRI * HTTP/2.0`, then the rest of it).
         Err(httparse::Error::Version) if buf.starts_with(b"PRI * HTTP/2.0") => {
-            return Parsed::Other;
+            return Parsed::Http2;
         }
         Err(httparse::Error::Version) if names_a_version(buf) => {
             return Parsed::Refused(Refusal::Version);
@@ -380,19 +384,18 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
             close = true;
         }
     }
-    // An upgrade is hyper's to serve, once its head has passed the same rules as any other.
-    if upgrade {
-        return Parsed::Other;
-    }
     Parsed::Request(Head {
         len,
         method: offset(method.as_bytes()),
         target: offset(target.as_bytes()),
         body,
-        // HTTP/1.0 keeps a connection only when asked to (RFC 9112, section 9.3).
-        close: close || (http10 && !keep_alive),
+        // HTTP/1.0 keeps a connection only when asked to (RFC 9112, section 9.3). An upgrade
+        // the handler does not take ends its connection: the client may already speak the
+        // protocol it asked for.
+        close: close || (http10 && !keep_alive) || upgrade,
         http10,
         expect_continue,
+        upgrade: upgrade && !http10,
     })
 }
 
@@ -570,6 +573,11 @@ impl<W: Wire> Client<W> {
         (stream, self.draining, self.idle.period())
     }
 
+    /// The connection, and what was read of it and not yet taken.
+    pub(crate) fn into_parts(self) -> (W::Stream, Bytes) {
+        (self.stream.into_stream(), self.read.freeze())
+    }
+
     /// Reads more of the next request. A client that sends no whole head for a full `timeout`
     /// period (so after between one and two of them) is let go.
     ///
@@ -609,7 +617,7 @@ impl<W: Wire> Client<W> {
 }
 
 /// Serves requests on `client`'s connection until the client closes it, asks to, sends a head
-/// this path refuses, or starts HTTP/2 or an upgrade, which hyper serves.
+/// this path refuses, is switched to another protocol, or starts HTTP/2, which hyper serves.
 pub(crate) async fn serve<W: Wire>(
     client: &mut Client<W>,
     handler: &impl Handler,
@@ -620,7 +628,7 @@ pub(crate) async fn serve<W: Wire>(
         let head = loop {
             match parse_head(&client.read, &mut spans) {
                 Parsed::Request(head) => break head,
-                Parsed::Other => return Ok(Ended::HandOver),
+                Parsed::Http2 => return Ok(Ended::Http2),
                 Parsed::Refused(refusal) => return Ok(Ended::Refused(refusal)),
                 Parsed::Partial => {}
             }
@@ -648,7 +656,7 @@ pub(crate) async fn serve<W: Wire>(
         let Some(request) = build_request(&bytes, &head, &spans) else {
             return Ok(Ended::Refused(Refusal::Malformed(Malformed::NotValid)));
         };
-        let (request, feed) = match head.body {
+        let (mut request, feed) = match head.body {
             BodyOf::Whole(_) => (request.map(|()| ClientBody::whole(body)), None),
             BodyOf::Streamed(framing) => {
                 let (feed, body) = Feed::new(framing);
@@ -659,13 +667,21 @@ pub(crate) async fn serve<W: Wire>(
         // would otherwise keep the read buffer shared, and growing it would then copy.
         drop(bytes);
         let close = head.close;
+        // A switch is offered only to a request read whole: the connection's reads must be the
+        // tunnel's alone once it is handed on.
+        let switch = (head.upgrade && feed.is_none()).then(|| {
+            let (pending, on_upgrade) = handover::pending();
+            request.extensions_mut().insert(on_upgrade);
+            pending
+        });
         // Boxed: a request in flight needs far more state than a connection waiting for one,
         // and thousands of connections wait. The price is an allocation and a copy of that
         // state per request.
-        let exchange = client.exchange(handler, connection, request, close, feed);
-        let exchanged = Box::pin(exchange).await?;
-        let Some(keep_alive) = exchanged else {
-            return Ok(Ended::Closed);
+        let exchange = client.exchange(handler, connection, request, close, feed, switch);
+        let keep_alive = match Box::pin(exchange).await? {
+            Exchanged::Answered { keep_alive } => keep_alive,
+            Exchanged::Left => return Ok(Ended::Closed),
+            Exchanged::Switched(pending) => return Ok(Ended::Switched(pending)),
         };
         // The response is on its way: a good moment to let others run.
         crate::serving_thread::offer_cpu();
@@ -713,9 +729,19 @@ pub(crate) async fn refuse<W: Wire>(client: &Client<W>, error: ProxyError) {
     let _ = tokio::time::timeout(LINGER, drained).await;
 }
 
+/// How one request's exchange ended.
+enum Exchanged {
+    /// The answer is written; the connection may carry another request if `keep_alive`.
+    Answered { keep_alive: bool },
+    /// The client left before the answer.
+    Left,
+    /// The answer was a 101, written: the connection is the new protocol's.
+    Switched(Pending),
+}
+
 impl<W: Wire> Client<W> {
-    /// Answers `request` and writes the answer; `Some(true)` if the connection may carry
-    /// another request, `None` if the client left before the answer.
+    /// Answers `request` and writes the answer. With `switch`, a 101 answer hands the
+    /// connection on.
     #[allow(clippy::manual_async_fn)]
     fn exchange<'a>(
         &'a mut self,
@@ -724,7 +750,8 @@ impl<W: Wire> Client<W> {
         request: Request<ClientBody>,
         close: bool,
         mut feed: Option<Feed>,
-    ) -> impl Future<Output = Result<Option<bool>, BoxError>> + 'a {
+        switch: Option<Pending>,
+    ) -> impl Future<Output = Result<Exchanged, BoxError>> + 'a {
         // An async block, not an async fn, and the handler's future dropped once it answered:
         // this state is allocated and copied for every request, and an async fn would keep
         // room for its arguments twice, and for the handler's future beside the answer's.
@@ -774,7 +801,7 @@ impl<W: Wire> Client<W> {
                     }
                 });
                 let Some(reply) = answered.await? else {
-                    return Ok(None);
+                    return Ok(Exchanged::Left);
                 };
                 reply
             };
@@ -790,9 +817,16 @@ impl<W: Wire> Client<W> {
                 http10,
                 close,
             };
+            if let Some(switch) =
+                switch.filter(|_| reply.status() == StatusCode::SWITCHING_PROTOCOLS)
+            {
+                write_response(stream, &mut out, reply, answer, None).await?;
+                return Ok(Exchanged::Switched(switch));
+            }
             let Some(feed) = feed.as_mut().filter(|feed| !feed.is_over()) else {
-                let written = write_response(stream, &mut out, reply, answer, Some(read)).await?;
-                return Ok(Some(written));
+                let keep_alive =
+                    write_response(stream, &mut out, reply, answer, Some(read)).await?;
+                return Ok(Exchanged::Answered { keep_alive });
             };
 
             // The answer came before the whole body (an instance that answers early, or refuses
@@ -824,14 +858,16 @@ impl<W: Wire> Client<W> {
                 let _ = wire::shutdown(stream).await;
                 let rest = poll_fn(|cx| feed.poll(cx, stream, read));
                 let _ = tokio::time::timeout(LINGER, rest).await;
-                return Ok(Some(false));
+                return Ok(Exchanged::Answered { keep_alive: false });
             }
             // Then the rest is read to its end (for the handler if it still takes it, thrown away
             // if not), so the connection can carry the client's next request; bounded in time, as
             // on the instance's side.
             let rest = poll_fn(|cx| feed.poll(cx, stream, read));
             let whole = tokio::time::timeout(REST_OF_REQUEST_TIMEOUT, rest).await;
-            Ok(Some(written && whole == Ok(true)))
+            Ok(Exchanged::Answered {
+                keep_alive: written && whole == Ok(true),
+            })
         }
     }
 }
@@ -1054,7 +1090,9 @@ pub(crate) fn encode_response_head(
         close,
     } = to;
     let status = parts.status;
-    let mut close = close || status == StatusCode::SWITCHING_PROTOCOLS;
+    // After a 101 the connection speaks another protocol, or ends; its head says `upgrade`.
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut close = close;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -1127,14 +1165,14 @@ pub(crate) fn encode_response_head(
         out.extend_from_slice(&http_date());
         out.extend_from_slice(b"\r\n");
     }
-    if close && !closing {
+    if close && !closing && !switching {
         out.extend_from_slice(b"connection: close\r\n");
     }
     // An HTTP/1.0 client closes after the answer unless told otherwise (RFC 9112, section 9.3).
     if http10 && !close && !closing {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    let close = close || closing;
+    let close = close || closing || switching;
     out.extend_from_slice(b"\r\n");
     (framing, close)
 }
@@ -1298,66 +1336,6 @@ fn http_date() -> [u8; 29] {
     })
 }
 
-/// A connection with bytes already read from it in front: what hyper gets when it takes a
-/// connection over.
-#[derive(Debug)]
-pub(crate) struct Prefixed<T> {
-    prefix: Bytes,
-    inner: T,
-}
-
-impl<T> Prefixed<T> {
-    pub(crate) fn new(prefix: Bytes, inner: T) -> Self {
-        Prefixed { prefix, inner }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1404,15 +1382,20 @@ mod tests {
     }
 
     #[test]
-    fn only_http2_and_upgrades_are_left_to_hyper() {
-        for text in [
-            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            "GET /ws HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
-            "GET /ws HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
-        ] {
-            assert_eq!(parse(text), Parsed::Other, "{text:?}");
-        }
-        // The same rules come first: an upgrade whose framing is refused is refused here.
+    fn only_http2_is_left_to_hyper() {
+        assert_eq!(parse("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Parsed::Http2);
+        assert_eq!(parse("PRI * HTTP/2.0\r\n"), Parsed::Http2);
+    }
+
+    #[test]
+    fn an_upgrade_is_served_here_and_is_the_last_request_unless_switched() {
+        let (websocket, _) =
+            head("GET /ws HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n");
+        assert!(websocket.upgrade && websocket.close);
+        // HTTP/1.0 has no upgrades (RFC 9110, section 7.8).
+        let (http10, _) = head("GET /ws HTTP/1.0\r\nupgrade: websocket\r\n\r\n");
+        assert!(!http10.upgrade && http10.close);
+        // The same rules as for any other head: an upgrade whose framing is refused is refused.
         assert_eq!(
             parse("GET /ws HTTP/1.1\r\nupgrade: websocket\r\ncontent-length: x\r\n\r\n"),
             Parsed::Refused(Refusal::Malformed(Malformed::LengthNotANumber))

@@ -3,12 +3,13 @@
 //! graceful drain on shutdown.
 //!
 //! HTTP/1.1 connections, plain or TLS, start on the loop's own HTTP/1.1 path (`h1.rs`), which
-//! serves every HTTP/1 request and hands HTTP/2 and upgrades to hyper; TLS connections that chose
+//! serves every HTTP/1 request (upgrades included) and hands HTTP/2 to hyper; TLS connections that chose
 //! HTTP/2 by ALPN go to hyper directly.
 
 mod body;
 mod h1;
 mod handler;
+mod handover;
 mod wire;
 
 pub use body::ClientBody;
@@ -16,6 +17,7 @@ pub use body::ClientBody;
 pub use h1::read_requests;
 pub(crate) use h1::{AnswerTo, encode_response_head, next_whole_request};
 pub use handler::{Handler, IntoReply, Reply};
+pub use handover::{OnUpgrade, Upgraded, on_upgrade};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,9 +31,9 @@ use std::pin::pin;
 
 use crate::causes::BoxError;
 use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -140,20 +142,10 @@ pub(crate) async fn serve_connections(
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper reads HTTP/1 only on a connection the own path handed over, and only its first
-    // request there: the answer says `Connection: close` and the connection ends with it. So
-    // no two parsers take turns on one connection's bytes (hyper's chunked decoder, for one,
-    // reads a trailer line ending in a bare LF as unended, and would take the next pipelined
-    // request for part of the body); a client that pipelined sends the rest again.
+    // hyper serves HTTP/2 only: every HTTP/1 byte is read by the own path, so no two parsers
+    // take turns on one connection's bytes.
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .keep_alive(false)
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     // Shared: the settings are large, and each connection's task would hold a copy.
@@ -240,7 +232,7 @@ pub(crate) async fn serve_connections(
 /// What every connection of a serve loop uses: hyper's settings, for what the own path leaves
 /// to it, and the counter of refused request heads.
 struct Shared {
-    hyper: auto::Builder<TokioExecutor>,
+    hyper: http2::Builder<TokioExecutor>,
     refused: Option<IntCounterVec>,
 }
 
@@ -276,9 +268,14 @@ fn serve_http1<W: Wire>(
                 Box::pin(refused).await;
                 Ok(())
             }
+            Ok(h1::Ended::Switched(pending)) => {
+                let (stream, prefix) = client.into_parts();
+                pending.switch(prefix, stream, slot);
+                return;
+            }
             // Boxed: hyper's connection state is several times the size of the loop's own,
             // and every idle connection's task would hold room for it.
-            Ok(h1::Ended::HandOver) => {
+            Ok(h1::Ended::Http2) => {
                 let (stream, draining, timeout) = client.into_hand_over();
                 let peer = connection.peer;
                 let served = Box::pin(serve_with_hyper(
@@ -344,9 +341,7 @@ where
             async move { Ok::<_, Infallible>(reply.await.into_reply().into_response()) }
         })
     };
-    let served = shared
-        .hyper
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    let served = shared.hyper.serve_connection(TokioIo::new(io), service);
     let mut served = pin!(served);
     let silent = async {
         tokio::time::sleep(first_request).await;
@@ -355,7 +350,7 @@ where
         }
     };
     tokio::select! {
-        result = served.as_mut() => return result,
+        result = served.as_mut() => return result.map_err(Into::into),
         // Also when the loop is gone: nobody is left to wait for this connection.
         _ = draining.wait_for(|draining| *draining) => {}
         () = silent => {
@@ -364,7 +359,7 @@ where
         }
     }
     served.as_mut().graceful_shutdown();
-    served.await
+    Ok(served.await?)
 }
 
 /// A client connection to serve, holding its connection slot.
