@@ -656,7 +656,7 @@ pub(crate) async fn serve<W: Wire>(
         let Some(request) = build_request(&bytes, &head, &spans) else {
             return Ok(Ended::Refused(Refusal::Malformed(Malformed::NotValid)));
         };
-        let (mut request, feed) = match head.body {
+        let (request, feed) = match head.body {
             BodyOf::Whole(_) => (request.map(|()| ClientBody::whole(body)), None),
             BodyOf::Streamed(framing) => {
                 let (feed, body) = Feed::new(framing);
@@ -669,11 +669,8 @@ pub(crate) async fn serve<W: Wire>(
         let close = head.close;
         // A switch is offered only to a request read whole: the connection's reads must be the
         // tunnel's alone once it is handed on.
-        let switch = (head.upgrade && feed.is_none()).then(|| {
-            let (pending, on_upgrade) = handover::pending();
-            request.extensions_mut().insert(on_upgrade);
-            pending
-        });
+        let upgrade = head.upgrade && matches!(head.body, BodyOf::Whole(_));
+        let (request, switch) = offer_switch(request, upgrade);
         // Boxed: a request in flight needs far more state than a connection waiting for one,
         // and thousands of connections wait. The price is an allocation and a copy of that
         // state per request.
@@ -727,6 +724,21 @@ pub(crate) async fn refuse<W: Wire>(client: &Client<W>, error: ProxyError) {
         }
     });
     let _ = tokio::time::timeout(LINGER, drained).await;
+}
+
+/// `request`, carrying an [`OnUpgrade`](super::OnUpgrade) if `upgrade`, and the connection's
+/// end of it. A function of its own so that the request is never borrowed where the exchange
+/// is awaited: a local borrowed there is kept in every connection's task.
+fn offer_switch(
+    mut request: Request<ClientBody>,
+    upgrade: bool,
+) -> (Request<ClientBody>, Option<Pending>) {
+    if !upgrade {
+        return (request, None);
+    }
+    let (pending, offer) = handover::pending();
+    request.extensions_mut().insert(offer);
+    (request, Some(pending))
 }
 
 /// How one request's exchange ended.
