@@ -90,3 +90,63 @@ async fn an_endpoint_mounted_as_a_service_routes_pins_and_counts() {
         .expect("infallible");
     assert_eq!(answer.headers()[PIN], "green");
 }
+
+/// Mounted in a hyper server of the team's own, the endpoint still splices a WebSocket: it takes
+/// hyper's upgrade from the request, and the tunnel runs on the connection hyper hands over.
+#[tokio::test]
+async fn an_endpoint_mounted_in_a_hyper_server_splices_a_websocket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = scripted_upstream(|mut stream| {
+        tokio::spawn(async move {
+            read_request_head(&mut stream).await;
+            let head = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.expect("101");
+            let mut buffer = [0u8; 256];
+            loop {
+                let n = stream.read(&mut buffer).await.unwrap_or(0);
+                if n == 0 || stream.write_all(&buffer[..n].to_ascii_uppercase()).await.is_err() {
+                    return;
+                }
+            }
+        })
+    })
+    .await;
+    let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&upstream])]));
+    let endpoint = Endpoint::start(EndpointOptions::new(&file.path)).expect("start");
+    let listener = tokio::net::TcpListener::bind(loopback())
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let service = hyper::service::service_fn(move |request| endpoint.clone().oneshot(request));
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .with_upgrades()
+            .await;
+    });
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nhost: models.example\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+        .await
+        .expect("handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(PATIENCE, stream.read_exact(&mut byte))
+            .await
+            .expect("a head in time")
+            .expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    stream.write_all(b"through").await.expect("send");
+    let mut answer = [0u8; 7];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut answer))
+        .await
+        .expect("an answer through the tunnel")
+        .expect("read");
+    assert_eq!(&answer, b"THROUGH");
+}

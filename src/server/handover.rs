@@ -5,7 +5,8 @@
 //! An upgrade request carries an [`OnUpgrade`] in its extensions ([`on_upgrade`] takes it). If
 //! the handler's answer is a 101, the own path writes it and then sends the connection through
 //! it as [`Upgraded`], which also holds the connection's slot: a tunnel counts as an open
-//! connection for as long as it lasts.
+//! connection for as long as it lasts. A request that came through a hyper server of its own
+//! (an embedded endpoint) carries hyper's upgrade instead, which [`on_upgrade`] takes as well.
 
 use std::future::Future;
 use std::io;
@@ -29,7 +30,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 /// client sent behind its request.
 pub struct Upgraded {
     io: Box<dyn Io>,
-    _slot: Slot,
+    /// The connection's slot, when the serve loop accepted it.
+    _slot: Option<Slot>,
 }
 
 impl std::fmt::Debug for Upgraded {
@@ -41,7 +43,13 @@ impl std::fmt::Debug for Upgraded {
 /// The client's connection once the upgrade's 101 is written; an error if it is not (the
 /// answer was no 101, or the client left first).
 #[derive(Debug)]
-pub struct OnUpgrade(oneshot::Receiver<Upgraded>);
+pub struct OnUpgrade(Source);
+
+#[derive(Debug)]
+enum Source {
+    Own(oneshot::Receiver<Upgraded>),
+    Hyper(hyper::upgrade::OnUpgrade),
+}
 
 /// The own path's end of an [`OnUpgrade`].
 #[derive(Debug)]
@@ -54,15 +62,24 @@ pub(crate) struct Offer(Arc<Mutex<Option<OnUpgrade>>>);
 /// A new pair: the request carries the [`Offer`], the connection keeps the [`Pending`].
 pub(crate) fn pending() -> (Pending, Offer) {
     let (send, receive) = oneshot::channel();
-    let offer = Offer(Arc::new(Mutex::new(Some(OnUpgrade(receive)))));
+    let offer = Offer(Arc::new(Mutex::new(Some(OnUpgrade(Source::Own(receive))))));
     (Pending(send), offer)
 }
 
-/// Takes the upgrade a request carries, if the own path offered one.
+/// Takes the upgrade a request carries: the own path's offer, or hyper's.
 pub fn on_upgrade<B>(request: &mut Request<B>) -> Option<OnUpgrade> {
-    let offer = request.extensions_mut().remove::<Offer>()?;
-    let mut taken = offer.0.lock().unwrap_or_else(PoisonError::into_inner);
-    taken.take()
+    if let Some(offer) = request.extensions_mut().remove::<Offer>() {
+        let mut taken = offer.0.lock().unwrap_or_else(PoisonError::into_inner);
+        return taken.take();
+    }
+    if request
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_some()
+    {
+        return Some(OnUpgrade(Source::Hyper(hyper::upgrade::on(request))));
+    }
+    None
 }
 
 impl Pending {
@@ -74,7 +91,7 @@ impl Pending {
     {
         let upgraded = Upgraded {
             io: Box::new(Prefixed::new(prefix, io)),
-            _slot: slot,
+            _slot: Some(slot),
         };
         // Nobody waiting: the handler gave up on the tunnel, and the connection closes.
         let _ = self.0.send(upgraded);
@@ -85,9 +102,18 @@ impl Future for OnUpgrade {
     type Output = io::Result<Upgraded>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.get_mut().0).poll(cx).map(|switched| {
-            switched.map_err(|_| io::Error::other("the connection was not switched"))
-        })
+        match &mut self.get_mut().0 {
+            Source::Own(receive) => Pin::new(receive).poll(cx).map(|switched| {
+                switched.map_err(|_| io::Error::other("the connection was not switched"))
+            }),
+            Source::Hyper(upgrade) => Pin::new(upgrade).poll(cx).map(|switched| {
+                let upgraded = switched.map_err(io::Error::other)?;
+                Ok(Upgraded {
+                    io: Box::new(hyper_util::rt::TokioIo::new(upgraded)),
+                    _slot: None,
+                })
+            }),
+        }
     }
 }
 
