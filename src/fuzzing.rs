@@ -232,6 +232,11 @@ mod tests {
                 b"HTTP/1.1 204 No Content\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n",
                 false,
             ),
+            // A 101 says neither `close` nor, to HTTP/1.0, `keep-alive`.
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+                false,
+            ),
         ] {
             for http10 in [false, true] {
                 assert!(

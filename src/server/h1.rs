@@ -1181,7 +1181,7 @@ pub(crate) fn encode_response_head(
         out.extend_from_slice(b"connection: close\r\n");
     }
     // An HTTP/1.0 client closes after the answer unless told otherwise (RFC 9112, section 9.3).
-    if http10 && !close && !closing {
+    if http10 && !close && !closing && !switching {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     let close = close || closing || switching;
