@@ -21,7 +21,7 @@ use std::future::{Future, poll_fn};
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::ops::Range;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -442,10 +442,10 @@ fn names_a_version(buf: &[u8]) -> bool {
         if major.is_ascii_digit() && minor.is_ascii_digit())
 }
 
-/// The request `head` describes, without its body, with header values pointing into `bytes`
+/// The request `head` describes, with `body`, and with header values pointing into `bytes`
 /// (the head) rather than copied; `None` if a part the parser let through is not valid for the
 /// `http` crate.
-fn build_request(bytes: &Bytes, head: &Head, spans: &[Span]) -> Option<Request<()>> {
+fn build_request<B>(bytes: &Bytes, head: &Head, spans: &[Span], body: B) -> Option<Request<B>> {
     let method = Method::from_bytes(&bytes[head.method.clone()]).ok()?;
     let uri = Uri::from_maybe_shared(bytes.slice(head.target.clone())).ok()?;
     let mut headers = HeaderMap::with_capacity(spans.len());
@@ -454,7 +454,7 @@ fn build_request(bytes: &Bytes, head: &Head, spans: &[Span]) -> Option<Request<(
         let value = HeaderValue::from_maybe_shared(bytes.slice(span.value.clone())).ok()?;
         headers.append(name, value);
     }
-    let mut request = Request::new(());
+    let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = if head.http10 {
@@ -526,8 +526,7 @@ pub(crate) fn next_whole_request(buf: &mut BytesMut) -> Option<Request<ClientBod
             (bytes, body.freeze())
         }
     };
-    let request = build_request(&bytes, &head, &spans)?;
-    Some(request.map(|()| ClientBody::whole(body)))
+    build_request(&bytes, &head, &spans, ClientBody::whole(body))
 }
 
 /// One client connection on this path: all it holds while it waits for a request.
@@ -653,15 +652,15 @@ pub(crate) async fn serve<W: Wire>(
 
         let bytes = client.read.split_to(head.len).freeze();
         let body = client.read.split_to(whole).freeze();
-        let Some(request) = build_request(&bytes, &head, &spans) else {
-            return Ok(Ended::Refused(Refusal::Malformed(Malformed::NotValid)));
-        };
-        let (request, feed) = match head.body {
-            BodyOf::Whole(_) => (request.map(|()| ClientBody::whole(body)), None),
+        let (body, feed) = match head.body {
+            BodyOf::Whole(_) => (ClientBody::whole(body), None),
             BodyOf::Streamed(framing) => {
                 let (feed, body) = Feed::new(framing);
-                (request.map(|()| body), Some(feed))
+                (body, Some(feed))
             }
+        };
+        let Some(request) = build_request(&bytes, &head, &spans, body) else {
+            return Ok(Ended::Refused(Refusal::Malformed(Malformed::NotValid)));
         };
         // The head's bytes live on in the request's header values only; this handle to them
         // would otherwise keep the read buffer shared, and growing it would then copy.
@@ -670,12 +669,11 @@ pub(crate) async fn serve<W: Wire>(
         // A switch is offered only to a request read whole: the connection's reads must be the
         // tunnel's alone once it is handed on.
         let upgrade = head.upgrade && matches!(head.body, BodyOf::Whole(_));
-        let (request, switch) = offer_switch(request, upgrade);
         // Boxed: a request in flight needs far more state than a connection waiting for one,
-        // and thousands of connections wait. The price is an allocation and a copy of that
-        // state per request.
-        let exchange = client.exchange(handler, connection, request, close, feed, switch);
-        let keep_alive = match Box::pin(exchange).await? {
+        // and thousands of connections wait. The price is an allocation per request.
+        let exchange =
+            boxed_in_place(|| client.exchange(handler, connection, request, close, feed, upgrade));
+        let keep_alive = match exchange.await? {
             Exchanged::Answered { keep_alive } => keep_alive,
             Exchanged::Left => return Ok(Ended::Closed),
             Exchanged::Switched(pending) => return Ok(Ended::Switched(pending)),
@@ -726,19 +724,10 @@ pub(crate) async fn refuse<W: Wire>(client: &Client<W>, error: ProxyError) {
     let _ = tokio::time::timeout(LINGER, drained).await;
 }
 
-/// `request`, carrying an [`OnUpgrade`](super::OnUpgrade) if `upgrade`, and the connection's
-/// end of it. A function of its own so that the request is never borrowed where the exchange
-/// is awaited: a local borrowed there is kept in every connection's task.
-fn offer_switch(
-    mut request: Request<ClientBody>,
-    upgrade: bool,
-) -> (Request<ClientBody>, Option<Pending>) {
-    if !upgrade {
-        return (request, None);
-    }
-    let (pending, offer) = handover::pending();
-    request.extensions_mut().insert(offer);
-    (request, Some(pending))
+/// The future `make` makes, in a box taken before it is made: the future can then be written
+/// straight into the box, rather than made on the stack and copied there.
+fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// How one request's exchange ended.
@@ -752,22 +741,29 @@ enum Exchanged {
 }
 
 impl<W: Wire> Client<W> {
-    /// Answers `request` and writes the answer. With `switch`, a 101 answer hands the
-    /// connection on.
+    /// Answers `request` and writes the answer. With `upgrade`, the request carries an
+    /// [`OnUpgrade`](super::OnUpgrade), and a 101 answer hands the connection on.
     #[allow(clippy::manual_async_fn)]
     fn exchange<'a>(
         &'a mut self,
         handler: &'a impl Handler,
         connection: &'a Connection,
-        request: Request<ClientBody>,
+        mut request: Request<ClientBody>,
         close: bool,
         mut feed: Option<Feed>,
-        switch: Option<Pending>,
+        upgrade: bool,
     ) -> impl Future<Output = Result<Exchanged, BoxError>> + 'a {
         // An async block, not an async fn, and the handler's future dropped once it answered:
         // this state is allocated and copied for every request, and an async fn would keep
         // room for its arguments twice, and for the handler's future beside the answer's.
         async move {
+            // Made here, where the request already lives, so that it is not moved to be
+            // changed.
+            let switch = upgrade.then(|| {
+                let (pending, offer) = handover::pending();
+                request.extensions_mut().insert(offer);
+                pending
+            });
             let to_head = request.method() == Method::HEAD;
             let http10 = request.version() == Version::HTTP_10;
             let Client {
@@ -1593,9 +1589,8 @@ mod tests {
             "POST /score HTTP/1.1\r\nhost: g\r\nx-request-id: abc\r\ncontent-length: 2\r\n\r\n";
         let (parsed, spans) = head(text);
         let bytes = Bytes::from(text);
-        let request = build_request(&bytes, &parsed, &spans)
-            .expect("a valid request")
-            .map(|()| ClientBody::whole(Bytes::from_static(b"{}")));
+        let body = ClientBody::whole(Bytes::from_static(b"{}"));
+        let request = build_request(&bytes, &parsed, &spans, body).expect("a valid request");
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri().path(), "/score");
         assert_eq!(request.headers()["x-request-id"], "abc");
