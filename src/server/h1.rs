@@ -325,6 +325,8 @@ pub(crate) fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         start..start + part.len()
     };
     spans.clear();
+    // One allocation for all the lines, rather than a few as the list grows.
+    spans.reserve(request.headers.len());
     let mut length = ContentLength::default();
     let mut codings = TransferCodings::default();
     let mut close = false;
