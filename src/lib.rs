@@ -8,16 +8,24 @@
 //!
 //! The API: a whole [`Gateway`] (listeners, admin API, reload, drain) started from
 //! [`GatewayOptions`]; or one [`Endpoint`], the request path as a `tower::Service`, to mount in a
-//! server of your own (see `examples/embed.rs`); and the endpoint file's types in [`config`].
+//! server of your own (see `examples/embed.rs`); the endpoint file's types in [`config`]; and
+//! the command line itself in [`cli`].
 
+// Without `internals`, what only the tests, benches and fuzz targets reach is unused and
+// unreachable from the API, and is not to be warned about.
+#![cfg_attr(not(feature = "internals"), allow(dead_code, unreachable_pub))]
+
+pub mod cli;
 pub mod config;
 
 pub use causes::BoxError;
 pub use endpoint::{Endpoint, EndpointOptions};
 pub use metrics::Metrics;
+pub use proxy::DEFAULT_MAX_BODY_BYTES;
 pub use proxy::ProxyBody;
-pub use reload::Reloader;
+pub use reload::{ReloadOutcome, Reloader};
 pub use server::ClientBody;
+pub use server::DEFAULT_MAX_CONNECTIONS;
 pub use upstream::resolve::{Resolve, SystemResolver};
 
 mod client;
@@ -26,40 +34,43 @@ pub(crate) mod http1;
 pub(crate) mod serving_thread;
 pub(crate) mod workers;
 
-// What the binary, the tests, the benches and the fuzz targets use besides the API: public so
-// that they can, and hidden from the API's documentation, which is what the crate promises.
-#[doc(hidden)]
-pub mod admin;
-#[doc(hidden)]
-pub mod auth;
-#[doc(hidden)]
-pub mod causes;
-#[doc(hidden)]
-pub mod demo;
-#[doc(hidden)]
-pub mod error;
+/// Declares modules beyond the API. They are public only with the `internals` feature, which
+/// the crate's tests, benches and fuzz targets turn on to reach what they exercise; it promises
+/// nothing from one version to the next, and without it they are private.
+macro_rules! internal_modules {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "internals")]
+            #[doc(hidden)]
+            pub mod $name;
+            #[cfg(not(feature = "internals"))]
+            mod $name;
+        )*
+    };
+}
+
+internal_modules!(
+    admin,
+    auth,
+    causes,
+    demo,
+    error,
+    metrics,
+    model_server,
+    ops,
+    proxy,
+    reload,
+    rollout,
+    routing,
+    server,
+    tls,
+    upstream,
+);
+
+// What only the fuzz targets call.
+#[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod fuzzing;
-#[doc(hidden)]
-pub mod metrics;
-#[doc(hidden)]
-pub mod model_server;
-#[doc(hidden)]
-pub mod ops;
-#[doc(hidden)]
-pub mod proxy;
-#[doc(hidden)]
-pub mod reload;
-#[doc(hidden)]
-pub mod rollout;
-#[doc(hidden)]
-pub mod routing;
-#[doc(hidden)]
-pub mod server;
-#[doc(hidden)]
-pub mod tls;
-#[doc(hidden)]
-pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -133,9 +144,9 @@ impl GatewayOptions {
             admin_listen: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             reload_on_sighup: false,
-            max_body_bytes: proxy::DEFAULT_MAX_BODY_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             tls: None,
-            max_connections: server::DEFAULT_MAX_CONNECTIONS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             upstream_ca_file: None,
             resolver: Arc::new(upstream::resolve::SystemResolver),
             resolve_interval: reload::DEFAULT_RESOLVE_INTERVAL,

@@ -13,11 +13,13 @@ mod handover;
 mod wire;
 
 pub use body::ClientBody;
-#[doc(hidden)]
+// For the fuzz targets.
+#[cfg(feature = "internals")]
 pub use h1::read_requests;
+#[cfg(feature = "internals")]
 pub(crate) use h1::{AnswerTo, encode_response_head, next_whole_request};
 pub use handler::{Handler, IntoReply, Reply};
-pub use handover::{OnUpgrade, Upgraded, on_upgrade};
+pub use handover::{OnUpgrade, on_upgrade};
 
 use std::convert::Infallible;
 use std::future::Future;
