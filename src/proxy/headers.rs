@@ -10,6 +10,7 @@ use crate::config::PIN_HEADER;
 use crate::error::ProxyError;
 use crate::http1::rules::{
     Codings, ConnectionToken, TransferCodings, connection_tokens, is_hop_by_hop_name, list_items,
+    parse_decimal,
 };
 
 /// `azureml-model-deployment`: pins a request, and names the deployment on every answer.
@@ -117,20 +118,59 @@ pub fn single_host(
             ProxyError::InvalidHost("missing; HTTP/1.1 requests must send one"),
         ),
         (_, Some(_)) => Err(ProxyError::InvalidHost("sent more than once")),
-        // Empty is allowed: the target then had no authority to name.
-        (Some(host), None)
-            if !host.is_empty() && http::uri::Authority::try_from(host.as_bytes()).is_err() =>
-        {
-            Err(ProxyError::InvalidHost(
-                "not a host name or address with an optional port",
-            ))
-        }
         (Some(host), None) if host.as_bytes().contains(&b'@') => Err(ProxyError::InvalidHost(
             "a host carries no user information",
         )),
+        // Empty is allowed: the target then had no authority to name.
+        (Some(host), None) if !host.is_empty() && !is_host_and_port(host.as_bytes()) => Err(
+            ProxyError::InvalidHost("not a host name or address with an optional port"),
+        ),
         _ => Ok(()),
     }
 }
+
+/// Whether `value` is `host[:port]` (RFC 3986, section 3.2.2, and RFC 9110, section 7.2): a
+/// name of unreserved and sub-delimiter characters (which covers an IPv4 address), or an IP
+/// literal in brackets; then a port of up to five digits. Read in place:
+/// every request is checked, and copying the value to parse it costs an allocation.
+fn is_host_and_port(value: &[u8]) -> bool {
+    let (host_ok, rest) = match value.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(end) = literal.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let address = &literal[..end];
+            let ok = !address.is_empty()
+                && address
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            (ok, &literal[end + 1..])
+        }
+        None => {
+            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+            (is_reg_name(&value[..end]), &value[end..])
+        }
+    };
+    // A port may be empty (RFC 3986, section 3.2.3).
+    let port_ok = match rest {
+        [] | [b':'] => true,
+        [b':', port @ ..] => {
+            port.len() <= 5 && parse_decimal(port).is_some_and(|port| port <= 65_535)
+        }
+        _ => false,
+    };
+    host_ok && port_ok
+}
+
+/// A host name: at least one character, each unreserved or a sub-delimiter. Percent-encoding,
+/// which RFC 3986 allows here, is refused as the `http` crate refuses it: no DNS name holds one.
+fn is_reg_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b))
+}
+
 
 /// Refuses a request body in a transfer coding the gateway cannot pass on
 /// (`TransferCodings`).
@@ -305,6 +345,64 @@ impl Forwarded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_is_read_in_place_and_never_looser_than_the_http_crate() {
+        let valid = [
+            "models.example",
+            "models.example:8080",
+            "127.0.0.1",
+            "127.0.0.1:65535",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::7]:80",
+            "a-b_c~d.e",
+            "a!$&'()*+,;=b",
+            "host:",
+        ];
+        let invalid = [
+            "a b",
+            "a\tb",
+            "host:port",
+            "host:65536",
+            "host:123456",
+            "host:80:81",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[::1]:8x",
+            "[::g]",
+            "::1",
+            "name%20x",
+            "name%zz",
+            ":80",
+            "a/b",
+            "a?b",
+            "a#b",
+            "a\\b",
+            "a\"b",
+            "a<b>",
+            "a{b}",
+            "a|b",
+            "a^b",
+            "a`b",
+        ];
+        for host in valid {
+            assert!(is_host_and_port(host.as_bytes()), "{host:?} is a host");
+        }
+        for host in invalid {
+            assert!(!is_host_and_port(host.as_bytes()), "{host:?} is no host");
+        }
+        // What is accepted here, the `http` crate reads as an authority too.
+        for host in valid.iter().chain(&invalid) {
+            if is_host_and_port(host.as_bytes()) {
+                assert!(
+                    http::uri::Authority::try_from(host.as_bytes()).is_ok(),
+                    "{host:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn grpc_timeouts_are_read_in_every_unit_and_refused_when_malformed() {
