@@ -96,21 +96,7 @@ async fn an_endpoint_mounted_as_a_service_routes_pins_and_counts() {
 #[tokio::test]
 async fn an_endpoint_mounted_in_a_hyper_server_splices_a_websocket() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = scripted_upstream(|mut stream| {
-        tokio::spawn(async move {
-            read_request_head(&mut stream).await;
-            let head = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
-            stream.write_all(head.as_bytes()).await.expect("101");
-            let mut buffer = [0u8; 256];
-            loop {
-                let n = stream.read(&mut buffer).await.unwrap_or(0);
-                if n == 0 || stream.write_all(&buffer[..n].to_ascii_uppercase()).await.is_err() {
-                    return;
-                }
-            }
-        })
-    })
-    .await;
+    let upstream = upper_casing_websocket().await;
     let file = EndpointFile::new(&endpoint_yaml(&[("blue", 100, &[&upstream])]));
     let endpoint = Endpoint::start(EndpointOptions::new(&file.path)).expect("start");
     let listener = tokio::net::TcpListener::bind(loopback())

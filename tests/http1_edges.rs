@@ -735,17 +735,21 @@ async fn an_upgrade_not_switched_ends_its_connection_on(
 /// connection carries the request behind it.
 #[tokio::test]
 async fn options_asterisk_is_forwarded_and_keeps_its_connection() {
+    let text = answers_with_one_behind(b"OPTIONS * HTTP/1.1\r\nhost: gateway\r\n\r\n").await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    assert!(text.contains("x-echo-uri: *\r\n"), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+}
+
+/// What an echo gateway answers to `first` with `GET /after` pipelined behind it, once the
+/// second answer is in.
+async fn answers_with_one_behind(first: &[u8]) -> String {
     let echo = echo_gateway().await;
     let mut stream = TcpStream::connect(echo.gateway.addr())
         .await
         .expect("connect");
-    stream
-        .write_all(
-            b"OPTIONS * HTTP/1.1\r\nhost: gateway\r\n\r\n\
-              GET /after HTTP/1.1\r\nhost: gateway\r\n\r\n",
-        )
-        .await
-        .expect("send");
+    let pipelined = [first, b"GET /after HTTP/1.1\r\nhost: gateway\r\n\r\n"].concat();
+    stream.write_all(&pipelined).await.expect("send");
     let mut seen = Vec::new();
     read_until(
         &mut stream,
@@ -754,36 +758,16 @@ async fn options_asterisk_is_forwarded_and_keeps_its_connection() {
         "both answers",
     )
     .await;
-    let text = String::from_utf8_lossy(&seen);
-    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
-    assert!(text.contains("x-echo-uri: *\r\n"), "{text}");
-    assert!(!text.contains("connection: close"), "{text}");
+    String::from_utf8_lossy(&seen).into_owned()
 }
 
 /// A target in absolute form is read by the own path as any other: the instance gets its
 /// path, and the connection carries the request behind it.
 #[tokio::test]
 async fn a_target_in_absolute_form_keeps_its_connection() {
-    let echo = echo_gateway().await;
-    let mut stream = TcpStream::connect(echo.gateway.addr())
-        .await
-        .expect("connect");
-    stream
-        .write_all(
-            b"GET http://gateway/first?q=1 HTTP/1.1\r\nhost: other\r\n\r\n\
-              GET /after HTTP/1.1\r\nhost: gateway\r\n\r\n",
-        )
-        .await
-        .expect("send");
-    let mut seen = Vec::new();
-    read_until(
-        &mut stream,
-        &mut seen,
-        |seen| String::from_utf8_lossy(seen).contains("x-echo-uri: /after"),
-        "both answers",
-    )
-    .await;
-    let text = String::from_utf8_lossy(&seen);
+    let text =
+        answers_with_one_behind(b"GET http://gateway/first?q=1 HTTP/1.1\r\nhost: other\r\n\r\n")
+            .await;
     assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
     assert!(text.contains("x-echo-uri: /first?q=1\r\n"), "{text}");
     // The target's authority names the host, over `Host` (RFC 9112, section 3.2.2).

@@ -298,31 +298,6 @@ async fn readiness_probes_go_over_the_traffics_tls_settings_and_protocol() {
     }
 }
 
-/// An instance that switches every request to WebSocket, then answers every chunk in upper
-/// case until the peer closes.
-async fn upper_casing_websocket() -> String {
-    use tokio::io::AsyncReadExt;
-    scripted_upstream(|mut stream| {
-        tokio::spawn(async move {
-            read_request_head(&mut stream).await;
-            let head = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
-            stream.write_all(head.as_bytes()).await.expect("101");
-            let mut buffer = [0u8; 256];
-            loop {
-                let n = stream.read(&mut buffer).await.unwrap_or(0);
-                if n == 0 {
-                    return;
-                }
-                let upper = buffer[..n].to_ascii_uppercase();
-                if stream.write_all(&upper).await.is_err() {
-                    return;
-                }
-            }
-        })
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_websocket_upgrade_is_spliced_through() {
     let upstream = upper_casing_websocket().await;
