@@ -3,8 +3,8 @@
 //! graceful drain on shutdown.
 //!
 //! HTTP/1.1 connections, plain or TLS, start on the loop's own HTTP/1.1 path (`h1.rs`), which
-//! serves every HTTP/1 request (upgrades included) and hands HTTP/2 to hyper; TLS connections that chose
-//! HTTP/2 by ALPN go to hyper directly.
+//! serves every HTTP/1 request (upgrades included) and hands HTTP/2 to hyper; TLS connections
+//! that chose HTTP/2 by ALPN go to hyper directly.
 
 mod body;
 mod h1;
