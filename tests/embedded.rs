@@ -117,16 +117,7 @@ async fn an_endpoint_mounted_in_a_hyper_server_splices_a_websocket() {
         .write_all(b"GET /ws HTTP/1.1\r\nhost: models.example\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
         .await
         .expect("handshake");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(PATIENCE, stream.read_exact(&mut byte))
-            .await
-            .expect("a head in time")
-            .expect("response head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let head = read_response_head(&mut stream).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     stream.write_all(b"through").await.expect("send");
     let mut answer = [0u8; 7];

@@ -328,13 +328,7 @@ async fn a_websocket_is_spliced_through_on(
         .write_all(b"GET /ws HTTP/1.1\r\nhost: gateway\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\nhello")
         .await
         .expect("handshake");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.expect("response head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let head = read_response_head(&mut stream).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     assert!(head.contains("connection: upgrade"), "{head}");
@@ -393,21 +387,9 @@ async fn switching_upstream(
 }
 
 async fn raw_exchange(gateway: std::net::SocketAddr, request: &[u8]) -> String {
-    use tokio::io::AsyncReadExt;
     let mut stream = TcpStream::connect(gateway).await.expect("connect");
     stream.write_all(request).await.expect("request");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let read = tokio::time::timeout(PATIENCE, stream.read_exact(&mut byte))
-            .await
-            .expect("an answer in time");
-        if read.is_err() {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).to_lowercase()
+    read_response_head(&mut stream).await
 }
 
 #[tokio::test]

@@ -184,6 +184,8 @@ impl Proxy {
         trace: &mut Trace,
     ) -> impl Future<Output = Result<Reply<ProxyBody>, ProxyError>> + Send {
         async move {
+            // The serve loop's HTTP/1 path has judged these already; HTTP/2 requests and those
+            // of a server an `Endpoint` is mounted in have not.
             let path_and_query = target_path(request.method(), request.uri())?;
             headers::supported_codings(request.headers())?;
             headers::single_host(request.version(), request.uri(), request.headers())?;

@@ -357,6 +357,25 @@ pub async fn upper_casing_websocket() -> String {
     .await
 }
 
+/// A response head read byte by byte through its empty line, in lower case: no byte past it is
+/// taken, so what follows (a tunnel's first bytes) stays on the stream. Whatever arrived, if
+/// the connection ends first; a panic if no byte comes within [`PATIENCE`].
+pub async fn read_response_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(PATIENCE, stream.read_exact(&mut byte))
+            .await
+            .expect("an answer in time");
+        if read.is_err() {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
 pub async fn read_request_head(stream: &mut TcpStream) {
     use tokio::io::AsyncReadExt;
     let mut seen = Vec::new();
