@@ -145,10 +145,14 @@ impl Draws {
     }
 }
 
+/// `azureml-model-deployment`: pins a request, and names the deployment on every answer. A
+/// name made once: looking a header up by a string parses the string each time.
+pub static PIN: HeaderName = HeaderName::from_static(PIN_HEADER);
+
 /// The pin header's value, if the request has one: refused when sent twice (which one would an
 /// instance see?) or empty.
 pub fn pin(headers: &HeaderMap) -> Result<Option<&HeaderValue>, RouteError> {
-    let mut values = headers.get_all(PIN_HEADER).iter();
+    let mut values = headers.get_all(&PIN).iter();
     let Some(first) = values.next() else {
         return Ok(None);
     };

@@ -13,14 +13,12 @@ use crate::http1::rules::{
     parse_decimal,
 };
 
-/// `azureml-model-deployment`: pins a request, and names the deployment on every answer.
-pub static PIN: HeaderName = HeaderName::from_static(PIN_HEADER);
 /// `x-request-id`: kept from the client or generated, sent upstream and back.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What the gateway sets on every answer it forwards; an instance's headers of these names are
 /// replaced.
 pub static OWN_RESPONSE_HEADERS: [HeaderName; 2] = [
-    HeaderName::from_static(PIN_HEADER),
+    HeaderName::from_static(crate::config::PIN_HEADER),
     HeaderName::from_static("x-request-id"),
 ];
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

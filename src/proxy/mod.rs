@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 
 pub use body::{ProxyBody, UpstreamBody};
 use body::{RequestBody, SentBody, is_body_too_large};
-use headers::{Forwarded, OWN_RESPONSE_HEADERS, PIN, REQUEST_ID};
+use headers::{Forwarded, OWN_RESPONSE_HEADERS, REQUEST_ID};
 use record::Record;
 
 use crate::causes::BoxError;
@@ -28,7 +28,7 @@ use crate::config::UpstreamProtocol;
 use crate::error::{ProxyError, is_grpc, status_of_grpc_code};
 use crate::http1;
 use crate::metrics::{Metrics, RouteLabel};
-use crate::routing::{Decision, Draws, RoutingTable};
+use crate::routing::{Decision, Draws, PIN, RoutingTable};
 use crate::server::{self, ClientBody, Connection, Reply};
 use crate::upstream::connect::{self, tls_server_name};
 use crate::upstream::health::Outcome;
