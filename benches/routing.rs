@@ -9,6 +9,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
 use switchyard::config::EndpointConfig;
 use switchyard::routing::{Deck, RoutingTable};
+use switchyard::upstream::Deployment;
 
 /// An endpoint with `n` deployments of two instances each; the first takes 100 - (n - 1)
 /// percent and every other one 1 percent.
@@ -28,14 +29,10 @@ fn table(n: usize) -> RoutingTable {
         ));
     }
     let config = EndpointConfig::parse(&text).expect("valid bench config");
-    RoutingTable::build(
-        Arc::new(config),
-        1,
-        None,
-        &switchyard::metrics::Metrics::new(),
-        None,
-        switchyard::upstream::resolve::Resolved::default(),
-    )
+    let resolved = switchyard::upstream::resolve::Resolved::default();
+    let metrics = switchyard::metrics::Metrics::new();
+    let deployments = Deployment::build_all(&config, &[], &metrics, &resolved);
+    RoutingTable::build(Arc::new(config), 1, deployments, resolved)
 }
 
 fn weighted(c: &mut Criterion) {

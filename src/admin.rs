@@ -136,7 +136,8 @@ async fn ready(State(state): State<AdminState>) -> Response {
         )
             .into_response();
     }
-    let table = state.reloader.table().load();
+    let applied = state.reloader.table().load();
+    let table = &applied.routes;
     let serving = table
         .deployments()
         .iter()
@@ -160,7 +161,8 @@ async fn endpoint(State(state): State<AdminState>) -> Json<EndpointStatus> {
 /// The endpoint's state, as `GET /-/endpoint` reports it.
 pub fn status(state: &AdminState) -> EndpointStatus {
     let reload = state.reloader.status();
-    let table = state.reloader.table().load_full();
+    let applied = state.reloader.table().load_full();
+    let table = &applied.routes;
     let config = table.config();
     let counts = state.metrics.request_counts();
     let (window, recent) = state.metrics.recent_counts();
@@ -287,7 +289,8 @@ async fn reload(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     // Readiness changes between reloads, so it is read fresh at each scrape.
-    let table = state.reloader.table().load();
+    let applied = state.reloader.table().load();
+    let table = &applied.routes;
     for deployment in table.deployments() {
         state.metrics.set_ready_instances(
             &table.config().name,

@@ -121,7 +121,7 @@ impl Endpoint {
 
     /// The generation of the routing table serving now.
     pub fn generation(&self) -> u64 {
-        self.reloader.table().load().generation()
+        self.reloader.table().load().routes.generation()
     }
 }
 

@@ -51,6 +51,7 @@ macro_rules! internal_modules {
 
 internal_modules!(
     admin,
+    applied,
     auth,
     causes,
     demo,
@@ -321,7 +322,7 @@ impl Gateway {
         tracing::info!(
             %addr,
             config = %options.config.display(),
-            endpoint = %reloader.table().load().config().summary(),
+            endpoint = %reloader.table().load().routes.config().summary(),
             "gateway listening"
         );
         Ok(Gateway {
@@ -359,7 +360,7 @@ impl Gateway {
 
     /// The generation of the routing table serving now.
     pub fn generation(&self) -> u64 {
-        self.reloader.table().load().generation()
+        self.reloader.table().load().routes.generation()
     }
 
     /// Stops accepting, waits for open requests up to the drain timeout, and returns.

@@ -20,8 +20,9 @@ use tokio::task::JoinHandle;
 use crate::auth::Keys;
 use crate::config::{AuthMode, Change, ConfigError, EndpointConfig, diff, read_file};
 use crate::metrics::Metrics;
-use crate::proxy::SharedTable;
+use crate::applied::{Applied, SharedTable};
 use crate::routing::RoutingTable;
+use crate::upstream::Deployment;
 use crate::upstream::probe::Prober;
 use crate::upstream::resolve::{Resolve, Resolved};
 
@@ -34,6 +35,43 @@ pub const DEBOUNCE_MAX: Duration = Duration::from_millis(250);
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How often instance host names are resolved again.
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Builds what applying `config` serves with. Deployments `previous` already had, with the
+/// same instances, are carried over as they are.
+fn build(
+    config: Arc<EndpointConfig>,
+    generation: u64,
+    previous: Option<&Applied>,
+    keys: Option<Keys>,
+    resolved: Resolved,
+    metrics: &Metrics,
+) -> Applied {
+    let before = previous.map_or(&[][..], |applied| applied.routes.deployments());
+    let deployments = Deployment::build_all(&config, before, metrics, &resolved);
+    Applied {
+        routes: RoutingTable::build(config, generation, deployments, resolved),
+        keys,
+    }
+}
+
+/// Publishes the settings of newly applied `applied`; `previous` is the config it replaces.
+/// Then starts the readiness probes of instances it brought in: those it kept from `previous`
+/// go on with theirs.
+fn publish(applied: &Applied, previous: Option<&Applied>, metrics: &Metrics, prober: &Arc<Prober>) {
+    let routes = &applied.routes;
+    let instances: Vec<usize> = routes
+        .deployments()
+        .iter()
+        .map(|deployment| deployment.instances().len())
+        .collect();
+    metrics.config_applied(
+        routes.config(),
+        &instances,
+        routes.generation(),
+        previous.map(|applied| applied.routes.config().as_ref()),
+    );
+    routes.start_probes(prober);
+}
 
 /// Owns the path of the endpoint file and the table built from it.
 #[derive(Debug)]
@@ -122,19 +160,18 @@ impl Reloader {
         let (sources, loaded) = read_sources(path);
         let loaded = loaded?;
         let resolved = Resolved::lookup(&loaded.config, &*resolver);
-        let table = RoutingTable::build(
+        let applied = build(
             Arc::new(loaded.config),
             1,
             None,
-            &metrics,
             loaded.keys,
             resolved,
+            &metrics,
         );
-        table.publish(None, &metrics);
-        table.start_probes(&prober);
+        publish(&applied, None, &metrics, &prober);
         Ok(Reloader {
             path: path.to_path_buf(),
-            table: Arc::new(ArcSwap::from_pointee(table)),
+            table: Arc::new(ArcSwap::from_pointee(applied)),
             metrics,
             resolver,
             prober,
@@ -158,8 +195,8 @@ impl Reloader {
 
     /// The files the serving config was read from: the endpoint file and any keys file.
     pub fn source_files(&self) -> Vec<PathBuf> {
-        let table = self.table.load();
-        let config = table.config();
+        let applied = self.table.load();
+        let config = applied.routes.config();
         let mut files = vec![self.path.clone()];
         if let (AuthMode::Key, Some(keys_file)) = (config.auth_mode, &config.keys_file) {
             files.push(keys_path(&self.path, keys_file));
@@ -194,7 +231,7 @@ impl Reloader {
         let state = self.lock();
         ReloadStatus {
             path: self.path.clone(),
-            generation: self.table.load().generation(),
+            generation: self.table.load().routes.generation(),
             applied_at: state.applied_at,
             last_error: state.rejected.as_ref().map(|(_, error)| Arc::clone(error)),
         }
@@ -204,7 +241,7 @@ impl Reloader {
         // One reload at a time: the watcher, SIGHUP and an operator may all ask at once.
         let mut state = self.lock();
         let current = self.table.load_full();
-        let generation = current.generation();
+        let generation = current.routes.generation();
 
         let (sources, loaded) = read_sources(&self.path);
         if !still() {
@@ -230,28 +267,27 @@ impl Reloader {
             Err(error) => return self.reject(&mut state, generation, error, sources),
         };
 
-        if **current.config() == config && current.keys() == keys.as_ref() {
+        if **current.routes.config() == config && current.keys == keys {
             // Only comments or layout changed: nothing to apply, and no new generation.
             state.applied = sources;
             state.rejected = None;
             self.metrics.reload_unchanged();
             return ReloadOutcome::Unchanged { generation };
         }
-        let changes = diff(current.config(), &config);
+        let changes = diff(current.routes.config(), &config);
         let generation = generation + 1;
         let resolved = Resolved::lookup(&config, &*self.resolver);
-        let table = Arc::new(RoutingTable::build(
+        let applied = Arc::new(build(
             Arc::new(config),
             generation,
             Some(&current),
-            &self.metrics,
             keys,
             resolved,
+            &self.metrics,
         ));
-        self.table.store(Arc::clone(&table));
-        table.publish(Some(&current), &self.metrics);
-        table.start_probes(&self.prober);
-        if current.keys() != table.keys() && table.keys().is_some() {
+        self.table.store(Arc::clone(&applied));
+        publish(&applied, Some(&current), &self.metrics, &self.prober);
+        if current.keys != applied.keys && applied.keys.is_some() {
             tracing::info!(generation, "endpoint keys changed");
         }
         state.applied = sources;
@@ -270,25 +306,26 @@ impl Reloader {
     pub fn refresh_addresses(&self) -> bool {
         let _state = self.lock();
         let current = self.table.load_full();
-        if current.resolved().is_empty() {
+        let routes = &current.routes;
+        if routes.resolved().is_empty() {
             return false;
         }
-        let resolved = Resolved::lookup(current.config(), &*self.resolver);
-        if resolved == *current.resolved() {
+        let resolved = Resolved::lookup(routes.config(), &*self.resolver);
+        if resolved == *routes.resolved() {
             return false;
         }
-        let table = Arc::new(RoutingTable::build(
-            Arc::clone(current.config()),
-            current.generation(),
+        let applied = Arc::new(build(
+            Arc::clone(routes.config()),
+            routes.generation(),
             Some(&current),
-            &self.metrics,
-            current.keys().cloned(),
+            current.keys.clone(),
             resolved,
+            &self.metrics,
         ));
-        self.table.store(Arc::clone(&table));
-        table.publish(Some(&current), &self.metrics);
-        table.start_probes(&self.prober);
-        let instances: Vec<String> = table
+        self.table.store(Arc::clone(&applied));
+        publish(&applied, Some(&current), &self.metrics, &self.prober);
+        let instances: Vec<String> = applied
+            .routes
             .deployments()
             .iter()
             .map(|d| format!("{} {}", d.name(), d.instances().len()))

@@ -15,9 +15,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::seq::SliceRandom;
 
-use crate::auth::Keys;
 use crate::config::{EndpointConfig, PIN_HEADER};
-use crate::metrics::{Metrics, RouteLabel};
 use crate::upstream::Deployment;
 use crate::upstream::probe::Prober;
 use crate::upstream::resolve::Resolved;
@@ -30,8 +28,6 @@ pub struct RoutingTable {
     generation: u64,
     /// Deployments in config order.
     deployments: Box<[Arc<Deployment>]>,
-    /// The keys requests must present; `None` for `auth_mode: none`.
-    keys: Option<Keys>,
     /// What the instances' host names resolved to when the table was built.
     resolved: Resolved,
     /// `slots[draw]` is the index of the deployment that a weighted draw of `draw` (0..100) picks;
@@ -72,16 +68,6 @@ pub enum RouteReason {
     Sticky,
 }
 
-impl From<RouteReason> for RouteLabel {
-    fn from(reason: RouteReason) -> Self {
-        match reason {
-            RouteReason::Weighted => RouteLabel::Weighted,
-            RouteReason::Pinned => RouteLabel::Pinned,
-            RouteReason::Sticky => RouteLabel::Sticky,
-        }
-    }
-}
-
 /// The outcome of routing one request.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -107,6 +93,18 @@ pub enum RouteError {
         /// The deployments that do exist, comma separated.
         known: String,
     },
+}
+
+/// What checking a request's key found. The keys themselves are held beside the table, by
+/// whoever checks them: the decision needs only the verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// `auth_mode: none`: no key is asked for.
+    NotAsked,
+    /// The request carries one of the endpoint's keys.
+    Passed,
+    /// `auth_mode: key`, and the request carries no valid key.
+    Failed,
 }
 
 /// What an endpoint's rules decide for one request, before it goes to an instance.
@@ -212,17 +210,18 @@ impl Default for Deck {
 // === impl RoutingTable ===
 
 impl RoutingTable {
-    /// The rules of a request, in this order: the key (`auth_mode: key`), the pin header, the
-    /// sticky header, the weighted draw, and the mirror's draw. A pinned request is never
-    /// copied, as in Azure; pinned and sticky requests take no draw from `draws`, so they leave
-    /// the weighted split exact.
+    /// The rules of a request, in this order: the key (`auth_mode: key`; `key` is what
+    /// checking it found), the pin header, the sticky header, the weighted draw, and the
+    /// mirror's draw. A pinned request is never copied, as in Azure; pinned and sticky requests
+    /// take no draw from `draws`, so they leave the weighted split exact.
     pub fn decide(
         &self,
+        key: KeyCheck,
         headers: &HeaderMap,
         draws: &mut Draws,
         rng: &mut impl rand::Rng,
     ) -> Result<Decision, RouteError> {
-        if !self.authorizes(headers) {
+        if key == KeyCheck::Failed {
             return Err(RouteError::Unauthorized);
         }
         let pin = pin(headers)?;
@@ -243,43 +242,23 @@ impl RoutingTable {
         Ok(Decision {
             route,
             mirror,
-            keyed: self.keys.is_some(),
+            keyed: key != KeyCheck::NotAsked,
         })
     }
 
-    /// Publishes this newly applied table's settings; `previous` is the table it replaces.
-    pub fn publish(&self, previous: Option<&RoutingTable>, metrics: &Metrics) {
-        let instances: Vec<usize> = self
-            .deployments()
-            .iter()
-            .map(|deployment| deployment.instances().len())
-            .collect();
-        metrics.config_applied(
-            self.config(),
-            &instances,
-            self.generation(),
-            previous.map(|table| table.config().as_ref()),
-        );
-    }
-
-    /// Builds the table for `config`. Deployments that `previous` already had, with the same
-    /// instances, are carried over as they are.
+    /// Builds the table for `config`, whose deployments, in config order, are `deployments`;
+    /// `resolved` is what their instances' host names resolved to.
     pub fn build(
         config: Arc<EndpointConfig>,
         generation: u64,
-        previous: Option<&RoutingTable>,
-        metrics: &Metrics,
-        keys: Option<Keys>,
+        deployments: Box<[Arc<Deployment>]>,
         resolved: Resolved,
     ) -> RoutingTable {
-        let deployments: Box<[Arc<Deployment>]> = config
-            .deployments
-            .iter()
-            .map(|deployment| {
-                let before = previous.and_then(|table| table.deployment(&deployment.name));
-                Deployment::build(&config.name, deployment, before, metrics, &resolved)
-            })
-            .collect();
+        assert_eq!(
+            deployments.len(),
+            config.deployments.len(),
+            "one deployment per configured deployment"
+        );
 
         let slots = (config.total_traffic() == 100).then(|| {
             let mut slots = Box::new([0u8; 100]);
@@ -324,7 +303,6 @@ impl RoutingTable {
             config,
             generation,
             deployments,
-            keys,
             resolved,
             slots,
             mirror,
@@ -407,21 +385,9 @@ impl RoutingTable {
         self.mirror.is_some()
     }
 
-    /// Whether a request with these headers may be served: always under `auth_mode: none`.
-    pub fn authorizes(&self, headers: &http::HeaderMap) -> bool {
-        self.keys
-            .as_ref()
-            .is_none_or(|keys| keys.authorizes(headers))
-    }
-
     /// What the instances' host names resolved to.
     pub fn resolved(&self) -> &Resolved {
         &self.resolved
-    }
-
-    /// The keys in force, if any.
-    pub fn keys(&self) -> Option<&Keys> {
-        self.keys.as_ref()
     }
 
     /// The deployment with this name, if any.
@@ -506,14 +472,20 @@ mod tests {
     /// The table for the endpoint file `text`.
     fn table_from(text: &str) -> RoutingTable {
         let config = EndpointConfig::parse(text).expect("valid");
-        RoutingTable::build(
-            Arc::new(config),
-            1,
-            None,
-            &Metrics::new(),
-            None,
-            Resolved::default(),
-        )
+        built(Arc::new(config), 1, None)
+    }
+
+    /// The table for `config`, carrying over the deployments of `previous`, as a reload does.
+    fn built(
+        config: Arc<EndpointConfig>,
+        generation: u64,
+        previous: Option<&RoutingTable>,
+    ) -> RoutingTable {
+        let previous = previous.map_or(&[][..], RoutingTable::deployments);
+        let metrics = crate::metrics::Metrics::new();
+        let resolved = Resolved::default();
+        let deployments = Deployment::build_all(&config, previous, &metrics, &resolved);
+        RoutingTable::build(config, generation, deployments, resolved)
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -524,13 +496,24 @@ mod tests {
         map
     }
 
+    /// What `table` decides for a request with headers `pairs` whose key check found `key`.
+    fn decided_with(
+        table: &RoutingTable,
+        key: KeyCheck,
+        pairs: &[(&'static str, &'static str)],
+        draws: &mut Draws,
+    ) -> Result<Decision, RouteError> {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        table.decide(key, &headers(pairs), draws, &mut rng)
+    }
+
+    /// The same, for an endpoint that asks for no key.
     fn decided(
         table: &RoutingTable,
         pairs: &[(&'static str, &'static str)],
         draws: &mut Draws,
     ) -> Result<Decision, RouteError> {
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-        table.decide(&headers(pairs), draws, &mut rng)
+        decided_with(table, KeyCheck::NotAsked, pairs, draws)
     }
 
     #[test]
@@ -541,39 +524,37 @@ mod tests {
                     - {name: green, instances: [http://127.0.0.1:2]}\n\
                     - {name: red, instances: [http://127.0.0.1:3]}\n";
         let config = EndpointConfig::parse(text).expect("valid");
-        let keys = Keys::parse("primary_key: a-primary-key-0123456\n").expect("keys");
-        let table = RoutingTable::build(
-            Arc::new(config),
-            1,
-            None,
-            &Metrics::new(),
-            Some(keys),
-            Resolved::default(),
-        );
+        let table = built(Arc::new(config), 1, None);
         let mut draws = Draws::default();
-        let key = ("authorization", "Bearer a-primary-key-0123456");
         // No key: refused before anything else is looked at, a bad pin included.
         assert_eq!(
-            decided(&table, &[(PIN_HEADER, "")], &mut draws).err(),
+            decided_with(&table, KeyCheck::Failed, &[(PIN_HEADER, "")], &mut draws).err(),
             Some(RouteError::Unauthorized)
         );
+        assert_eq!(
+            decided_with(&table, KeyCheck::Failed, &[], &mut draws).err(),
+            Some(RouteError::Unauthorized)
+        );
+        let passed = KeyCheck::Passed;
         assert!(matches!(
-            decided(&table, &[key, (PIN_HEADER, "")], &mut draws),
+            decided_with(&table, passed, &[(PIN_HEADER, "")], &mut draws),
             Err(RouteError::InvalidPin(_))
         ));
         assert!(matches!(
-            decided(
+            decided_with(
                 &table,
-                &[key, (PIN_HEADER, "blue"), (PIN_HEADER, "red")],
+                passed,
+                &[(PIN_HEADER, "blue"), (PIN_HEADER, "red")],
                 &mut draws
             ),
             Err(RouteError::InvalidPin(_))
         ));
         // A pin wins over the sticky header, reaches a 0% deployment, and is never copied.
         for _ in 0..50 {
-            let pinned = decided(
+            let pinned = decided_with(
                 &table,
-                &[key, (PIN_HEADER, "red"), ("x-user", "u1")],
+                passed,
+                &[(PIN_HEADER, "red"), ("x-user", "u1")],
                 &mut draws,
             )
             .expect("routed");
@@ -582,8 +563,12 @@ mod tests {
             assert!(pinned.mirror.is_none());
             assert!(pinned.keyed);
         }
-        let sticky = decided(&table, &[key, ("x-user", "u1")], &mut draws).expect("routed");
+        let sticky =
+            decided_with(&table, passed, &[("x-user", "u1")], &mut draws).expect("routed");
         assert_eq!(sticky.route.reason, RouteReason::Sticky);
+        assert!(sticky.keyed, "the key is the gateway's and is not forwarded");
+        let open = decided(&table, &[("x-user", "u1")], &mut draws).expect("routed");
+        assert!(!open.keyed);
         assert_ne!(
             sticky.route.deployment.name(),
             "red",
@@ -607,12 +592,12 @@ mod tests {
             // Between each two weighted requests, a pinned and a sticky one.
             let pinned = headers(&[(PIN_HEADER, "green")]);
             let sticky = headers(&[("x-user", "someone")]);
-            table.decide(&pinned, &mut draws, &mut rng).expect("pinned");
+            table.decide(KeyCheck::NotAsked, &pinned, &mut draws, &mut rng).expect("pinned");
             // Sticky requests are copied too: they take the mirror's draws, not the split's.
-            let stuck = table.decide(&sticky, &mut draws, &mut rng).expect("sticky");
+            let stuck = table.decide(KeyCheck::NotAsked, &sticky, &mut draws, &mut rng).expect("sticky");
             mirrored += usize::from(stuck.mirror.is_some());
             let weighted = table
-                .decide(&HeaderMap::new(), &mut draws, &mut rng)
+                .decide(KeyCheck::NotAsked, &HeaderMap::new(), &mut draws, &mut rng)
                 .expect("weighted");
             green += usize::from(weighted.route.deployment.name() == "green");
             mirrored += usize::from(weighted.mirror.is_some());
@@ -626,23 +611,16 @@ mod tests {
             }
         }
         // A new table starts fresh decks, whatever was drawn before.
-        let next = RoutingTable::build(
-            Arc::clone(table.config()),
-            2,
-            Some(&table),
-            &Metrics::new(),
-            None,
-            Resolved::default(),
-        );
+        let next = built(Arc::clone(table.config()), 2, Some(&table));
         for _ in 0..37 {
             table
-                .decide(&HeaderMap::new(), &mut draws, &mut rng)
+                .decide(KeyCheck::NotAsked, &HeaderMap::new(), &mut draws, &mut rng)
                 .expect("weighted");
         }
         let green = (0..100)
             .filter(|_| {
                 let decision = next
-                    .decide(&HeaderMap::new(), &mut draws, &mut rng)
+                    .decide(KeyCheck::NotAsked, &HeaderMap::new(), &mut draws, &mut rng)
                     .expect("weighted");
                 decision.route.deployment.name() == "green"
             })
@@ -934,14 +912,7 @@ mod tests {
     #[test]
     fn a_rebuild_keeps_unchanged_deployments() {
         let first = table("{blue: 100}");
-        let second = RoutingTable::build(
-            Arc::clone(first.config()),
-            2,
-            Some(&first),
-            &Metrics::new(),
-            None,
-            Resolved::default(),
-        );
+        let second = built(Arc::clone(first.config()), 2, Some(&first));
         for (a, b) in first.deployments().iter().zip(second.deployments()) {
             assert!(Arc::ptr_eq(a, b));
         }

@@ -362,6 +362,7 @@ async fn in_flight_counts_until_the_response_body_ends() {
     let deadline = Instant::now() + PATIENCE;
     while table
         .load()
+        .routes
         .deployment("blue")
         .is_some_and(|d| d.in_flight() == 0)
     {
@@ -383,7 +384,11 @@ async fn in_flight_counts_until_the_response_body_ends() {
 
     assert_eq!(slow.await.expect("task").status, StatusCode::OK);
     assert_eq!(
-        table.load().deployment("blue").map(|d| d.in_flight()),
+        table
+            .load()
+            .routes
+            .deployment("blue")
+            .map(|d| d.in_flight()),
         Some(0)
     );
     let metrics = gateway.metrics().render();

@@ -75,7 +75,12 @@ async fn gateway_with(
 
 fn instance_count(gateway: &Gateway) -> usize {
     let table = gateway.reloader().table().load();
-    table.deployment("blue").expect("blue").instances().len()
+    table
+        .routes
+        .deployment("blue")
+        .expect("blue")
+        .instances()
+        .len()
 }
 
 #[tokio::test]

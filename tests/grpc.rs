@@ -437,6 +437,7 @@ async fn wait_until_ready(gateway: &Gateway, deployment: &str, ready: usize) {
     loop {
         let table = gateway.reloader().table().load();
         let now = table
+            .routes
             .deployment(deployment)
             .map_or(0, |deployment| deployment.available_instances());
         if now == ready {

@@ -269,6 +269,7 @@ async fn readiness_probes_go_over_the_traffics_tls_settings_and_protocol() {
             .reloader()
             .table()
             .load()
+            .routes
             .deployment(name)
             .map_or(0, |deployment| deployment.available_instances())
     };

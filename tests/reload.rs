@@ -220,6 +220,7 @@ async fn a_request_in_flight_finishes_when_its_deployment_is_deleted() {
     let deadline = std::time::Instant::now() + PATIENCE;
     while table
         .load()
+        .routes
         .deployment("blue")
         .is_some_and(|d| d.in_flight() == 0)
     {
@@ -231,7 +232,10 @@ async fn a_request_in_flight_finishes_when_its_deployment_is_deleted() {
     }
     file.write_in_place(&green_only);
     wait_for_generation(&gateway, 2).await;
-    assert!(table.load().deployment("blue").is_none(), "blue is deleted");
+    assert!(
+        table.load().routes.deployment("blue").is_none(),
+        "blue is deleted"
+    );
     assert!(
         !slow.is_finished(),
         "the slow request is still in flight after the delete"
@@ -259,8 +263,8 @@ async fn a_reload_keeps_unchanged_deployments_and_their_counts() {
     for name in ["blue", "green"] {
         assert!(
             std::sync::Arc::ptr_eq(
-                before.deployment(name).expect("before"),
-                after.deployment(name).expect("after")
+                before.routes.deployment(name).expect("before"),
+                after.routes.deployment(name).expect("after")
             ),
             "{name} was rebuilt by a traffic-only change"
         );
@@ -364,7 +368,7 @@ async fn a_file_written_slowly_in_place_applies_only_once_closed() {
     wait_for_generation(&gateway, 2).await;
     let table = gateway.reloader().table().load();
     assert!(
-        table.deployment("green").is_some(),
+        table.routes.deployment("green").is_some(),
         "the whole file applied"
     );
 }

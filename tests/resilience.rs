@@ -121,7 +121,7 @@ async fn a_dead_instance_costs_no_failed_request_when_another_is_up() {
     }
     assert_eq!(alive.scored(), 30);
     let table = gateway.reloader().table().load();
-    let blue = table.deployment("blue").expect("blue");
+    let blue = table.routes.deployment("blue").expect("blue");
     assert!(
         blue.instances()[0].health().is_ejected(),
         "the dead instance is ejected"
@@ -155,7 +155,7 @@ async fn an_unready_instance_gets_no_traffic_until_it_passes_again() {
     let client = client();
     let ready = |index: usize| {
         let table = gateway.reloader().table().load();
-        table.deployment("blue").expect("blue").instances()[index]
+        table.routes.deployment("blue").expect("blue").instances()[index]
             .health()
             .is_ready()
     };

@@ -14,7 +14,8 @@ use switchyard::config::EndpointConfig;
 use switchyard::metrics::Metrics;
 use switchyard::config::PIN_HEADER;
 use switchyard::proxy::headers;
-use switchyard::routing::{Draws, RouteReason, RoutingTable};
+use switchyard::routing::{Draws, KeyCheck, RouteReason, RoutingTable};
+use switchyard::upstream::Deployment;
 
 const ENDPOINT: &str = "name: fuzz\nauth_mode: none\ntraffic: {blue: 90, green: 10}\n\
     mirror_traffic: {red: 20}\nsticky_header: x-user-id\ndeployments:\n\
@@ -45,19 +46,19 @@ fuzz_target!(|data: &[u8]| {
 
     let config = EndpointConfig::parse(ENDPOINT).expect("valid");
     let keys = Keys::parse("primary_key: fuzz-primary-key-0123\n").expect("valid");
-    let table = RoutingTable::build(
-        Arc::new(config),
-        1,
-        None,
-        &Metrics::new(),
-        Some(keys),
-        Default::default(),
-    );
+    let resolved = Default::default();
+    let deployments = Deployment::build_all(&config, &[], &Metrics::new(), &resolved);
+    let table = RoutingTable::build(Arc::new(config), 1, deployments, resolved);
+    let key = if keys.authorizes(&map) {
+        KeyCheck::Passed
+    } else {
+        KeyCheck::Failed
+    };
     let _ = headers::request_id(&map);
     // The rules in order, with a deck positioned by the input.
     let mut draws = Draws::default();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(u64::from(draw));
-    let decided = table.decide(&map, &mut draws, &mut rng);
+    let decided = table.decide(key, &map, &mut draws, &mut rng);
     if let Ok(decision) = &decided {
         if decision.route.reason == RouteReason::Pinned {
             assert!(decision.mirror.is_none(), "a pinned request is never copied");

@@ -10,7 +10,6 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -28,14 +27,12 @@ use crate::config::UpstreamProtocol;
 use crate::error::{ProxyError, is_grpc, status_of_grpc_code};
 use crate::http1;
 use crate::metrics::{Metrics, RouteLabel};
-use crate::routing::{Decision, Draws, PIN, RoutingTable};
+use crate::applied::SharedTable;
+use crate::routing::{Decision, Draws, PIN, RouteReason};
 use crate::server::{self, ClientBody, Connection, Reply};
 use crate::upstream::connect::{self, tls_server_name};
 use crate::upstream::health::Outcome;
 use crate::upstream::{Deployment, InFlight, Instance, Refusal};
-
-/// The routing table every request reads and every reload replaces.
-pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
 
 /// Default limit on a request body: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
@@ -56,6 +53,15 @@ pub struct Proxy {
     http2: Http2Client,
     metrics: Arc<Metrics>,
     max_body_bytes: u64,
+}
+
+/// The metric label of how a request was routed.
+fn route_label(reason: RouteReason) -> RouteLabel {
+    match reason {
+        RouteReason::Weighted => RouteLabel::Weighted,
+        RouteReason::Pinned => RouteLabel::Pinned,
+        RouteReason::Sticky => RouteLabel::Sticky,
+    }
 }
 
 /// What is known about a request as it goes through, for its log line and metrics.
@@ -197,12 +203,15 @@ impl Proxy {
                 mirror,
                 keyed,
             } = {
-                let table = self.table.load();
+                let applied = self.table.load();
+                let key = applied.key_check(request.headers());
                 DRAWS.with_borrow_mut(|draws| {
-                    table.decide(request.headers(), draws, &mut rand::rng())
+                    applied
+                        .routes
+                        .decide(key, request.headers(), draws, &mut rand::rng())
                 })?
             };
-            trace.route = route.reason.into();
+            trace.route = route_label(route.reason);
             trace.deployment = Some(Arc::clone(&route.deployment));
             let deployment = route.deployment;
 

@@ -24,6 +24,7 @@ use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{
+    EndpointConfig,
     DeploymentConfig, InstanceAddr, ReadinessProbe, RequestSettings, UpstreamProtocol,
 };
 use crate::http1;
@@ -93,6 +94,24 @@ pub struct InFlight {
 // === impl Deployment ===
 
 impl Deployment {
+    /// The deployments of `config`, in config order, each built by [`Deployment::build`] from
+    /// the deployment of the same name in `previous` (the ones serving until now), if any.
+    pub fn build_all(
+        config: &EndpointConfig,
+        previous: &[Arc<Deployment>],
+        metrics: &Metrics,
+        resolved: &Resolved,
+    ) -> Box<[Arc<Deployment>]> {
+        config
+            .deployments
+            .iter()
+            .map(|deployment| {
+                let before = previous.iter().find(|d| d.name() == deployment.name);
+                Deployment::build(&config.name, deployment, before, metrics, resolved)
+            })
+            .collect()
+    }
+
     /// Builds deployment `config` of `endpoint`, reusing `previous` whole when nothing that
     /// matters to it changed, and reusing each unchanged instance otherwise.
     pub fn build(
