@@ -735,21 +735,34 @@ where
     /// the work of sending the rest, or of reading the rest from the client and dropping it
     /// once the instance stops reading. Run to its end, it leaves the client's connection read
     /// to the end of its request, so it carries on with the next one instead of being closed
-    /// (and reset) while the client still sends. Bounded by [`REST_OF_REQUEST_TIMEOUT`].
-    pub(crate) fn rest_of_request(&mut self) -> Option<impl Future<Output = ()> + use<B>> {
+    /// (and reset) while the client still sends; and a connection whose answer was whole and
+    /// kept alive, and whose request then went out whole, goes back to `pool`, as after any
+    /// other exchange. Bounded by [`REST_OF_REQUEST_TIMEOUT`].
+    pub(crate) fn rest_of_request(
+        &mut self,
+        pool: Arc<Pool>,
+    ) -> Option<impl Future<Output = ()> + use<B>> {
         let mut pump = self.pump.take()?;
         let mut connection = self.connection.take()?;
+        let mut reusable = self.keep_alive && self.decoder.is_done();
         Some(async move {
-            let rest = poll_fn(move |cx| {
+            let rest = poll_fn(|cx| {
                 loop {
                     match pump.poll(cx, &mut connection) {
-                        Poll::Ready(Err(WriteError::Io(_))) => pump.discard_rest(&mut connection),
-                        Poll::Ready(_) => return Poll::Ready(()),
+                        Poll::Ready(Err(WriteError::Io(_))) => {
+                            reusable = false;
+                            pump.discard_rest(&mut connection);
+                        }
+                        Poll::Ready(Ok(())) => return Poll::Ready(!pump.discarding),
+                        Poll::Ready(Err(_)) => return Poll::Ready(false),
                         Poll::Pending => return Poll::Pending,
                     }
                 }
             });
-            let _ = tokio::time::timeout(REST_OF_REQUEST_TIMEOUT, rest).await;
+            let sent = tokio::time::timeout(REST_OF_REQUEST_TIMEOUT, rest).await;
+            if reusable && sent == Ok(true) && connection.read_buf.is_empty() {
+                pool.put(connection);
+            }
         })
     }
 

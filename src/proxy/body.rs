@@ -147,8 +147,9 @@ impl Drop for ProxyBody {
             record.finish(self.is_end_stream());
         }
         // An answer that ended before its request was all sent: the rest goes on, on its own.
-        if let Kind::Http1 { body, .. } = &mut self.kind {
-            if let Some(rest) = body.rest_of_request() {
+        if let Kind::Http1 { body, in_flight } = &mut self.kind {
+            let pool = Arc::clone(in_flight.instance().pool());
+            if let Some(rest) = body.rest_of_request(pool) {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(rest);
                 }

@@ -64,8 +64,9 @@ pub struct Instance {
     /// One permit per request the instance may serve at once.
     permits: Arc<Semaphore>,
     health: Health,
-    /// Idle HTTP/1.1 connections to it.
-    pool: http1::Pool,
+    /// Idle HTTP/1.1 connections to it; shared with the sending of a request's rest after an
+    /// early answer, which gives its connection back.
+    pool: Arc<http1::Pool>,
     /// Its readiness probe was started.
     probing: AtomicBool,
 }
@@ -316,7 +317,7 @@ impl Instance {
             permits: Arc::new(Semaphore::new(permits)),
             health,
             // More idle connections than requests allowed at once would never be used.
-            pool: http1::Pool::new(permits.min(MAX_IDLE_CONNECTIONS)),
+            pool: Arc::new(http1::Pool::new(permits.min(MAX_IDLE_CONNECTIONS))),
             probing: AtomicBool::new(false),
         })
     }
@@ -352,7 +353,7 @@ impl Instance {
     }
 
     /// Its idle HTTP/1.1 connections.
-    pub(crate) fn pool(&self) -> &http1::Pool {
+    pub(crate) fn pool(&self) -> &Arc<http1::Pool> {
         &self.pool
     }
 
