@@ -20,13 +20,41 @@ use http_body::Body;
 use tokio::task::JoinHandle;
 
 use crate::causes::BoxError;
+use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::proxy::{DEFAULT_MAX_BODY_BYTES, Proxy, ProxyBody};
 use crate::reload::{self, Reloader};
 use crate::server::{ClientBody, Connection};
+use crate::tls;
 use crate::upstream::probe::Prober;
 use crate::upstream::resolve::{Resolve, SystemResolver};
-use crate::{StartError, tls};
+
+/// Why a gateway, or an endpoint embedded on its own, could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The endpoint file is invalid or unreadable.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source} (is another gateway running? choose another address with --listen or --admin-listen)"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The endpoint file's directory cannot be watched.
+    #[error("cannot watch the endpoint file for changes: {0}")]
+    Watch(#[from] notify::Error),
+    /// The TLS certificate or key is unusable.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    /// The serving threads could not be started.
+    #[error("cannot start the serving threads: {0} (try fewer with --workers)")]
+    Threads(std::io::Error),
+}
 
 /// How to run an [`Endpoint`].
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ pub mod cli;
 pub mod config;
 
 pub use causes::BoxError;
-pub use endpoint::{Endpoint, EndpointOptions};
+pub use endpoint::{Endpoint, EndpointOptions, StartError};
 pub use metrics::Metrics;
 pub use proxy::DEFAULT_MAX_BODY_BYTES;
 pub use proxy::ProxyBody;
@@ -84,7 +84,6 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::admin::AdminState;
-use crate::config::ConfigError;
 use crate::proxy::Proxy;
 
 /// Default address of the scoring listener.
@@ -155,33 +154,6 @@ impl GatewayOptions {
             pin_workers: false,
         }
     }
-}
-
-/// Why a gateway could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The endpoint file is invalid or unreadable.
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    /// The listen address could not be bound.
-    #[error(
-        "cannot listen on {addr}: {source} (is another gateway running? choose another address with --listen or --admin-listen)"
-    )]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The endpoint file's directory cannot be watched.
-    #[error("cannot watch the endpoint file for changes: {0}")]
-    Watch(#[from] notify::Error),
-    /// The TLS certificate or key is unusable.
-    #[error("{0}")]
-    Tls(#[from] tls::TlsError),
-    /// The serving threads could not be started.
-    #[error("cannot start the serving threads: {0} (try fewer with --workers)")]
-    Threads(std::io::Error),
 }
 
 /// A running gateway.
