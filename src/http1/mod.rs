@@ -744,15 +744,13 @@ where
     ) -> Option<impl Future<Output = ()> + use<B>> {
         let mut pump = self.pump.take()?;
         let mut connection = self.connection.take()?;
-        let mut reusable = self.keep_alive && self.decoder.is_done();
+        let reusable = self.keep_alive && self.decoder.is_done();
         Some(async move {
             let rest = poll_fn(|cx| {
                 loop {
                     match pump.poll(cx, &mut connection) {
-                        Poll::Ready(Err(WriteError::Io(_))) => {
-                            reusable = false;
-                            pump.discard_rest(&mut connection);
-                        }
+                        Poll::Ready(Err(WriteError::Io(_))) => pump.discard_rest(&mut connection),
+                        // Sent whole only if it was never given up on.
                         Poll::Ready(Ok(())) => return Poll::Ready(!pump.discarding),
                         Poll::Ready(Err(_)) => return Poll::Ready(false),
                         Poll::Pending => return Poll::Pending,

@@ -18,7 +18,7 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What the gateway sets on every answer it forwards; an instance's headers of these names are
 /// replaced.
 pub static OWN_RESPONSE_HEADERS: [HeaderName; 2] = [
-    HeaderName::from_static(crate::config::PIN_HEADER),
+    HeaderName::from_static(PIN_HEADER),
     HeaderName::from_static("x-request-id"),
 ];
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
